@@ -1,0 +1,18 @@
+import os, sys
+from pathlib import Path
+import pytest
+
+BIN = Path(sys.executable).parent
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    "Keep spinexr's cache (ultralytics settings, fonts) out of the home directory during tests."
+    monkeypatch.setenv('SPINEXR_CACHE', str(tmp_path_factory.getbasetemp()/'cache'))
+
+def command(name: str) -> str:
+    "Path of a console command installed beside this Python."
+    return str(BIN/name)
+
+def pytest_configure(config):
+    # VinDr-SpineXR's ids (and the phantom's) are 32-hex strings, not valid DICOM UIDs: pydicom warns on each.
+    config.addinivalue_line('filterwarnings', 'ignore:Invalid value for VR UI:UserWarning')
