@@ -1,0 +1,72 @@
+"The classifier command end to end on a tiny phantom: run directory, safe loading, DDP on CPU, bad input."
+import json, os, subprocess, sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import command, BIN
+from spinexr.core import InputError
+from spinexr.classify import load_classifier
+from spinexr.dicom import prepared_phantom
+
+TINY = ['--arch', 'resnet50', '--size', '64', '--epochs', '1', '--bs', '8', '--no_pretrained']
+
+@pytest.fixture(scope='module')
+def prep(tmp_path_factory):
+    return prepared_phantom(n_studies=40, size=256, prep_size=96, root=tmp_path_factory.mktemp('cache'))
+
+def train(prep, out, *extra, launcher=(), env=None):
+    r = subprocess.run([*launcher, command('spinexr_train_cls'), str(prep), str(out), *TINY, *extra],
+                       capture_output=True, text=True, timeout=900, env=env)
+    return r
+
+def test_run_directory(prep, tmp_path):
+    r = train(prep, tmp_path/'run')
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert 'test AUROC' in r.stdout
+    files = {p.name for p in (tmp_path/'run').iterdir()}
+    assert {'config.json', 'model.pt', 'history.csv', 'curves.png', 'metrics.json', 'preds_val.csv', 'preds_test.csv',
+            'preds_val_tta.csv', 'preds_test_tta.csv'} <= files
+    assert '.checkpoints' not in files
+    m = json.loads((tmp_path/'run'/'metrics.json').read_text())
+    for k in ('auroc', 'sensitivity', 'specificity', 'f1', 'threshold', 'ci'): assert k in m['test']
+    assert m['test']['threshold_source'].startswith('youden on preds_val')
+    labels = pd.read_csv(prep/'labels.csv')
+    preds = pd.read_csv(tmp_path/'run'/'preds_test.csv')
+    assert sorted(preds.image_id) == sorted(labels.image_id[labels.split == 'test'])
+    assert preds.prob.between(0, 1).all()
+    state = torch.load(tmp_path/'run'/'model.pt', weights_only=True)   # a plain state_dict
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    model, cfg = load_classifier(tmp_path/'run')
+    assert cfg.arch == 'resnet50' and cfg.used_pretrained is False
+
+def test_damaged_checkpoint_is_a_clear_error(prep, tmp_path):
+    assert train(prep, tmp_path/'run').returncode == 0
+    pt = tmp_path/'run'/'model.pt'
+    pt.write_bytes(pt.read_bytes()[:1000])
+    with pytest.raises(InputError, match='not a valid resnet50 checkpoint'): load_classifier(tmp_path/'run')
+    pt.write_bytes(b'\x80\x04' + b'cos\nsystem\n' + b'\x00' * 100)   # a pickle that would run code
+    with pytest.raises(InputError, match='model.pt'): load_classifier(tmp_path/'run')
+
+def test_ddp_on_cpu_with_two_gloo_processes(prep, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    r = train(prep, tmp_path/'ddp', launcher=[str(BIN/'torchrun'), '--nproc_per_node', '2'], env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count('test AUROC') == 1          # only rank 0 reports and writes
+    assert (tmp_path/'ddp'/'model.pt').exists() and (tmp_path/'ddp'/'metrics.json').exists()
+    load_classifier(tmp_path/'ddp')
+
+@pytest.mark.parametrize('args,message', [
+    (['--arch', 'vgg16'], "arch must be one of"),
+    (['--weights', '/nonexistent/w.pth'], 'weights file not found'),
+])
+def test_bad_settings(prep, tmp_path, args, message):
+    r = subprocess.run([command('spinexr_train_cls'), str(prep), str(tmp_path/'run'), *TINY, *args],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and message in r.stderr and 'Traceback' not in r.stderr
+
+def test_not_a_prep_tree(tmp_path):
+    r = subprocess.run([command('spinexr_train_cls'), str(tmp_path), str(tmp_path/'run'), *TINY], capture_output=True, text=True)
+    assert r.returncode == 1 and 'no labels.csv' in r.stderr and 'Traceback' not in r.stderr

@@ -1,0 +1,239 @@
+"Integration tests of `spinexr_prep`: a phantom release, a plain folder, broken files, a crashing worker, kill -9 and resume."
+import hashlib, json, os, shutil, signal, subprocess, sys, time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+import yaml
+from pydicom.data import get_testdata_file
+from pydicom.encaps import encapsulate, get_frame
+
+import spinexr.dicom as dicom
+from spinexr.annotations import load_release
+from spinexr.core import BOX_COLUMNS, DET_CLASSES, NO_FINDING, SPLITS
+from spinexr.phantom import PhantomConfig, make_phantom, plan_phantom
+
+BIN = Path(sys.executable).parent
+PREP = str(BIN/'spinexr_prep')
+
+
+def run_prep(*args, timeout=120):
+    return subprocess.run([PREP, *map(str, args), '--quiet'], capture_output=True, text=True, timeout=timeout)
+
+
+def tree_digest(root: Path) -> dict:
+    "Path -> (sha1, mtime_ns) of every file under root: any change to the tree changes it."
+    return {str(p.relative_to(root)): (hashlib.sha1(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            for p in sorted(root.rglob('*')) if p.is_file()}
+
+
+def output_files(out: Path) -> dict:
+    "The bytes of every output a user sees (not the private records, lock or run summary); data.yaml without its path."
+    files = {}
+    for p in sorted(out.rglob('*')):
+        rel = p.relative_to(out)
+        if not p.is_file() or rel.parts[0].startswith('.') or rel.name == 'prep.json': continue
+        data = p.read_bytes()
+        if rel.name == 'data.yaml': data = yaml.safe_dump({k: v for k, v in yaml.safe_load(data).items() if k != 'path'}).encode()
+        files[str(rel)] = data
+    return files
+
+
+@pytest.fixture(scope='module')
+def release(tmp_path_factory):
+    "A small phantom release: 8 studies, 400 px, a third MONOCHROME1."
+    root = tmp_path_factory.mktemp('release')/'phantom'
+    make_phantom(root, PhantomConfig(n_studies=8, seed=5, size=400, mono1_frac=0.35), workers=2, progress=False)
+    return root
+
+
+def test_release_tree(release, tmp_path):
+    before = tree_digest(release)
+    out = tmp_path/'out'
+    res = run_prep(release, out, '--size', 256)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.count('\n') == 1 and res.stdout.startswith('spinexr_prep: ') and '0 failed' in res.stdout
+    assert tree_digest(release) == before                                    # the source is never modified
+    ann = load_release(release)
+    man = pd.read_csv(out/'manifest.csv', dtype={'image_id': str})
+    assert list(man.image_id) == sorted(ann.image_id.unique())                # every image, sorted
+    assert pd.read_csv(out/'failures.csv').empty
+    assert set(man.photometric) == {'MONOCHROME1', 'MONOCHROME2'}
+    assert (man.transfer_syntax == '1.2.840.10008.1.2.4.90').all() and man.window.str.startswith('LINEAR WC=').all()
+    for r in man.itertuples():
+        png = cv2.imread(str(out/'images'/f'{r.image_id}.png'), cv2.IMREAD_UNCHANGED)
+        assert png.dtype == np.uint8 and png.shape == (r.height, r.width) and max(png.shape) == 256
+        assert abs(r.width / r.height - r.orig_width / r.orig_height) < 2 / 256  # aspect ratio kept
+    r = man.iloc[0]                                                           # the PNG is read_dicom's image
+    assert (cv2.imread(str(out/'images'/f'{r.image_id}.png'), cv2.IMREAD_UNCHANGED) == dicom.to_uint8(dicom.read_dicom(r.source, 256)[0])).all()
+    # labels: every image once, train/val/test with test exactly the release's test split
+    labels = pd.read_csv(out/'labels.csv', dtype={'image_id': str})
+    assert sorted(labels.image_id) == list(man.image_id) and set(labels.split) <= set(SPLITS)
+    test_ids = set(ann[ann.split == 'test'].image_id)
+    assert set(labels[labels.split == 'test'].image_id) == test_ids and 'val' in set(labels.split)
+    assert labels.groupby('study_id').split.nunique().max() == 1               # split by study
+    assert (labels.abnormal == (labels.n_boxes > 0)).all()
+    # boxes: the annotation boxes scaled per axis to the PNG, and back
+    boxes = pd.read_csv(out/'boxes.csv', dtype={'image_id': str})
+    lesions = ann[ann.lesion_type != NO_FINDING].sort_values('image_id', kind='stable').reset_index(drop=True)
+    assert len(boxes) == len(lesions) and (boxes.lesion_type == lesions.lesion_type).all()
+    m = man.set_index('image_id')
+    sx, sy = boxes.image_id.map(m.width / m.orig_width), boxes.image_id.map(m.height / m.orig_height)
+    np.testing.assert_allclose(boxes.xmin, lesions.xmin * sx, rtol=1e-9); np.testing.assert_allclose(boxes.ymax, lesions.ymax * sy, rtol=1e-9)
+    np.testing.assert_allclose(dicom.to_original_coords(boxes, out/'manifest.csv')[list(BOX_COLUMNS)], lesions[list(BOX_COLUMNS)], rtol=1e-9)
+    assert (boxes.class_id == boxes.lesion_type.map({c: i for i, c in enumerate(DET_CLASSES)})).all()
+    # YOLO: data.yaml, one label file per image with normalised boxes, images hard-linked to the PNGs
+    data = yaml.safe_load((out/'yolo'/'data.yaml').read_text())
+    assert data['names'] == list(DET_CLASSES) and data['nc'] == 7 and data['channels'] == 1
+    assert Path(data['path']) == (out/'yolo').absolute() and (data['train'], data['val'], data['test']) == ('images/train', 'images/val', 'images/test')
+    n_labels = 0
+    for split in SPLITS:
+        ids = set(labels[labels.split == split].image_id)
+        assert {p.stem for p in (out/'yolo'/'images'/split).glob('*.png')} == ids
+        for iid in ids:
+            assert os.path.samefile(out/'yolo'/'images'/split/f'{iid}.png', out/'images'/f'{iid}.png')
+            lines = (out/'yolo'/'labels'/split/f'{iid}.txt').read_text().splitlines()
+            assert len(lines) == (boxes.image_id == iid).sum()
+            for line in lines:
+                c, *v = line.split()
+                assert 0 <= int(c) < 7 and all(0 <= float(x) <= 1 for x in v) and float(v[2]) > 0 and float(v[3]) > 0
+                n_labels += 1
+    assert n_labels == len(boxes) > 0
+
+
+def test_plain_folder(release, tmp_path):
+    src = tmp_path/'dicoms'; (src/'a'/'b').mkdir(parents=True)
+    files = sorted((release/'train_images').glob('*.dicom'))[:5]
+    names = ['x1.dcm', 'a/x2.DCM', 'a/b/x3.dicom', 'a/b/x4', 'a/x5.IMA']     # no suffix and .IMA: found by the DICM marker
+    for f, n in zip(files, names): shutil.copy(f, src/n)
+    (src/'a'/'notes.txt').write_text('not an image'); (src/'.hidden.dcm').write_bytes(b'')
+    before = tree_digest(src)
+    res = run_prep(src, tmp_path/'out', '--size', 200, '--workers', 1)
+    assert res.returncode == 0, res.stderr
+    assert tree_digest(src) == before
+    out = tmp_path/'out'
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith('.')) == ['failures.csv', 'images', 'manifest.csv', 'prep.json']
+    man = pd.read_csv(out/'manifest.csv', dtype={'image_id': str, 'split': str}, keep_default_na=False)
+    assert list(man.image_id) == ['x1', 'x2', 'x3', 'x4', 'x5'] and (man.split == '').all()
+    study = {pydicom.dcmread(f).SOPInstanceUID: pydicom.dcmread(f).StudyInstanceUID for f in files}
+    assert sorted(man.study_id) == sorted(study.values())                    # from the DICOM header
+    assert (man[['height', 'width']].max(axis=1) == 200).all()
+    assert json.loads((out/'prep.json').read_text())['n_other_files'] == 1
+
+
+def test_broken_files(release, tmp_path):
+    src = tmp_path/'mixed'; (src/'sub').mkdir(parents=True); (src/'other').mkdir()
+    good = sorted((release/'train_images').glob('*.dicom'))[:3]
+    for f in good: shutil.copy(f, src/f.name)
+    raw = good[0].read_bytes()
+    (src/'zero.dicom').write_bytes(b'')
+    (src/'text.dicom').write_text('this is not a DICOM file\n' * 10)
+    (src/'truncated.dicom').write_bytes(raw[:len(raw) // 2])
+    ds = pydicom.dcmread(good[1]); cs = get_frame(ds.PixelData, 0, number_of_frames=1)
+    ds.PixelData = encapsulate([cs[:len(cs) * 3 // 4]]); ds.save_as(src/'cut_j2k.dicom')
+    ds = pydicom.dcmread(good[2]); del ds.PixelData; ds.save_as(src/'nopixels.dcm')
+    shutil.copy(get_testdata_file('SC_rgb_small_odd.dcm'), src/'rgb.dcm')
+    shutil.copy(good[0], src/'sub'/'dup.dcm'); shutil.copy(good[1], src/'other'/'dup.dcm')
+    shutil.copy(good[2], src/'bad name.dcm')
+    before = tree_digest(src)
+    res = run_prep(src, tmp_path/'out', '--size', 128)
+    assert res.returncode == 1
+    assert res.stdout.count('\n') == 1 and '9 FAILED' in res.stdout and '3 images' in res.stdout, res.stdout
+    assert tree_digest(src) == before
+    fail = pd.read_csv(tmp_path/'out'/'failures.csv')
+    reason = {Path(p).relative_to(src).as_posix(): e for p, e in zip(fail.path, fail.error)}
+    expected = {'zero.dicom': 'empty file (0 bytes)', 'text.dicom': 'not a DICOM file', 'truncated.dicom': 'truncated file',
+                'cut_j2k.dicom': 'truncated JPEG 2000 codestream', 'nopixels.dcm': 'no Pixel Data element',
+                'rgb.dcm': 'colour image', 'sub/dup.dcm': "image id 'dup' is shared by 2 files",
+                'other/dup.dcm': "image id 'dup' is shared by 2 files", 'bad name.dcm': "file name 'bad name' cannot be used as an image id"}
+    assert set(reason) == set(expected), reason
+    for k, v in expected.items(): assert reason[k].startswith(v), (k, reason[k])
+    man = pd.read_csv(tmp_path/'out'/'manifest.csv', dtype={'image_id': str})
+    assert sorted(man.image_id) == sorted(f.stem for f in good)
+    assert sorted(p.stem for p in (tmp_path/'out'/'images').glob('*.png')) == sorted(f.stem for f in good)
+
+
+def test_release_missing_image_and_bad_args(release, tmp_path):
+    src = tmp_path/'rel'; shutil.copytree(release, src)
+    gone = sorted((src/'test_images').glob('*.dicom'))[0]; gone.unlink()
+    res = run_prep(src, tmp_path/'out', '--size', 128)
+    assert res.returncode == 1
+    fail = pd.read_csv(tmp_path/'out'/'failures.csv')
+    assert list(fail.path) == [str(gone)] and list(fail.error) == ['annotated image has no DICOM file']
+    assert gone.stem not in set(pd.read_csv(tmp_path/'out'/'labels.csv').image_id)
+    assert run_prep(tmp_path/'nowhere', tmp_path/'o2').returncode == 2
+    (tmp_path/'full').mkdir(); (tmp_path/'full'/'mine.txt').write_text('keep')
+    res = run_prep(src, tmp_path/'full')
+    assert res.returncode == 2 and 'not a spinexr_prep output' in res.stderr and (tmp_path/'full'/'mine.txt').exists()
+    res = run_prep(src, src/'prep')
+    assert res.returncode == 2 and 'inside the source folder' in res.stderr and not (src/'prep').exists()
+
+
+def crash_on_marked(job):
+    "A converter whose worker process dies on files named crash*: stands in for a segfault in a native decoder."
+    if Path(job['path']).name.startswith('crash'): os._exit(11)
+    return dicom.convert_one(job)
+
+
+def test_worker_crash_is_isolated(release, tmp_path):
+    src = tmp_path/'src'; src.mkdir()
+    files = sorted((release/'train_images').glob('*.dicom'))[:6]
+    for i, f in enumerate(files): shutil.copy(f, src/(f'crash{i}.dcm' if i == 2 else f'ok{i}.dcm'))
+    s = dicom.prep(src, tmp_path/'out', size=96, workers=2, progress=False, convert=crash_on_marked)
+    assert (s['n_images'], s['n_failed']) == (5, 1)
+    fail = pd.read_csv(tmp_path/'out'/'failures.csv')
+    assert list(fail.path.map(lambda p: Path(p).name)) == ['crash2.dcm'] and 'worker process died' in fail.error[0]
+
+
+def test_fast_decoder_fallback(release, monkeypatch):
+    "If Pillow's reduced JPEG 2000 decode fails at every level, pydicom decodes in full: the result is the full decode resized."
+    f = sorted((release/'train_images').glob('*.dicom'))[0]
+    fast, info = dicom.read_dicom(f, 100)
+    assert info['decoder'].startswith('pillow-j2k 1/')
+    def broken(cs, r, hdr, pr): raise OSError('broken data stream when reading image file')
+    monkeypatch.setattr(dicom, '_pillow_j2k', broken)
+    img, info = dicom.read_dicom(f, 100)
+    assert info['decoder'] == 'pydicom' and any('broken data stream' in n for n in info['notes'])
+    full, _ = dicom.read_dicom(f)
+    assert (img == np.clip(dicom.resize_to(full, img.shape), 0, 1)).all()
+    assert img.shape == fast.shape
+
+
+@pytest.fixture(scope='module')
+def kill_release(tmp_path_factory):
+    "20+ images of 1200 px: long enough for a single-worker run to be killed midway."
+    root = tmp_path_factory.mktemp('kill')/'phantom'
+    n = next(n for n in range(8, 30) if len(plan_phantom(PhantomConfig(n_studies=n, seed=11))) >= 20)
+    make_phantom(root, PhantomConfig(n_studies=n, seed=11, size=1200, mono1_frac=0.3), workers=2, progress=False)
+    return root
+
+
+def test_kill9_then_resume_equals_clean_run(kill_release, tmp_path):
+    psutil = pytest.importorskip('psutil')
+    n_images = len(load_release(kill_release).image_id.unique())
+    assert n_images >= 20
+    clean = tmp_path/'clean'
+    assert run_prep(kill_release, clean, '--size', 512, '--workers', 2).returncode == 0
+    out = tmp_path/'killed'
+    proc = subprocess.Popen([PREP, str(kill_release), str(out), '--size', '512', '--workers', '1', '--quiet'],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    target = np.random.default_rng().integers(3, n_images - 8)               # kill after a random number of images
+    t0 = time.monotonic()
+    while len(list((out/'.records').glob('*.json'))) < target and time.monotonic() - t0 < 60 and proc.poll() is None:
+        time.sleep(0.01)
+    children = psutil.Process(proc.pid).children(recursive=True)
+    os.kill(proc.pid, signal.SIGKILL); proc.wait()
+    done_at_kill = len(list((out/'.records').glob('*.json')))
+    print(f'killed after {done_at_kill} of {n_images} images (target {target}); {len(children)} worker(s) were running')
+    assert not (out/'manifest.csv').exists() and 0 < done_at_kill < n_images  # killed midway
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive                                                          # no orphan workers keep writing
+    res = run_prep(kill_release, out, '--size', 512, '--workers', 2)
+    assert res.returncode == 0, res.stderr
+    s = json.loads((out/'prep.json').read_text())
+    assert s['n_skipped'] >= done_at_kill - 1 and s['n_converted'] + s['n_skipped'] == n_images
+    assert output_files(out) == output_files(clean)                           # pixel-identical PNGs, identical tables
+    assert not [p for p in out.rglob('*') if '.tmp' in p.name]                # no temporary files left behind
