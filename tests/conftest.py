@@ -16,3 +16,8 @@ def command(name: str) -> str:
 def pytest_configure(config):
     # VinDr-SpineXR's ids (and the phantom's) are 32-hex strings, not valid DICOM UIDs: pydicom warns on each.
     config.addinivalue_line('filterwarnings', 'ignore:Invalid value for VR UI:UserWarning')
+
+def pytest_terminal_summary(terminalreporter):
+    "The reliability suite's counts (bad-input kinds tried, faults injected, files lost), when it ran."
+    mod = sys.modules.get('test_reliability')
+    if mod is not None and mod.TALLY: terminalreporter.write_line(mod.tally_line())

@@ -1,4 +1,5 @@
-"The classifier command end to end on a tiny phantom: run directory, safe loading, DDP on CPU, bad input."
+"""The classifier command end to end on a tiny phantom: run directory, DDP on CPU, bad input.
+Damaged and unsafe model files, kill -9, reproducibility: tests/test_reliability.py."""
 import json, os, subprocess, sys
 from pathlib import Path
 
@@ -7,7 +8,6 @@ import pytest
 import torch
 
 from conftest import command, BIN
-from spinexr.core import InputError
 from spinexr.classify import load_classifier
 from spinexr.dicom import prepared_phantom
 
@@ -41,14 +41,6 @@ def test_run_directory(prep, tmp_path):
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     model, cfg = load_classifier(tmp_path/'run')
     assert cfg.arch == 'resnet50' and cfg.used_pretrained is False
-
-def test_damaged_checkpoint_is_a_clear_error(prep, tmp_path):
-    assert train(prep, tmp_path/'run').returncode == 0
-    pt = tmp_path/'run'/'model.pt'
-    pt.write_bytes(pt.read_bytes()[:1000])
-    with pytest.raises(InputError, match='not a valid resnet50 checkpoint'): load_classifier(tmp_path/'run')
-    pt.write_bytes(b'\x80\x04' + b'cos\nsystem\n' + b'\x00' * 100)   # a pickle that would run code
-    with pytest.raises(InputError, match='model.pt'): load_classifier(tmp_path/'run')
 
 def test_ddp_on_cpu_with_two_gloo_processes(prep, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS='1')

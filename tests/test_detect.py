@@ -14,7 +14,7 @@ from spinexr.dicom import prepared_phantom
 def run(tmp_path_factory):
     prep = prepared_phantom(n_studies=30, size=256, prep_size=128, root=tmp_path_factory.mktemp('cache'))
     out = tmp_path_factory.mktemp('det')/'run'
-    r = subprocess.run([command('spinexr_train_det'), str(prep), str(out), '--model', 'yolo11n.yaml', '--imgsz', '128',
+    r = subprocess.run([command('spinexr_train_det'), '--data', str(prep), '--out', str(out), '--model', 'yolo11n.yaml', '--imgsz', '128',
                         '--epochs', '1', '--batch', '8', '--workers', '0', '--repeat_factor', '0.1', '--focal_gamma', '2'],
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -53,15 +53,15 @@ def test_damaged_detector(run, tmp_path):
     shutil.copytree(out, tmp_path/'copy')
     pt = tmp_path/'copy'/'detector.pt'
     pt.write_bytes(pt.read_bytes()[:5000])
-    with pytest.raises(InputError, match='not a readable weights file'): load_detector(tmp_path/'copy')
+    with pytest.raises(InputError, match='truncated or corrupt'): load_detector(tmp_path/'copy')
 
 @pytest.mark.parametrize('args,message', [(['--model', 'yolo11n.pt'], 'model must be a YOLO11 .yaml'),
                                           (['--weights', '/nonexistent.pt'], 'weights file not found')])
 def test_bad_settings(run, tmp_path, args, message):
     prep = run[0]
-    r = subprocess.run([command('spinexr_train_det'), str(prep), str(tmp_path/'x'), *args], capture_output=True, text=True, timeout=300)
+    r = subprocess.run([command('spinexr_train_det'), '--data', str(prep), '--out', str(tmp_path/'x'), *args], capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and message in r.stderr and 'Traceback' not in r.stderr
 
 def test_not_a_prep_tree(tmp_path):
-    r = subprocess.run([command('spinexr_train_det'), str(tmp_path), str(tmp_path/'run')], capture_output=True, text=True, timeout=300)
+    r = subprocess.run([command('spinexr_train_det'), '--data', str(tmp_path), '--out', str(tmp_path/'run')], capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and 'no labels.csv' in r.stderr

@@ -1,0 +1,96 @@
+"The end-to-end demo at its toy scale, and spinexr_predict with the bundle it writes, on DICOMs it has never seen."
+import json, shutil, subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import command
+
+from spinexr.core import DET_CLASSES, BOX_COLUMNS, InputError
+from spinexr.inference import read_bundle
+
+@pytest.fixture(scope='module')
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp('demo')/'demo'
+    r = subprocess.run([command('spinexr_demo'), '--out', str(out), '--tiny'], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out, r
+
+def test_demo_writes_metrics_report_and_bundle(demo):
+    out, r = demo
+    m = json.loads((out/'metrics.json').read_text())
+    for name in ('densenet121', 'tf_efficientnetv2_s', 'resnet50'):
+        assert {'auroc', 'sensitivity', 'specificity', 'f1', 'threshold', 'ci'} <= set(m['classifiers'][name])
+    assert {'auroc', 'sensitivity', 'specificity', 'f1', 'threshold', 'ci', 'weights'} <= set(m['ensemble'])
+    for k in ('without_fusion', 'with_fusion'):
+        assert set(m['detection'][k]['ap50']) == set(DET_CLASSES) and 'map50' in m['detection'][k]
+    html = (out/'report.html').read_text()
+    assert html.count('data:image/png;base64,') >= 4 and 'src="http' not in html and '<link' not in html
+    assert 'paper, real VinDr-SpineXR test set' in html and 'synthetic phantom' in html
+    b = read_bundle(out/'model')
+    assert b['ensemble'].names == ['densenet121', 'tf_efficientnetv2_s', 'resnet50']
+    assert 'ensemble             test AUROC' in r.stdout and 'detection test mAP50 (official)' in r.stdout   # the summary
+
+def test_demo_resumes_without_retraining(demo):
+    out, _ = demo
+    before = {p: p.stat().st_mtime_ns for p in (out/'classifiers').rglob('model.pt')}
+    r = subprocess.run([command('spinexr_demo'), '--out', str(out), '--tiny'], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert {p: p.stat().st_mtime_ns for p in (out/'classifiers').rglob('model.pt')} == before
+
+@pytest.fixture(scope='module')
+def unseen(tmp_path_factory):
+    "A phantom the demo never saw (another seed), with a few bad files among its DICOMs."
+    root = tmp_path_factory.mktemp('unseen')/'release'
+    r = subprocess.run([command('spinexr_phantom'), str(root), '--n_studies', '6', '--seed', '77', '--size', '512'], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return root
+
+def test_predict_on_unseen_dicoms_with_bad_ones(demo, unseen, tmp_path):
+    out, _ = demo
+    good = sorted((unseen/'train_images').glob('*.dicom')) + sorted((unseen/'test_images').glob('*.dicom'))
+    bad = tmp_path/'bad'; bad.mkdir()
+    (bad/'zero.dicom').write_bytes(b'')
+    (bad/'text.dicom').write_text('not a DICOM\n')
+    (bad/'truncated.dicom').write_bytes(good[0].read_bytes()[:3000])
+    (bad/'broken.png').write_bytes(b'\x89PNG\r\n\x1a\n garbage')
+    before = {p: p.read_bytes() for p in unseen.rglob('*') if p.is_file()}
+    res = tmp_path/'pred'
+    r = subprocess.run([command('spinexr_predict'), str(out/'model'), str(unseen/'train_images'), str(unseen/'test_images'), str(bad),
+                        '--out', str(res)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1, r.stderr                                  # documented: 1 when any input failed
+    for name in ('zero.dicom', 'text.dicom', 'truncated.dicom', 'broken.png'): assert name in r.stderr
+    assert f'{len(good)} of {len(good) + 4} images predicted' in r.stdout
+    pj = json.loads((res/'predictions.json').read_text())
+    assert sorted(i['image_id'] for i in pj['images']) == sorted(p.stem for p in good)
+    assert len(pj['failures']) == 4 and all(f['error'] for f in pj['failures'])
+    for rec in pj['images']:
+        assert rec['abnormal'] == (rec['p_abnormal'] >= pj['threshold'])
+        for b in rec['boxes']:
+            assert b['lesion_type'] in DET_CLASSES and 0 <= b['xmin'] <= b['xmax'] <= rec['orig_width'] + 1e-6
+    assert sorted(p.stem for p in (res/'overlays').glob('*.png')) == sorted(p.stem for p in good)
+    assert {p: p.read_bytes() for p in unseen.rglob('*') if p.is_file()} == before      # the inputs are untouched
+    # the boxes CSV is what spinexr_eval_det reads, in original DICOM pixels
+    gt = pd.concat([pd.read_csv(unseen/'annotations'/f'{s}.csv') for s in ('train', 'test')])
+    gt.to_csv(tmp_path/'gt.csv', index=False)
+    r = subprocess.run([command('spinexr_eval_det'), str(tmp_path/'gt.csv'), str(res/'predictions.csv')], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert 'mAP@0.5' in r.stdout
+
+def test_predict_refuses_a_damaged_bundle(demo, unseen, tmp_path):
+    out, _ = demo
+    bundle = tmp_path/'model'
+    shutil.copytree(out/'model', bundle)
+    pt = bundle/'classifiers'/'resnet50'/'model.pt'
+    pt.write_bytes(pt.read_bytes()[:4096])
+    r = subprocess.run([command('spinexr_predict'), str(bundle), str(unseen/'test_images'), '--out', str(tmp_path/'p')], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and 'model.pt' in r.stderr and 'Traceback' not in r.stderr
+    (bundle/'bundle.json').unlink()
+    r = subprocess.run([command('spinexr_predict'), str(bundle), str(unseen/'test_images'), '--out', str(tmp_path/'p')], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and 'not a spinexr model bundle' in r.stderr and 'Traceback' not in r.stderr
+
+def test_predict_with_no_inputs(demo, tmp_path):
+    out, _ = demo
+    (tmp_path/'empty').mkdir()
+    r = subprocess.run([command('spinexr_predict'), str(out/'model'), str(tmp_path/'empty'), '--out', str(tmp_path/'p')], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and 'no input files' in r.stderr
