@@ -9,6 +9,12 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     "Keep spinexr's cache (ultralytics settings, fonts) out of the home directory during tests."
     monkeypatch.setenv('SPINEXR_CACHE', str(tmp_path_factory.getbasetemp()/'cache'))
 
+def tree_digest(root: Path) -> dict:
+    "Path -> (sha1, mtime_ns) of every file under root: any change to the tree changes it."
+    import hashlib
+    return {str(p.relative_to(root)): (hashlib.sha1(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            for p in sorted(root.rglob('*')) if p.is_file()}
+
 def command(name: str) -> str:
     "Path of a console command installed beside this Python."
     return str(BIN/name)

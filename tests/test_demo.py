@@ -68,6 +68,7 @@ def test_predict_on_unseen_dicoms_with_bad_ones(demo, unseen, tmp_path):
         assert rec['abnormal'] == (rec['p_abnormal'] >= pj['threshold'])
         for b in rec['boxes']:
             assert b['lesion_type'] in DET_CLASSES and 0 <= b['xmin'] <= b['xmax'] <= rec['orig_width'] + 1e-6
+            assert rec['abnormal'] or b['score'] >= pj['keep_score']         # the fusion rule: only confident boxes on images called normal
     assert sorted(p.stem for p in (res/'overlays').glob('*.png')) == sorted(p.stem for p in good)
     assert {p: p.read_bytes() for p in unseen.rglob('*') if p.is_file()} == before      # the inputs are untouched
     # the boxes CSV is what spinexr_eval_det reads, in original DICOM pixels

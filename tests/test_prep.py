@@ -14,6 +14,7 @@ import spinexr.dicom as dicom
 from spinexr.annotations import load_release
 from spinexr.core import BOX_COLUMNS, DET_CLASSES, NO_FINDING, SPLITS
 from spinexr.phantom import PhantomConfig, make_phantom
+from conftest import tree_digest
 
 BIN = Path(sys.executable).parent
 PREP = str(BIN/'spinexr_prep')
@@ -22,11 +23,6 @@ PREP = str(BIN/'spinexr_prep')
 def run_prep(*args, timeout=120):
     return subprocess.run([PREP, *map(str, args), '--quiet'], capture_output=True, text=True, timeout=timeout)
 
-
-def tree_digest(root: Path) -> dict:
-    "Path -> (sha1, mtime_ns) of every file under root: any change to the tree changes it."
-    return {str(p.relative_to(root)): (hashlib.sha1(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-            for p in sorted(root.rglob('*')) if p.is_file()}
 
 
 @pytest.fixture(scope='module')

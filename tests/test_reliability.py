@@ -14,7 +14,7 @@ import yaml
 from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate, get_frame
 
-from conftest import command
+from conftest import command, tree_digest
 import spinexr.dicom as dicom
 from spinexr.annotations import image_table, load_release, read_annotations, split_train_val
 from spinexr.core import NO_FINDING, InputError, keep_threads, load_json, offline_env, save_json
@@ -29,11 +29,6 @@ def tally_line() -> str:
             f"{TALLY['files lost']} files lost" + (f'; spinexr_prep peak RSS {rss}' if rss else ''))
 
 # ---------------------------------------------------------------------------------------------------- helpers
-
-def tree_digest(root: Path) -> dict:
-    "Path -> (sha1, mtime_ns) of every file under root: any change to the tree changes it."
-    return {str(p.relative_to(root)): (hashlib.sha1(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-            for p in sorted(root.rglob('*')) if p.is_file()}
 
 _MEASURED = ("import json, resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
              "print(json.dumps(dict(rc=r.returncode, out=r.stdout, err=r.stderr, "
@@ -428,6 +423,17 @@ def check_refused(load, run: Path, fname: str, cases: dict, marker: Path):
         assert not marker.exists(), f'{kind}: the pickle in the file ran'
         TALLY['faults injected'] += 1
 
+def weight_damage(good: bytes, marker: Path, key: str) -> dict:
+    "The damage both loaders must refuse: {kind: (file bytes, expected message)}; `key` a tensor name of the model."
+    import torch
+    flipped = bytearray(good); flipped[len(good) * 2 // 3] ^= 0x01
+    return {'truncated': (good[:len(good) // 2], 'not a readable PyTorch weights file: truncated or corrupt'),
+            'zero bytes': (b'', 'not a readable PyTorch weights file'),
+            'pickle payload in a torch archive': (payload_bytes(marker, True, key), 'refused: the file holds Python objects'),
+            'bare pickle payload': (payload_bytes(marker, False), 'refused: the file holds Python objects'),
+            'one flipped bit in a tensor': (bytes(flipped), 'the weights changed after training'),
+            'other weights': (torch_bytes({key: torch.zeros(2)}), 'the weights changed after training')}
+
 def test_payload_is_live(tmp_path):
     "The payload used below does run when unpickled the unsafe way (so its absence later means something)."
     pickle.loads(payload_bytes(tmp_path/'ran', in_archive=False))
@@ -439,14 +445,8 @@ def test_unsafe_classifier_files(cls_run, tmp_path):
     run, marker = tmp_path/'run', tmp_path/'payload_ran'
     run.mkdir(); shutil.copy(cls_run/'config.json', run)
     good = (cls_run/'model.pt').read_bytes()
-    flipped = bytearray(good); flipped[len(good) * 2 // 3] ^= 0x01
     import torch
-    cases = {'truncated': (good[:len(good) // 2], 'not a readable PyTorch weights file: truncated or corrupt'),
-             'zero bytes': (b'', 'not a readable PyTorch weights file'),
-             'pickle payload in a torch archive': (payload_bytes(marker, True, 'features.conv0.weight'), 'refused: the file holds Python objects'),
-             'bare pickle payload': (payload_bytes(marker, False), 'refused: the file holds Python objects'),
-             'one flipped bit in a tensor': (bytes(flipped), 'the weights changed after training'),
-             'other weights': (torch_bytes({'fc.weight': torch.zeros(2)}), 'the weights changed after training'),
+    cases = {**weight_damage(good, marker, 'features.conv0.weight'),
              'a list, not a state_dict': (torch_bytes([torch.zeros(2)]), 'not a state_dict')}
     check_refused(load_classifier, run, 'model.pt', cases, marker)
     cfg = load_json(run/'config.json'); cfg['weights_sha256'] = None; save_json(cfg, run/'config.json')  # a run without a checksum
@@ -466,15 +466,7 @@ def test_unsafe_detector_files(tmp_path):
         run, marker = tmp_path/'det', tmp_path/'payload_ran'
         run.mkdir()
         save_detector(SimpleNamespace(model=DetectionModel('yolo11n.yaml', ch=1, nc=7, verbose=False)), run)  # as a YOLO wrapper holds it
-        good = (run/'detector.pt').read_bytes()
-        import torch
-        flipped = bytearray(good); flipped[len(good) * 2 // 3] ^= 0x01
-        cases = {'truncated': (good[:len(good) // 2], 'not a readable PyTorch weights file: truncated or corrupt'),
-                 'zero bytes': (b'', 'not a readable PyTorch weights file'),
-                 'pickle payload in a torch archive': (payload_bytes(marker, True, 'model.0.conv.weight'), 'refused: the file holds Python objects'),
-                 'bare pickle payload': (payload_bytes(marker, False), 'refused: the file holds Python objects'),
-                 'one flipped bit in a tensor': (bytes(flipped), 'the weights changed after training'),
-                 'other weights': (torch_bytes({'model.0.conv.weight': torch.zeros(2)}), 'the weights changed after training')}
+        cases = weight_damage((run/'detector.pt').read_bytes(), marker, 'model.0.conv.weight')
         check_refused(load_detector, run, 'detector.pt', cases, marker)
         spec = load_json(run/'detector.json'); spec['weights_sha256'] = None; save_json(spec, run/'detector.json')  # no checksum
         check_refused(load_detector, run, 'detector.pt', {'other architecture': (cases['other weights'][0], 'weights do not fit the architecture')}, marker)
