@@ -6,47 +6,51 @@
 from __future__ import annotations
 import shutil, time, warnings
 from dataclasses import dataclass
+from typing import ClassVar
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from fastcore.script import call_parse
+from fastcore.script import Param, call_parse
 
 from .core import *
 from .metrics import *
+from .weights import WeightStore, read_state_dict, sha256_file
 
 # %% auto #0
 __all__ = ['ARCHS', 'RECIPES', 'ClsConfig', 'recipe', 'recipe_table', 'read_labels', 'cls_datablock', 'cls_dataloaders',
-           'create_backbone', 'BinaryLoss', 'cls_learner', 'predict_probs', 'plot_history', 'train_classifier',
-           'run_table', 'show_run', 'load_classifier', 'spinexr_train_cls']
+           'backbone_weights', 'create_backbone', 'BinaryLoss', 'cls_learner', 'predict_probs', 'plot_history',
+           'train_classifier', 'run_table', 'show_run', 'load_classifier', 'data_and_out', 'spinexr_train_cls']
 
 # %% ../nbs/10_classify.ipynb #a8ed4349
 ARCHS = ('densenet121', 'tf_efficientnetv2_s', 'resnet50')
 
 @dataclass
 class ClsConfig(JsonConfig):
-    "Settings of one classifier run."
-    arch: str = 'densenet121'
+    "Settings of one classifier run; the defaults are the full-scale recipe."
+    filled_in: ClassVar[tuple] = ('mean', 'std', 'used_pretrained', 'pretrained_sha256', 'weights_sha256')
+    arch: str = 'densenet121'       # timm backbone: densenet121, tf_efficientnetv2_s or resnet50
     size: int = 384                 # square input side; images are padded to keep their aspect ratio
-    epochs: int = 12
-    bs: int = 16
-    lr: float = 1e-3                # peak learning rate of the one-cycle schedule
+    epochs: int = 15
+    bs: int = 16                    # batch size (per process under DDP)
+    lr: float = 3e-4                # peak learning rate of the one-cycle schedule
     wd: float = 1e-2                # decoupled weight decay (AdamW)
     schedule: str = 'one_cycle'     # 'one_cycle' or 'cosine' (flat, then cosine annealing)
     imbalance: str = 'pos_weight'   # 'pos_weight' (loss), 'sampler' (balanced batches) or 'none'
-    pretrained: bool = True         # ImageNet weights from the hub when they can be had
-    weights: str | None = None      # a local timm weights file (overrides `pretrained`)
+    pretrained: bool = True         # start from the ImageNet weights of the weights store (spinexr_weights)
+    weights: str | None = None      # a local ImageNet weights file of this arch, used instead of the store's
     early_stop: int = 0             # stop after this many epochs without a better validation AUROC (0: off)
     max_rotate: float = 10.0        # augmentation: degrees
-    max_zoom: float = 1.1
-    max_lighting: float = 0.2       # brightness and contrast
+    max_zoom: float = 1.1           # augmentation: largest zoom factor
+    max_lighting: float = 0.2       # augmentation: brightness and contrast
     workers: int | None = None      # data loader processes (default: 0 on CPU, all cores on GPU)
     mixed_precision: bool = True    # bf16/fp16 autocast on GPU (ignored on CPU)
     seed: int = 42
     mean: float | None = None       # input normalisation; filled in from the backbone's pretrained config
     std: float | None = None
-    used_pretrained: bool | None = None  # filled in: whether ImageNet weights were really loaded
-    weights_sha256: str | None = None    # filled in: SHA-256 of model.pt, checked by `load_classifier`
+    used_pretrained: bool | None = None     # filled in: whether ImageNet weights were really loaded
+    pretrained_sha256: str | None = None    # filled in: SHA-256 of the ImageNet weights file
+    weights_sha256: str | None = None       # filled in: SHA-256 of model.pt, checked by `load_classifier`
 
     def __post_init__(self):
         if self.arch not in ARCHS: raise InputError(f'arch must be one of {ARCHS}, got {self.arch!r}')
@@ -55,20 +59,18 @@ class ClsConfig(JsonConfig):
         if self.size < 32 or self.epochs < 1 or self.bs < 1: raise InputError('size must be >= 32, epochs and bs >= 1')
 
 # %% ../nbs/10_classify.ipynb #47764cc2
-RECIPES = {
-    'densenet121':         dict(size=384, epochs=15, bs=16, lr=3e-4, wd=1e-2, schedule='one_cycle', imbalance='pos_weight'),
-    'tf_efficientnetv2_s': dict(size=384, epochs=15, bs=16, lr=3e-4, wd=1e-2, schedule='one_cycle', imbalance='pos_weight'),
-    'resnet50':            dict(size=384, epochs=15, bs=16, lr=3e-4, wd=1e-2, schedule='one_cycle', imbalance='pos_weight'),
-}
+RECIPES = {'densenet121': {}, 'tf_efficientnetv2_s': {}, 'resnet50': {}}   # per-architecture changes to ClsConfig's defaults
 
 def recipe(arch: str, **overrides) -> ClsConfig:
     "The full-scale `ClsConfig` of `arch`, with any settings overridden."
+    if arch not in RECIPES: raise InputError(f'arch must be one of {ARCHS}, got {arch!r}')
     return ClsConfig(arch=arch, **{**RECIPES[arch], **overrides})
 
 def recipe_table(arch: str) -> pd.DataFrame:
     "The full-scale recipe of `arch` as a two-column table."
     c = recipe(arch)
-    rows = [('backbone', f'timm `{arch}`, 1 input channel, 1 logit'), ('weights', 'ImageNet (hub or --weights file), else from scratch'),
+    rows = [('backbone', f'timm `{arch}`, 1 input channel, 1 logit'),
+            ('weights', f'ImageNet, `{arch}` from the weights store (`spinexr_weights`); `--no_pretrained`: from scratch'),
             ('input', f'{c.size} x {c.size}, padded to square, 1 channel'), ('optimiser', f'AdamW, weight decay {c.wd}'),
             ('schedule', f'one-cycle (warm-up, cosine annealing), peak lr {c.lr}, {c.epochs} epochs'), ('batch', c.bs),
             ('loss', 'binary cross-entropy, positive class weighted by n_neg / n_pos'),
@@ -127,24 +129,31 @@ def cls_dataloaders(labels: pd.DataFrame, cfg: ClsConfig):
                                       after_item=dblock.item_tfms, after_batch=dblock.batch_tfms)
 
 # %% ../nbs/10_classify.ipynb #37b65ec8
-def create_backbone(cfg: ClsConfig):
-    "A timm model (1 channel in, 1 logit out); fills in `cfg.used_pretrained`, `cfg.mean`, `cfg.std`."
-    offline_env()
-    import timm
-    kw = dict(in_chans=1, num_classes=1)
+def backbone_weights(cfg: ClsConfig, store=None) -> tuple:
+    "(state_dict, SHA-256) of the ImageNet weights `cfg` asks for, checked; (None, None) when it trains from scratch."
     if cfg.weights:
-        if not Path(cfg.weights).is_file(): raise InputError('weights file not found', cfg.weights)
-        model = timm.create_model(cfg.arch, pretrained=True, pretrained_cfg_overlay=dict(file=str(cfg.weights)), **kw)
-        cfg.used_pretrained = True
-    elif cfg.pretrained:
-        try:
-            model, cfg.used_pretrained = timm.create_model(cfg.arch, pretrained=True, **kw), True
-        except (OSError, RuntimeError, ValueError) as e:
-            warnings.warn(f'No ImageNet weights for {cfg.arch} could be loaded ({type(e).__name__}); training from '
-                          f'scratch. Offline, pass a local weights file with --weights PATH.', stacklevel=2)
-            model, cfg.used_pretrained = timm.create_model(cfg.arch, pretrained=False, **kw), False
-    else:
-        model, cfg.used_pretrained = timm.create_model(cfg.arch, pretrained=False, **kw), False
+        state = read_state_dict(cfg.weights)
+        return state, sha256_file(cfg.weights)
+    if not cfg.pretrained: return None, None
+    state, rec = WeightStore(store).load(cfg.arch)
+    return state, rec['sha256']
+
+def _misfit(cfg, why: str) -> InputError:
+    return InputError(f'the ImageNet weights do not fit {cfg.arch} ({why[:200]})', cfg.weights or cfg.arch)
+
+def create_backbone(cfg: ClsConfig, weights: tuple | None = None):
+    "A timm model (1 channel in, 1 logit out) with `weights` (default: `backbone_weights(cfg)`); fills in `used_pretrained`, `mean`, `std`."
+    import timm
+    state, sha = weights if weights is not None else backbone_weights(cfg)
+    kw = dict(in_chans=1, num_classes=1)
+    if state is not None: kw.update(pretrained=True, pretrained_cfg_overlay=dict(state_dict=state))
+    try: model = timm.create_model(cfg.arch, **kw)
+    except RuntimeError as e: raise _misfit(cfg, str(e).splitlines()[0]) from None
+    if state is not None:   # timm loads non-strictly when it drops the head: check that everything else was there
+        head = tuple(f'{c}.' for c in np.atleast_1d(model.pretrained_cfg.get('classifier') or []))
+        missing = [k for k in model.state_dict() if k not in state and not k.startswith(head)]
+        if missing: raise _misfit(cfg, f'{len(missing)} tensors missing, e.g. {missing[0]}')
+    cfg.used_pretrained, cfg.pretrained_sha256 = state is not None, sha
     pc = model.pretrained_cfg
     if cfg.mean is None: cfg.mean, cfg.std = float(np.mean(pc['mean'])), float(np.mean(pc['std']))
     return model
@@ -260,12 +269,12 @@ def train_classifier(prep_dir, out_dir, cfg: ClsConfig | None = None, progress: 
     import torch
     from fastai.distributed import num_distrib
     cfg, out = cfg or ClsConfig(), Path(out_dir)
+    labels, weights = read_labels(prep_dir), backbone_weights(cfg)   # bad input and missing weights stop here, before any output
     out.mkdir(parents=True, exist_ok=True)
     if _is_rank0(): _start_clean(out); (out/'.checkpoints').mkdir()
     seed_everything(cfg.seed, torch=True)
     if num_distrib() <= 1: set_threads()
-    labels = read_labels(prep_dir)
-    model = create_backbone(cfg)
+    model = create_backbone(cfg, weights)
     dls = cls_dataloaders(labels, cfg)
     learn = cls_learner(dls, cfg, model, path=out)
     cbs = [SaveModelCallback(monitor='auroc', comp=np.greater, fname='best', with_opt=False)]
@@ -343,29 +352,37 @@ def load_classifier(run_dir):
     return model.eval(), cfg
 
 # %% ../nbs/10_classify.ipynb #3e1de47c
+def _recipe_default(f) -> str:
+    "A setting's default in `--help`: the recipe's value, per architecture where they differ."
+    if f.name == 'arch': return repr(f.default)
+    vals = {a: getattr(recipe(a), f.name) for a in ARCHS}
+    if len(set(map(repr, vals.values()))) == 1: return repr(vals[ARCHS[0]])
+    return ', '.join(f'{a}: {v!r}' for a, v in vals.items())
+
+def data_and_out(paths, data, out) -> tuple:
+    "`--data` and `--out`, or the two positionals `DATA OUT` that earlier versions took."
+    paths = list(paths or [])
+    if paths and (data or out or len(paths) != 2): raise InputError('give the prep tree with --data and the run directory with --out')
+    data, out = paths if paths else (data, out)
+    if not data or not out: raise InputError('give the prep tree with --data and the run directory with --out')
+    return data, out
+
 @call_parse
-def spinexr_train_cls(data: str,                      # a prep tree written by spinexr_prep (images/, labels.csv)
-                      out: str,                       # the run directory to write
-                      arch: str = 'densenet121',      # densenet121, tf_efficientnetv2_s or resnet50
-                      size: int = 384,                # input side in pixels
-                      epochs: int = 12,
-                      bs: int = 16,                   # batch size (per process)
-                      lr: float = 1e-3,               # peak learning rate
-                      wd: float = 1e-2,               # weight decay (AdamW)
-                      schedule: str = 'one_cycle',    # one_cycle or cosine
-                      imbalance: str = 'pos_weight',  # pos_weight, sampler or none
-                      no_pretrained: bool = False,    # do not try to load ImageNet weights from the hub
-                      weights: str = None,            # a local timm ImageNet weights file
-                      early_stop: int = 0,            # patience in epochs on validation AUROC (0: off)
-                      workers: int = None,            # data loader processes
-                      seed: int = 42):
-    "Train one classifier on a prep tree; under `torchrun`/`accelerate launch` it trains with DDP."
+@config_flags(ClsConfig, default_text=_recipe_default,
+              helps=dict(pretrained='train from scratch on purpose: no ImageNet weights',
+                         arch='timm backbone: densenet121, tf_efficientnetv2_s or resnet50; its recipe sets every other default'))
+def spinexr_train_cls(paths: Param('(deprecated) DATA OUT as positionals', str, nargs='*', opt=False) = None,
+                      data: str = None,     # a prep tree written by spinexr_prep (images/, labels.csv)
+                      out: str = None,      # the run directory to write
+                      **settings):
+    "Train one classifier of the recipe of --arch on a prep tree; under `torchrun`/`accelerate launch` it trains with DDP."
     with cli_errors('spinexr_train_cls'):
-        cfg = ClsConfig(arch=arch, size=size, epochs=epochs, bs=bs, lr=lr, wd=wd, schedule=schedule, imbalance=imbalance,
-                        pretrained=not no_pretrained, weights=weights, early_stop=early_stop, workers=workers, seed=seed)
+        data, out = data_and_out(paths, data, out)
+        given = given_settings(ClsConfig, settings)
+        cfg = recipe(given.pop('arch', ClsConfig.arch), **given)
         m = train_classifier(data, out, cfg)
     if m and 'test' in m:
         t = m['test']
-        print(f"{arch}: val AUROC {m['val_auroc']:.4f} (best epoch {m['best_epoch']}); test AUROC {t['auroc']:.4f}, "
+        print(f"{cfg.arch}: val AUROC {m['val_auroc']:.4f} (best epoch {m['best_epoch']}); test AUROC {t['auroc']:.4f}, "
               f"sensitivity {t['sensitivity']:.4f}, specificity {t['specificity']:.4f}, F1 {t['f1']:.4f} at threshold {t['threshold']:.4f}; "
-              f"{m['train_seconds']} s")
+              f"{m['train_seconds']} s; ImageNet weights: {cfg.used_pretrained}")

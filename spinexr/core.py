@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #85085b04
 from __future__ import annotations
-import contextlib, json, os, random, re, shutil, sys, tempfile
+import contextlib, inspect, json, os, random, re, shutil, sys, tempfile, typing
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -13,8 +13,9 @@ import numpy as np
 # %% auto #0
 __all__ = ['NO_FINDING', 'LESION_TYPES', 'DET_CLASSES', 'CLASS_ID', 'CLASS_COLORS', 'BOX_COLUMNS', 'ANNOTATION_COLUMNS', 'SPLITS',
            'show_boxes', 'InputError', 'is_safe_id', 'cli_errors', 'atomic_path', 'write_text', 'save_json',
-           'load_json', 'plain', 'write_csv', 'save_figure', 'save_weights', 'load_weights', 'JsonConfig', 'RunConfig',
-           'seed_everything', 'cpu_count', 'default_threads', 'set_threads', 'keep_threads', 'cache_dir', 'offline_env']
+           'load_json', 'plain', 'write_csv', 'save_figure', 'save_weights', 'load_weights', 'JsonConfig',
+           'config_flags', 'given_settings', 'RunConfig', 'seed_everything', 'cpu_count', 'default_threads',
+           'set_threads', 'keep_threads', 'cache_dir', 'offline_env']
 
 # %% ../nbs/00_core.ipynb #968e4ea0
 NO_FINDING = 'No finding'
@@ -154,6 +155,9 @@ def load_weights(path, sha256: str | None = None) -> dict:
 class JsonConfig:
     "Save and load a dataclass of settings as JSON; an unknown setting in the file is an error naming it."
     def save(self, path) -> Path: return save_json(asdict(self), path)
+    def settings(self) -> dict:
+        "The settings the user chose: every field but those a run fills in (the class's `filled_in`)."
+        return {k: v for k, v in asdict(self).items() if k not in getattr(self, 'filled_in', ())}
 
     @classmethod
     def load(cls, path):
@@ -161,6 +165,43 @@ class JsonConfig:
         unknown = sorted(set(d) - known)
         if unknown: raise InputError(f'unknown settings {unknown}', path)
         return cls(**d)
+
+# %% ../nbs/00_core.ipynb #93baf0af
+def _flag_type(t):
+    "The argparse type of a settings field's annotation: `int | None` is `int`."
+    args = [a for a in typing.get_args(t) if a is not type(None)]
+    return args[0] if args else t
+
+def config_flags(cfg_cls, default_text=None, helps: dict | None = None):
+    "Decorator: a console command gets a flag for each field of the settings dataclass `cfg_cls`, documented by the field's comment."
+    from fastcore.docments import docments
+    from fastcore.script import Param
+    docs, hints, helps = docments(cfg_cls), typing.get_type_hints(cfg_cls), helps or {}
+    default_text = default_text or (lambda f: repr(f.default))
+    def _f(func):
+        sig = inspect.signature(func)
+        params = [p for p in sig.parameters.values() if p.kind != p.VAR_KEYWORD]
+        for f in fields(cfg_cls):
+            if f.name in getattr(cfg_cls, 'filled_in', ()): continue
+            t, doc = _flag_type(hints[f.name]), docs.get(f.name) or f.name
+            if t is bool and f.default is True:    # a flag that switches a setting off: --no_NAME
+                p = inspect.Parameter(f'no_{f.name}', inspect.Parameter.KEYWORD_ONLY, default=False,
+                                      annotation=Param(helps.get(f.name, f'turn off: {doc}'), bool))
+            else:
+                p = inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=False if t is bool else None,
+                                      annotation=Param(f'{helps.get(f.name, doc)} (default: {default_text(f)})', t))
+            params.append(p)
+        func.__signature__ = sig.replace(parameters=params)
+        return func
+    return _f
+
+def given_settings(cfg_cls, flags: dict) -> dict:
+    "The settings a command line set, from the flags `config_flags` made (a flag not given is left out)."
+    out = {}
+    for f in fields(cfg_cls):
+        if f'no_{f.name}' in flags and flags[f'no_{f.name}']: out[f.name] = False
+        elif (v := flags.get(f.name)) is not None and v is not False: out[f.name] = v
+    return out
 
 # %% ../nbs/00_core.ipynb #0fd27992
 @dataclass

@@ -4,7 +4,7 @@
 
 # %% ../nbs/50_demo.ipynb #89297a42
 from __future__ import annotations
-import base64, html, io, sys, time
+import base64, html, io, os, resource, sys, time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -12,7 +12,8 @@ import pandas as pd
 from fastcore.script import call_parse
 
 from .core import *
-from .annotations import load_release
+from .weights import WeightStore
+from .annotations import images_dir, load_release
 from .phantom import PhantomConfig, make_phantom
 from .dicom import prep
 from .analysis import class_table, plot_class_counts, split_table
@@ -25,7 +26,8 @@ from .inference import make_bundle
 
 # %% auto #0
 __all__ = ['PAPER_CLS', 'PAPER_AP50', 'PAPER_MAP50', 'DemoConfig', 'evaluate_demo', 'classification_table', 'detection_table',
-           'write_report', 'run_demo', 'spinexr_demo']
+           'write_report', 'check_release', 'check_weights', 'subset_release', 'weights_used', 'run_demo',
+           'spinexr_demo']
 
 # %% ../nbs/50_demo.ipynb #9b0ef21c
 @dataclass
@@ -35,52 +37,94 @@ class DemoConfig(JsonConfig):
     seed: int = 5
     phantom_size: int = 1024      # long side of the phantom's DICOMs
     prep_size: int = 512          # long side of the preprocessed PNGs
+    val_frac: float = 0.15        # share of the train studies held out for validation
     cls_size: int = 96            # classifier input
     cls_epochs: int = 4
     cls_bs: int = 16
     cls_lr: float = 2e-3
-    cls_pretrained: bool = False  # ImageNet weights (a download) or from scratch
+    cls_pretrained: bool = False  # ImageNet weights from the weights store; the phantom demo trains from scratch
     det_model: str = 'yolo11n.yaml'
     det_imgsz: int = 384
     det_epochs: int = 24
     det_batch: int = 8
     det_lr0: float = 2e-3
+    det_pretrained: bool = False  # COCO weights from the weights store; the phantom demo trains from scratch
     keep_score: float = 0.5       # the fusion rule's box score for images called normal
     n_boot: int = 10_000
+    rehearsal: bool = False       # full-scale settings for one epoch on a small subset; weights where the store has them
+    rehearsal_images: int = 60    # images in a rehearsal's subset of the release
 
     @classmethod
     def full_scale(cls, **kw):
         "The settings for the real release (a GPU machine)."
         return cls(**{**dict(prep_size=1024, cls_size=None, cls_epochs=None, cls_bs=None, cls_lr=None, cls_pretrained=True,
-                             det_model='yolo11l.yaml', det_imgsz=640, det_epochs=35, det_batch=12, det_lr0=1e-4), **kw})
+                             det_model='yolo11l.yaml', det_imgsz=640, det_epochs=35, det_batch=12, det_lr0=1e-4,
+                             det_pretrained=True), **kw})
+
+    @classmethod
+    def rehearsal_scale(cls, **kw):
+        "The full-scale settings for one epoch of each model, on about 60 images (a phantom at release size without a release); a larger validation share keeps both classes in so small a validation split."
+        return cls.full_scale(**{**dict(n_studies=30, phantom_size=None, cls_epochs=1, det_epochs=1, val_frac=0.3, rehearsal=True), **kw})
 
     def classifier(self, arch: str):
         "The `ClsConfig` of one classifier: its recipe, with the demo's scale where set."
         kw = dict(size=self.cls_size, epochs=self.cls_epochs, bs=self.cls_bs, lr=self.cls_lr)
-        return recipe(arch, pretrained=self.cls_pretrained, **{k: v for k, v in kw.items() if v is not None})
+        return recipe(arch, pretrained=self._pretrained(self.cls_pretrained, arch), **{k: v for k, v in kw.items() if v is not None})
 
     def detector(self) -> DetConfig:
-        return DetConfig(model=self.det_model, imgsz=self.det_imgsz, epochs=self.det_epochs, batch=self.det_batch,
-                         lr0=self.det_lr0, seed=self.seed)
+        cfg = DetConfig(model=self.det_model, imgsz=self.det_imgsz, epochs=self.det_epochs, batch=self.det_batch,
+                        lr0=self.det_lr0, seed=self.seed)
+        cfg.pretrained = self._pretrained(self.det_pretrained, cfg.weights_name)
+        return cfg
+
+    def _pretrained(self, asked: bool, name: str) -> bool:
+        "A rehearsal uses the weights the store has and trains the rest from scratch; a real run needs them all."
+        return asked and (not self.rehearsal or name in WeightStore().entries())
+
+    def weight_names(self) -> list:
+        "The store names this configuration loads."
+        return [a for a in ARCHS if self.classifier(a).pretrained] + ([self.detector().weights_name] if self.detector().pretrained else [])
 
 # %% ../nbs/50_demo.ipynb #10a990e0
+def _reset_peak_rss():
+    try: Path('/proc/self/clear_refs').write_text('5')      # resets this process's VmHWM (Linux)
+    except OSError: pass
+
+def _own_peak_kb() -> int:
+    try: return next(int(l.split()[1]) for l in Path('/proc/self/status').read_text().splitlines() if l.startswith('VmHWM'))
+    except (OSError, StopIteration): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+def _children_peak_kb() -> int: return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+
+def _gpu_peak_gb(reset: bool = False):
+    "Peak GPU memory allocated by torch (GiB) since the last reset; None without a GPU."
+    torch = sys.modules.get('torch')
+    if torch is None or not torch.cuda.is_available(): return None
+    if reset: torch.cuda.reset_peak_memory_stats()
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2)
+
 class _Steps:
-    "Run named steps, printing each with its wall time, and keep the timings."
-    def __init__(self, verbose: bool): self.verbose, self.seconds = verbose, {}
-    def __call__(self, name, f, *args, **kw):
+    "Run named steps, printing each with its wall time; keep each one's time, peak memory and settings."
+    def __init__(self, verbose: bool): self.verbose, self.seconds, self.rows = verbose, {}, []
+    def __call__(self, name, f, *args, settings: str = '', **kw):
         if self.verbose: print(f'spinexr_demo: {name} ...', file=sys.stderr, flush=True)
-        t0 = time.perf_counter()
+        _reset_peak_rss(); _gpu_peak_gb(reset=True)
+        children, t0 = _children_peak_kb(), time.perf_counter()
         out = f(*args, **kw)
         self.seconds[name] = round(time.perf_counter() - t0, 1)
+        peak = max(_own_peak_kb(), _children_peak_kb() if _children_peak_kb() > children else 0)   # workers that ran in this step
+        self.rows.append(dict(step=name, settings=settings, seconds=self.seconds[name], peak_rss_gb=round(peak / 2**20, 2),
+                              peak_gpu_gb=_gpu_peak_gb()))
         if self.verbose: print(f'spinexr_demo: {name} done in {self.seconds[name]:.0f} s', file=sys.stderr, flush=True)
         return out
+    def table(self) -> pd.DataFrame: return pd.DataFrame(self.rows, columns=['step', 'settings', 'seconds', 'peak_rss_gb', 'peak_gpu_gb'])
 
 def _train_classifier_once(prep_dir, run, cfg, progress):
     if not (run/'metrics.json').exists(): train_classifier(prep_dir, run, cfg, progress=progress)
     return run
 
 def _train_detector_once(prep_dir, run, cfg, progress):
-    trained = (run/'detector.pt').exists() and (run/'config.json').exists() and DetConfig.load(run/'config.json') == cfg
+    trained = (run/'detector.pt').exists() and (run/'config.json').exists() and DetConfig.load(run/'config.json').settings() == cfg.settings()
     if not trained: train_detector(prep_dir, run, cfg, progress=progress)   # detector.pt is written when training ends
     if not trained or not (run/'metrics.json').exists(): evaluate_detector(run, prep_dir)
     return run
@@ -171,7 +215,8 @@ def write_report(out, m: dict, cfg: DemoConfig, data_label: str, timing: dict) -
     parts = ['<h1>spinexr demo report</h1>',
              f'<p>Data: <b>{html.escape(data_label)}</b>. Every choice (ensemble weights, thresholds, checkpoints) was made on the validation split; '
              f'the test split was scored once.</p>', f'<p class="note">{warn}</p>' if warn else '',
-             '<h2>Run</h2>', _table(pd.DataFrame(dict(step=list(timing), seconds=list(timing.values())))),
+             '<h2>Run</h2>', f"<p>Weights the models started from: {html.escape(', '.join(f'{k} {v}' for k, v in m['weights'].items()))}.</p>",
+             _table(pd.DataFrame(dict(step=list(timing), seconds=list(timing.values())))),
              '<details><summary>settings</summary>', _table(pd.Series(asdict(cfg)).rename('value').to_frame(), index=True), '</details>',
              '<h2>Dataset</h2>', _table(split_table(ann), index=True), _table(class_table(ann), index=True), _img(plot_class_counts(ann)),
              '<h2>Classification (normal vs abnormal image)</h2>',
@@ -199,29 +244,96 @@ def _pr_pair(fus):
     fig.tight_layout()
     return fig
 
+# %% ../nbs/50_demo.ipynb #75f56759
+def check_release(root) -> Path:
+    "`root` if it is a VinDr-SpineXR release (valid annotations, DICOMs in both image folders); else an error naming --data."
+    root = Path(root)
+    if not root.is_dir(): raise InputError(f'--data {root}: no such folder')
+    try: ann = load_release(root)
+    except InputError as e: raise InputError(f'--data {root} is not a VinDr-SpineXR release root: {e}') from None
+    for split in ('train', 'test'):
+        d = images_dir(root, split)
+        if not d.is_dir() or next(d.glob('*.dicom'), None) is None:
+            raise InputError(f'--data {root} is not a VinDr-SpineXR release root: no DICOMs in {d.name}/')
+    return root
+
+def check_weights(cfg: DemoConfig, store=None):
+    "Stop unless the weights store has every pretrained file `cfg` asks for."
+    store = WeightStore(store)
+    for name in cfg.weight_names(): store.record(name)
+
+# %% ../nbs/50_demo.ipynb #f7cbc772
+def subset_release(src, dst, n_images: int = 60, seed: int = 0) -> Path:
+    "A release folder at `dst` with about `n_images` of `src`'s images (whole studies, both splits), DICOMs linked."
+    import numpy as np
+    src, dst = Path(src).absolute(), Path(dst)
+    ann, rng = load_release(src), np.random.default_rng(seed)
+    studies = ann.groupby('study_id').agg(split=('split', 'first'), n=('image_id', 'nunique'),
+                                          abnormal=('lesion_type', lambda s: bool((s != NO_FINDING).any())))
+    keep = []
+    for split, share in (('train', 0.75), ('test', 0.25)):
+        for abnormal in (True, False):
+            pool = studies[(studies.split == split) & (studies.abnormal == abnormal)]
+            pool = pool.iloc[rng.permutation(len(pool))]
+            keep += pool.index[pool.n.cumsum() <= max(share * n_images / 2, pool.n.iloc[0] if len(pool) else 0)].tolist()
+    ids = set(ann.image_id[ann.study_id.isin(keep)])
+    for split in ('train', 'test'):
+        raw = pd.read_csv(src/'annotations'/f'{split}.csv', dtype=str, keep_default_na=False)
+        write_csv(raw[raw.image_id.isin(ids)], dst/'annotations'/f'{split}.csv')
+        (dst/f'{split}_images').mkdir(parents=True, exist_ok=True)
+        for i in sorted(set(raw.image_id) & ids):
+            link = dst/f'{split}_images'/f'{i}.dicom'
+            if not link.is_symlink(): link.symlink_to(images_dir(src, split)/f'{i}.dicom')
+    return dst
+
 # %% ../nbs/50_demo.ipynb #390b35e4
+def _cls_settings(c) -> str:
+    return f"{c.size} px, batch {c.bs}, {c.epochs} epoch{'s' * (c.epochs > 1)}, lr {c.lr:g}, {'ImageNet weights' if c.pretrained else 'from scratch'}"
+
+def _det_settings(d) -> str:
+    return f"{d.model} at {d.imgsz}, batch {d.batch}, {d.epochs} epoch{'s' * (d.epochs > 1)}, {'COCO weights' if d.pretrained else 'from scratch'}"
+
+def weights_used(out) -> dict:
+    "What each model of a demo folder started from, as its run recorded it."
+    from spinexr.classify import ClsConfig
+    out = Path(out)
+    cls = {a: 'ImageNet' if ClsConfig.load(out/'classifiers'/a/'config.json').used_pretrained else 'from scratch' for a in ARCHS}
+    d = DetConfig.load(out/'detector'/'config.json')
+    return {**cls, 'detector': f'COCO ({d.pretrained_tensors} tensors)' if d.used_pretrained else 'from scratch'}
+
 def run_demo(out, data=None, cfg: DemoConfig | None = None, progress: bool = True) -> dict:
     "Phantom (or the release at `data`) → prep → classifiers → detector → ensemble → fusion → metrics.json, report.html, model/."
     out = Path(out).absolute()
     cfg = cfg or (DemoConfig.full_scale() if data else DemoConfig())
+    if data is not None: data = check_release(data)     # before anything is written
+    check_weights(cfg)
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out/'demo.json')
     step = _Steps(progress)
     if data is None:
         data = out/'phantom'
-        step('phantom', make_phantom, data, PhantomConfig(n_studies=cfg.n_studies, seed=cfg.seed, size=cfg.phantom_size), progress=progress)
+        step('phantom', make_phantom, data, PhantomConfig(n_studies=cfg.n_studies, seed=cfg.seed, size=cfg.phantom_size), progress=progress,
+             settings=f"{cfg.n_studies} studies, long side {cfg.phantom_size or '1500-3000'} px")
         data_label = f'phantom ({cfg.n_studies} studies, seed {cfg.seed})'
     else:
         data_label = f'VinDr-SpineXR release at {data}'
-    step('preprocess', prep, data, out/'prep', size=cfg.prep_size, seed=cfg.seed, progress=progress)
-    for a in ARCHS: step(f'classifier {a}', _train_classifier_once, out/'prep', out/'classifiers'/a, cfg.classifier(a), progress)
-    step('detector', _train_detector_once, out/'prep', out/'detector', cfg.detector(), progress)
+        if cfg.rehearsal:
+            data = step('subset', subset_release, data, out/'subset', cfg.rehearsal_images, cfg.seed, settings=f'about {cfg.rehearsal_images} images')
+            data_label += f' (rehearsal subset of about {cfg.rehearsal_images} images)'
+    step('preprocess', prep, data, out/'prep', size=cfg.prep_size, val_frac=cfg.val_frac, seed=cfg.seed, progress=progress,
+         settings=f'long side {cfg.prep_size} px')
+    for a in ARCHS:
+        c = cfg.classifier(a)
+        step(f'classifier {a}', _train_classifier_once, out/'prep', out/'classifiers'/a, c, progress, settings=_cls_settings(c))
+    step('detector', _train_detector_once, out/'prep', out/'detector', cfg.detector(), progress, settings=_det_settings(cfg.detector()))
     m = step('ensemble and evaluation', evaluate_demo, out, cfg)
     m['_data'] = data
     step('model bundle', make_bundle, out/'model', [out/'classifiers'/a for a in ARCHS], out/'detector', m['_ensemble'], cfg.prep_size, cfg.keep_score)
+    m['weights'] = weights_used(out)
     step('report', write_report, out, m, cfg, data_label, step.seconds)
     metrics = {k: v for k, v in m.items() if not k.startswith('_')}
     metrics.update(data=data_label, seconds=step.seconds, total_seconds=round(sum(step.seconds.values()), 1))
+    if cfg.rehearsal: write_csv(step.table(), out/'rehearsal.csv')
     save_json(metrics, out/'metrics.json')
     return metrics
 
@@ -231,12 +343,17 @@ def spinexr_demo(out: str = 'demo',          # the folder to write (resumes if i
                  data: str = None,           # a VinDr-SpineXR release root: run on it with the full-scale settings
                  n_studies: int = None,      # phantom studies (default 250)
                  seed: int = None,           # phantom and split seed (default 5)
-                 tiny: bool = False):        # a toy scale that runs in about a minute (for checks, not results)
+                 tiny: bool = False,         # a toy scale that runs in about a minute (for checks, not results)
+                 rehearsal: bool = False,    # full-scale settings, one epoch, about 60 images: shapes, memory, configuration
+                 no_pretrained: bool = False):  # train every model from scratch on purpose (no ImageNet or COCO weights)
     "Run the whole chain on a phantom (default) or the real release: report.html, metrics.json and a model bundle for spinexr_predict."
     with cli_errors('spinexr_demo'):
+        if tiny and rehearsal: raise InputError('choose --tiny or --rehearsal, not both')
         base = DemoConfig(n_studies=40, phantom_size=512, prep_size=256, cls_size=64, cls_epochs=1, det_imgsz=128, det_epochs=1,
-                          det_batch=16, n_boot=1000) if tiny else (DemoConfig.full_scale() if data else DemoConfig())
+                          det_batch=16, n_boot=1000) if tiny else DemoConfig.rehearsal_scale() if rehearsal else \
+               (DemoConfig.full_scale() if data else DemoConfig())
         kw = {k: v for k, v in dict(n_studies=n_studies, seed=seed).items() if v is not None}
+        if no_pretrained: kw.update(cls_pretrained=False, det_pretrained=False)
         cfg = DemoConfig(**{**asdict(base), **kw})
         m = run_demo(out, data, cfg, progress=True)
     e, d = m['ensemble'], m['detection']
@@ -248,4 +365,8 @@ def spinexr_demo(out: str = 'demo',          # the folder to write (resumes if i
     print(f"  detection test mAP50 (official) {f(d['without_fusion']['map50'])}, with fusion {f(d['with_fusion']['map50'])}; "
           f"ultralytics' own {f(d['ultralytics_map50'])}")
     print(f"  reverse fusion: AUROC {m['reverse_fusion']['auroc']:.4f} -> {m['reverse_fusion']['auroc_reverse']:.4f}")
+    print(f"  weights: {', '.join(f'{k} {v}' for k, v in m['weights'].items())}")
+    if rehearsal:
+        print(pd.read_csv(Path(out)/'rehearsal.csv').fillna('').to_string(index=False))
+        print(f"  {Path(out)/'rehearsal.csv'}")
     print(f"  {Path(out)/'report.html'}, {Path(out)/'metrics.json'}, model bundle {Path(out)/'model'}")

@@ -6,54 +6,67 @@
 from __future__ import annotations
 import math, shutil, sys, time
 from dataclasses import dataclass
+from typing import ClassVar
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from fastcore.script import call_parse
+from fastcore.script import Param, call_parse
 
 from .core import *
 from .metrics import det_ap50
+from .weights import WEIGHTS, WeightStore, sha256_file, yolo_checkpoint_state
 
 # %% auto #0
 __all__ = ['DetConfig', 'repeat_factors', 'train_images', 'read_prep_labels', 'write_data_yaml', 'focal_bce', 'FocalBCE',
-           'focal_criterion', 'spinexr_trainer', 'save_detector', 'load_detector', 'train_detector', 'read_lines',
-           'predict_boxes', 'prep_ground_truth', 'evaluate_detector', 'show_predictions', 'spinexr_train_det']
+           'focal_criterion', 'spinexr_trainer', 'detector_start', 'save_detector', 'load_detector', 'train_detector',
+           'read_lines', 'predict_boxes', 'prep_ground_truth', 'evaluate_detector', 'show_predictions',
+           'spinexr_train_det']
 
 # %% ../nbs/20_detect.ipynb #35254a69
 @dataclass
 class DetConfig(JsonConfig):
-    "Settings of one detector run."
-    model: str = 'yolo11l.yaml'     # any YOLO11 size: yolo11n/s/m/l/x.yaml
-    imgsz: int = 640
+    "Settings of one detector run; the defaults are the full-scale recipe."
+    filled_in: ClassVar[tuple] = ('used_pretrained', 'pretrained_sha256', 'pretrained_tensors')
+    model: str = 'yolo11l.yaml'     # YOLO11 architecture: yolo11n/s/m/l/x.yaml
+    imgsz: int = 640                # training and inference image side
     epochs: int = 35
-    batch: int = 12
-    optimizer: str = 'AdamW'
-    lr0: float = 1e-4
+    batch: int = 12                 # batch size (all GPUs together under DDP)
+    optimizer: str = 'AdamW'        # ultralytics optimizer name
+    lr0: float = 1e-4               # learning rate
     weight_decay: float = 5e-4
-    mosaic: float = 1.0
+    mosaic: float = 1.0             # probability of mosaic augmentation
     close_mosaic: int = 10          # last epochs without mosaic
     warmup_epochs: float = 3.0      # linear warm-up (ultralytics makes it at least 100 iterations; 0: none)
-    hsv_v: float = 0.4              # brightness
-    fliplr: float = 0.5
-    degrees: float = 10.0
-    scale: float = 0.5
+    hsv_v: float = 0.4              # augmentation: brightness
+    fliplr: float = 0.5             # augmentation: probability of a horizontal flip
+    degrees: float = 10.0           # augmentation: rotation
+    scale: float = 0.5              # augmentation: scale gain
     focal_gamma: float = 0.0        # > 0: focal loss on the classification branch (the seed promised 2.0)
     repeat_factor: float = 0.0      # > 0: repeat-factor sampling with this threshold (the authors used 0.1)
     include_empty: bool = False     # train on images without boxes too (the authors left them out)
-    weights: str | None = None      # a local .pt to start from (COCO weights cannot be downloaded offline)
+    pretrained: bool = True         # start from the COCO weights of this size in the weights store (spinexr_weights)
+    weights: str | None = None      # a local ultralytics checkpoint to start from, instead of the store's
     device: str | None = None       # '' or None: GPU 0 if any, else CPU; 'cpu'; '0,1' for DDP on two GPUs
-    workers: int = 2
+    workers: int = 2                # data loader processes
     amp: bool = True                # mixed precision on GPU
-    patience: int = 100
+    patience: int = 100             # early stopping patience in epochs
     seed: int = 0
     conf: float = 0.001             # confidence floor of exported predictions (low, for mAP)
     iou: float = 0.6                # NMS IoU
-    max_det: int = 100
+    max_det: int = 100              # most boxes per image
+    used_pretrained: bool | None = None     # filled in: whether COCO weights were really loaded
+    pretrained_sha256: str | None = None    # filled in: SHA-256 of the weights the run started from
+    pretrained_tensors: str | None = None   # filled in: tensors transferred from them, of the network's total
 
     def __post_init__(self):
         if not str(self.model).endswith(('.yaml', '.yml')): raise InputError(f'model must be a YOLO11 .yaml (start from a .pt with weights), got {self.model!r}')
         if self.imgsz < 32 or self.epochs < 1 or self.batch < 1: raise InputError('imgsz must be >= 32, epochs and batch >= 1')
+
+    @property
+    def weights_name(self) -> str:
+        "The store name of this architecture's COCO weights: the yaml's stem (`yolo11l.yaml` -> `yolo11l`)."
+        return Path(self.model).stem
 
 # %% ../nbs/20_detect.ipynb #9386443c
 def repeat_factors(counts: pd.DataFrame, threshold: float) -> np.ndarray:
@@ -155,6 +168,44 @@ def _patch_ultralytics():
     tu.NUM_THREADS = default_threads()
     tr.check_amp = _offline_check_amp
 
+# %% ../nbs/20_detect.ipynb #71abde3b
+def _transferred(net, src_state: dict) -> int:
+    "How many of `net`'s tensors hold the source's values (the first convolution as the sum of its RGB kernels)."
+    import torch
+    n = 0
+    for k, v in net.state_dict().items():
+        s = src_state.get(k)
+        if s is None: continue
+        if s.shape == v.shape: n += bool(torch.equal(s.to(v.dtype), v))
+        elif k == 'model.0.conv.weight' and v.shape[1] == 1: n += bool(torch.allclose(s.sum(1, keepdim=True).to(v.dtype), v, atol=1e-3))
+    return n
+
+def detector_start(cfg: DetConfig, store=None):
+    "The 1-channel, 7-class network a run starts from, its COCO weights transferred; None when it trains from scratch. Fills in `cfg`."
+    cfg.used_pretrained, cfg.pretrained_sha256, cfg.pretrained_tensors = False, None, None
+    if cfg.weights:
+        state = yolo_checkpoint_state(cfg.weights)[0]
+        sha = sha256_file(cfg.weights)
+    elif cfg.pretrained:
+        if cfg.weights_name not in WEIGHTS: raise InputError(f'no COCO weights are known for {cfg.model}; pass --no_pretrained to train it from scratch')
+        state, rec = WeightStore(store).load(cfg.weights_name)
+        sha = rec['sha256']
+    else: return None
+    offline_env()
+    with keep_threads():
+        from ultralytics.nn.tasks import DetectionModel
+        from ultralytics.utils.torch_utils import intersect_dicts
+        net = DetectionModel(cfg.model, ch=1, nc=len(DET_CLASSES), verbose=False)
+    target = net.state_dict()
+    start = intersect_dicts(state, target)                   # every tensor whose name and shape fit
+    conv = 'model.0.conv.weight'
+    if conv in state and conv not in start and state[conv].sum(1, keepdim=True).shape == target[conv].shape:
+        start[conv] = state[conv].sum(1, keepdim=True)       # one input channel: the sum of the RGB kernels
+    net.load_state_dict(start, strict=False)
+    n = _transferred(net, state)
+    cfg.used_pretrained, cfg.pretrained_sha256, cfg.pretrained_tensors = True, sha, f'{n}/{len(net.state_dict())}'
+    return net
+
 # %% ../nbs/20_detect.ipynb #a298bc49
 def save_detector(model, run_dir) -> Path:
     "Save a YOLO detection model's architecture (JSON) and weights (state_dict) atomically."
@@ -200,6 +251,29 @@ def _train_args(cfg: DetConfig, data: Path, out: Path, verbose: bool) -> dict:
                 seed=cfg.seed, deterministic=True, project=str(out), name='ultralytics', exist_ok=True,
                 plots=False, verbose=verbose, val=True)
 
+import contextlib
+
+@contextlib.contextmanager
+def _safe_ultralytics_loads():
+    "Inside the block ultralytics reads checkpoints with `weights_only=True` and its allow-list of model classes."
+    import os, ultralytics.nn.tasks as tasks
+    old, env = tasks.SAFE_LOAD, os.environ.get('ULTRALYTICS_SAFE_LOAD')
+    tasks.SAFE_LOAD = True                          # this process: ultralytics read the variable when imported
+    os.environ['ULTRALYTICS_SAFE_LOAD'] = '1'       # the worker processes of multi-GPU training
+    try: yield
+    finally:
+        tasks.SAFE_LOAD = old
+        if env is None: os.environ.pop('ULTRALYTICS_SAFE_LOAD', None)
+        else: os.environ['ULTRALYTICS_SAFE_LOAD'] = env
+
+def _save_start(net, path) -> Path:
+    "Write the start network as an ultralytics checkpoint (ultralytics' own `save`), for its trainer to load."
+    from ultralytics import YOLO
+    w = YOLO(net.yaml.get('yaml_file', 'yolo11n.yaml'), task='detect', verbose=False)
+    w.model = net
+    with atomic_path(path) as tmp: w.save(str(tmp))
+    return Path(path)
+
 def _epoch_line(trainer):
     "One line per epoch on stderr: the epoch, the validation mAP50 and the time so far."
     m = trainer.metrics or {}
@@ -207,28 +281,31 @@ def _epoch_line(trainer):
     print(f"detector epoch {trainer.epoch + 1}/{trainer.epochs}: val mAP50 {m.get('metrics/mAP50(B)', float('nan')):.3f} "
           f"({time.perf_counter() - trainer._spinexr_t0:.0f} s)", file=sys.stderr, flush=True)
 
-def train_detector(prep_dir, out_dir, cfg: DetConfig | None = None, verbose: bool = False, progress: bool = False) -> dict:
+def train_detector(prep_dir, out_dir, cfg: DetConfig | None = None, verbose: bool = False, progress: bool = False, store=None) -> dict:
     "Train a YOLO11 detector on a prep tree's YOLO dataset; write the run directory; return a summary."
     cfg, out = cfg or DetConfig(), Path(out_dir).absolute()
-    if cfg.weights and not Path(cfg.weights).is_file(): raise InputError('weights file not found', cfg.weights)
+    read_prep_labels(prep_dir)                         # bad input and missing weights stop here, before any output
+    start = detector_start(cfg, store)
     out.mkdir(parents=True, exist_ok=True)
     offline_env()
     data = write_data_yaml(prep_dir, out, cfg)
     cfg.save(out/'config.json')
-    with keep_threads():
+    with keep_threads(), _safe_ultralytics_loads():
         from ultralytics import YOLO
         _patch_ultralytics()
+        args = _train_args(cfg, data, out, verbose)
+        if start is not None: args['pretrained'] = str(_save_start(start, out/'.start.pt'))
         yolo = YOLO(cfg.model, task='detect', verbose=False)
-        if cfg.weights: yolo = yolo.load(cfg.weights)
         t0 = time.perf_counter()
         if progress and not verbose:
             yolo.add_callback('on_pretrain_routine_start', lambda tr: setattr(tr, '_spinexr_t0', t0))
             yolo.add_callback('on_fit_epoch_end', _epoch_line)
-        yolo.train(trainer=spinexr_trainer(cfg.focal_gamma), **_train_args(cfg, data, out, verbose))
+        yolo.train(trainer=spinexr_trainer(cfg.focal_gamma), **args)
         secs = time.perf_counter() - t0
         ul = out/'ultralytics'
-        best = YOLO(str(ul/'weights'/'best.pt'), task='detect')  # ultralytics' own pickle, written just now
+        best = YOLO(str(ul/'weights'/'best.pt'), task='detect')  # ultralytics' own checkpoint, written just now
         save_detector(best, out)
+    (out/'.start.pt').unlink(missing_ok=True)
     history = pd.read_csv(ul/'results.csv')
     history.columns = [c.strip() for c in history.columns]
     write_csv(history, out/'history.csv')
@@ -319,34 +396,19 @@ def show_predictions(prep_dir, preds: pd.DataFrame, image_ids, min_score: float 
 
 # %% ../nbs/20_detect.ipynb #8be85bf6
 @call_parse
-def spinexr_train_det(data: str = None,              # a prep tree written by spinexr_prep (yolo/, labels.csv, manifest.csv)
-                      out: str = None,               # the run directory to write
-                      model: str = 'yolo11l.yaml',   # YOLO11 architecture: yolo11n/s/m/l/x.yaml
-                      imgsz: int = 640,
-                      epochs: int = 35,
-                      batch: int = 12,
-                      lr0: float = 1e-4,             # AdamW learning rate
-                      weight_decay: float = 5e-4,
-                      warmup_epochs: float = 3.0,    # linear warm-up (at least 100 iterations; 0: none)
-                      close_mosaic: int = 10,        # last epochs without mosaic
-                      focal_gamma: float = 0.0,      # focal loss on the classification branch (0: plain BCE)
-                      repeat_factor: float = 0.0,    # repeat-factor sampling threshold (0: off; the authors used 0.1)
-                      include_empty: bool = False,   # also train on images without boxes
-                      weights: str = None,           # a local .pt to start from
-                      device: str = None,            # cpu, 0, or 0,1 for DDP on two GPUs (default: GPU 0 if any)
-                      workers: int = 2,              # data loader processes
-                      seed: int = 0,
-                      verbose: bool = False):        # show ultralytics' per-epoch log
+@config_flags(DetConfig, helps=dict(pretrained='train from scratch on purpose: no COCO weights'))
+def spinexr_train_det(data: str = None,         # a prep tree written by spinexr_prep (yolo/, labels.csv, manifest.csv)
+                      out: str = None,          # the run directory to write
+                      verbose: bool = False,    # show ultralytics' per-epoch log
+                      **settings):
     "Train a YOLO11 lesion detector on a prep tree, then score val and test with the official protocol."
     with cli_errors('spinexr_train_det'):
         if not data or not out: raise InputError('give the prep tree with --data and the run directory with --out')
-        cfg = DetConfig(model=model, imgsz=imgsz, epochs=epochs, batch=batch, lr0=lr0, weight_decay=weight_decay,
-                        warmup_epochs=warmup_epochs, close_mosaic=close_mosaic,
-                        focal_gamma=focal_gamma, repeat_factor=repeat_factor, include_empty=include_empty,
-                        weights=weights, device=device, workers=workers, seed=seed)
+        cfg = DetConfig(**given_settings(DetConfig, settings))
         s = train_detector(data, out, cfg, verbose=verbose, progress=True)
         m = evaluate_detector(out, data)
-    print(f"{model} at {imgsz}: {s['epochs_run']} epochs on {s['n_train_images']} images in {s['train_seconds']} s")
+    print(f"{cfg.model} at {cfg.imgsz}: {s['epochs_run']} epochs on {s['n_train_images']} images in {s['train_seconds']} s; "
+          f"COCO weights: {cfg.pretrained_tensors or 'none'} tensors")
     for split in ('val', 'test'):
         if split in m: print(f"{split}: official mAP50 {m[split]['map50']:.4f} ({', '.join(f'{k} {v:.3f}' for k, v in m[split]['ap50'].items() if v is not None)})")
     if 'ultralytics_test' in m: print(f"test: ultralytics' own mAP50 {m['ultralytics_test']['map50']:.4f}")

@@ -118,3 +118,38 @@ def test_predict_reports_every_bad_dicom_kind(demo, unseen, tmp_path):
     assert not lost
     assert {p: p.read_bytes() for p in src.rglob('*') if p.is_file()} == before           # nothing under the input folder changed
     TALLY['bad-input kinds'] += len({k for _, k, _ in cases}); TALLY['faults injected'] += len(cases); TALLY['files lost'] += len(lost)
+
+def test_data_that_is_not_a_release_stops_before_any_step(tmp_path):
+    import time
+    (tmp_path/'folder').mkdir(); (tmp_path/'folder'/'notes.txt').write_text('not a release')
+    t0 = time.time()
+    r = subprocess.run([command('spinexr_demo'), '--data', str(tmp_path/'folder'), '--out', str(tmp_path/'out')],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and f'--data {tmp_path/"folder"}' in r.stderr and 'not a VinDr-SpineXR release' in r.stderr, r.stderr
+    assert time.time() - t0 < 60 and not (tmp_path/'out').exists()
+
+def test_full_scale_without_weights_stops_before_any_step(tmp_path):
+    import os
+    from spinexr.phantom import PhantomConfig, make_phantom
+    make_phantom(tmp_path/'rel', PhantomConfig(n_studies=4, size=128), progress=False)
+    env = dict(os.environ, SPINEXR_WEIGHTS=str(tmp_path/'empty_store'))
+    r = subprocess.run([command('spinexr_demo'), '--data', str(tmp_path/'rel'), '--out', str(tmp_path/'out')],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 1 and 'spinexr_weights fetch --only densenet121' in r.stderr and '--no_pretrained' in r.stderr
+    assert not (tmp_path/'out').exists()
+
+def test_rehearsal_on_a_subset_of_a_release(tmp_path):
+    "The rehearsal's own path on a release (subset, then every step; rehearsal.csv), at a toy scale; the release untouched."
+    from conftest import tree_digest
+    from spinexr.demo import DemoConfig, run_demo
+    from spinexr.phantom import PhantomConfig, make_phantom
+    make_phantom(tmp_path/'rel', PhantomConfig(n_studies=40, size=256), progress=False)
+    before = tree_digest(tmp_path/'rel')
+    cfg = DemoConfig(prep_size=128, cls_size=64, cls_epochs=1, det_imgsz=128, det_epochs=1, det_batch=8, n_boot=100,
+                     val_frac=0.3, rehearsal=True, rehearsal_images=40)
+    m = run_demo(tmp_path/'out', data=tmp_path/'rel', cfg=cfg, progress=False)
+    t = pd.read_csv(tmp_path/'out'/'rehearsal.csv')
+    assert t.step.tolist()[:3] == ['subset', 'preprocess', 'classifier densenet121'] and t.step.iloc[-1] == 'report'
+    assert (t.seconds >= 0).all() and (t.peak_rss_gb > 0).all() and 'from scratch' in t.settings[2]
+    assert 25 <= len(pd.read_csv(tmp_path/'out'/'prep'/'labels.csv')) <= 55
+    assert 'rehearsal subset' in m['data'] and tree_digest(tmp_path/'rel') == before

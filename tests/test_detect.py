@@ -15,7 +15,7 @@ def run(tmp_path_factory):
     prep = prepared_phantom(n_studies=30, size=256, prep_size=128, root=tmp_path_factory.mktemp('cache'))
     out = tmp_path_factory.mktemp('det')/'run'
     r = subprocess.run([command('spinexr_train_det'), '--data', str(prep), '--out', str(out), '--model', 'yolo11n.yaml', '--imgsz', '128',
-                        '--epochs', '1', '--batch', '8', '--workers', '0', '--repeat_factor', '0.1', '--focal_gamma', '2'],
+                        '--epochs', '1', '--batch', '8', '--workers', '0', '--repeat_factor', '0.1', '--focal_gamma', '2', '--no_pretrained'],
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     return prep, out, r.stdout
