@@ -6,7 +6,7 @@
 2. classifier training throughput at 384 px (images/s, fwd + bwd + AdamW step) for each architecture,
    fp32 and bf16 autocast with channels_last;
 3. YOLO11-l at 640, batch 12: training throughput (images/s, fwd + loss + bwd + step) with AMP on and off;
-4. DDP on two GPUs (torchrun, spinexr_train_cls on the rehearsal's prep tree), where there are two.
+4. DDP on two GPUs (torchrun, spinexr_train_cls on the rehearsal's prep tree), where there are two (with --smoke: two CPU processes).
 
 Each part stops when the budget (seconds, whole script) is spent; results go to OUT/gpu_check.json and are printed.
 `--smoke` runs the same code at toy sizes on any machine (CPU included), to check the script itself.
@@ -109,7 +109,7 @@ def main():
         part(f'cls_{arch}_{size}_bf16_channels_last_img_s', lambda: cls_rate(arch, size, bs, True, steps, device))
     for amp in (True, False):
         part(f"yolo_{Path(yolo).stem}_{imgsz}_b{batch}_amp_{'on' if amp else 'off'}_img_s", lambda: yolo_rate(yolo, imgsz, batch, amp, steps, device))
-    if torch.cuda.device_count() >= 2: part('ddp_2_gpus', lambda: ddp(out, a.smoke, a.budget))
+    if torch.cuda.device_count() >= 2 or a.smoke: part('ddp_2_gpus', lambda: ddp(out, a.smoke, a.budget))   # smoke: gloo on CPU
     else: res['ddp_2_gpus'] = f'skipped: {torch.cuda.device_count()} GPU(s)'
     res['total_seconds'] = round(time.perf_counter() - T0, 1)
     (out/'gpu_check.json').write_text(json.dumps(res, indent=2))

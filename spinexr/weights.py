@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_weights.ipynb #8c06c849
 from __future__ import annotations
-import hashlib, os, shutil, socket, threading, time, urllib.parse
+import hashlib, os, shutil, socket, threading, urllib.parse
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -191,27 +191,29 @@ def _probe(url: str, timeout: float = 5.0):
                          f'one file (spinexr_weights import FILE --name NAME).')
 
 @contextmanager
-def _hub_online():
-    "Let huggingface_hub download inside the block (spinexr keeps it offline everywhere else)."
+def _online():
+    "Let huggingface_hub and ultralytics download inside the block (`offline_env` keeps them offline everywhere else)."
     import huggingface_hub.constants as hc
-    old, env = hc.HF_HUB_OFFLINE, os.environ.get('HF_HUB_OFFLINE')
-    hc.HF_HUB_OFFLINE = False; os.environ['HF_HUB_OFFLINE'] = '0'
+    old, env = hc.HF_HUB_OFFLINE, {k: os.environ.get(k) for k in ('HF_HUB_OFFLINE', 'YOLO_OFFLINE')}
+    hc.HF_HUB_OFFLINE = False
+    os.environ.update(HF_HUB_OFFLINE='0', YOLO_OFFLINE='False')
     try: yield
     finally:
         hc.HF_HUB_OFFLINE = old
-        if env is None: os.environ.pop('HF_HUB_OFFLINE', None)
-        else: os.environ['HF_HUB_OFFLINE'] = env
+        for k, v in env.items():
+            if v is None: os.environ.pop(k, None)
+            else: os.environ[k] = v
 
 # %% ../nbs/06_weights.ipynb #ce2f95e2
 def _fetch_timm(store: WeightStore, name: str) -> dict:
-    import timm, huggingface_hub.constants as hc
+    import timm
     cfg = timm.models.get_pretrained_cfg(name)
-    with _hub_online(): model = timm.create_model(name, pretrained=True)
+    with _online(): model = timm.create_model(name, pretrained=True)
     return store.add(name, model.state_dict(), source=f"hf-hub:{cfg.hf_hub_id} (timm {timm.__version__})")
 
 def _fetch_yolo(store: WeightStore, name: str) -> dict:
     import tempfile, ultralytics
-    with tempfile.TemporaryDirectory() as tmp, keep_threads():
+    with tempfile.TemporaryDirectory() as tmp, keep_threads(), _online():
         from ultralytics.utils.downloads import attempt_download_asset
         f = Path(attempt_download_asset(Path(tmp)/f'{name}.pt'))
         if not f.is_file(): raise InputError(f'ultralytics could not download {name}.pt')
