@@ -4,7 +4,7 @@
 
 # %% ../nbs/50_demo.ipynb #89297a42
 from __future__ import annotations
-import base64, html, io, os, resource, sys, time
+import base64, html, io, resource, sys, time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -83,7 +83,8 @@ class DemoConfig(JsonConfig):
 
     def weight_names(self) -> list:
         "The store names this configuration loads."
-        return [a for a in ARCHS if self.classifier(a).pretrained] + ([self.detector().weights_name] if self.detector().pretrained else [])
+        det = self.detector()
+        return [a for a in ARCHS if self.classifier(a).pretrained] + ([det.weights_name] if det.pretrained else [])
 
 # %% ../nbs/50_demo.ipynb #10a990e0
 def _reset_peak_rss():
