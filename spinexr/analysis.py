@@ -111,10 +111,10 @@ def plot_class_counts(ann: pd.DataFrame):
         for i, s in enumerate(splits):
             v = per[s][col].reindex(order).to_numpy()
             yy = y - 0.4 + h * (i + 0.5)
-            ax.barh(yy, np.where(v > 0, v, np.nan), height=h, color=_SPLIT_COLORS.get(s, 'grey'), label=s)
-            for yi, vi in zip(yy, v): ax.text(max(vi, 1) * 1.05, yi, f'{vi:,}', va='center', fontsize=7)
+            ax.barh(yy, np.where(v > 0, v - 0.5, np.nan), left=0.5, height=h, color=_SPLIT_COLORS.get(s, 'grey'), label=s)  # from 0.5: a count of 1 is a bar
+            for yi, vi in zip(yy, v): ax.text(max(vi, 1) * 1.05, yi, f'{vi:,}', va='center', fontsize=8)
         ax.set_xscale('log')
-        ax.set_xlim(0.8, max(2, *(per[s][col].max() for s in splits)) * 4)
+        ax.set_xlim(0.5, max(2, *(per[s][col].max() for s in splits)) * 4)
         ax.set_title(f'{col} per class', fontsize=10)
         ax.set_xlabel(f'{col} (log scale)')
     axs[0].set_yticks(y, order)

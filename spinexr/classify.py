@@ -4,13 +4,14 @@
 
 # %% ../nbs/10_classify.ipynb #a85788ff
 from __future__ import annotations
-import shutil, time, warnings
+import shutil, sys, time, warnings
 from dataclasses import dataclass
 from typing import ClassVar
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from fastcore.basics import noop
 from fastcore.script import Param, call_parse
 
 from .core import *
@@ -19,8 +20,9 @@ from .weights import WeightStore, read_state_dict, sha256_file
 
 # %% auto #0
 __all__ = ['ARCHS', 'RECIPES', 'ClsConfig', 'recipe', 'recipe_table', 'read_labels', 'cls_datablock', 'cls_dataloaders',
-           'backbone_weights', 'create_backbone', 'BinaryLoss', 'cls_learner', 'predict_probs', 'plot_history',
-           'train_classifier', 'run_table', 'show_run', 'load_classifier', 'data_and_out', 'spinexr_train_cls']
+           'backbone_weights', 'create_backbone', 'BinaryLoss', 'cls_learner', 'predict_probs', 'epoch_line',
+           'plot_history', 'train_classifier', 'run_table', 'show_run', 'load_classifier', 'data_and_out',
+           'spinexr_train_cls']
 
 # %% ../nbs/10_classify.ipynb #a8ed4349
 ARCHS = ('densenet121', 'tf_efficientnetv2_s', 'resnet50')
@@ -208,6 +210,20 @@ def predict_probs(model, dl, tta: bool = False) -> np.ndarray:
             out.append(p.cpu())
     return torch.cat(out).numpy() if out else np.zeros(0)
 
+# %% ../nbs/10_classify.ipynb #1e2354da
+def epoch_line(name: str):
+    "A fastai callback that prints one line per epoch on stderr: what the Recorder logged for it."
+    from fastai.callback.core import Callback
+    from fastai.learner import Recorder       # imported here: importing fastai takes seconds, and --help should not
+    class EpochLine(Callback):
+        order = Recorder.order + 1             # after the Recorder has logged the epoch
+        def after_epoch(self):
+            vals = dict(zip(self.recorder.metric_names, self.recorder.log))
+            vals.pop('epoch', None)
+            cols = '  '.join(f'{k} {v:.4f}' if isinstance(v, float) else f'{k} {v}' for k, v in vals.items())
+            print(f'{name}: epoch {self.epoch + 1}/{self.n_epoch}  {cols}', file=sys.stderr, flush=True)
+    return EpochLine()
+
 # %% ../nbs/10_classify.ipynb #04b88426
 def plot_history(history: pd.DataFrame):
     "Training and validation loss, and validation AUROC, per epoch."
@@ -285,8 +301,11 @@ def train_classifier(prep_dir, out_dir, cfg: ClsConfig | None = None, progress: 
     if num_distrib() > 1 and not gpu:
         from fastai.distributed import DistributedDL
         DistributedDL._broadcast = _broadcast_cpu
+    bars = progress and live_progress()      # off a terminal: one line per epoch instead of redrawn bars
+    if not bars: learn.logger = noop         # without its bar fastai prints each epoch's raw values; epoch_line says them readably
+    if progress and not bars and _is_rank0(): cbs.append(epoch_line(cfg.arch))
     t0 = time.perf_counter()
-    with (learn.no_bar() if not progress else nullcontext()), (learn.distrib_ctx(sync_bn=gpu, cpu=not gpu) if num_distrib() > 1 else nullcontext()):
+    with (learn.no_bar() if not bars else nullcontext()), (learn.distrib_ctx(sync_bn=gpu, cpu=not gpu) if num_distrib() > 1 else nullcontext()):
         fit(cfg.epochs, cfg.lr, cbs=cbs)
     secs = time.perf_counter() - t0
     if not _is_rank0(): return {}

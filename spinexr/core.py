@@ -12,8 +12,8 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['NO_FINDING', 'LESION_TYPES', 'DET_CLASSES', 'CLASS_ID', 'CLASS_COLORS', 'BOX_COLUMNS', 'ANNOTATION_COLUMNS', 'SPLITS',
-           'show_boxes', 'InputError', 'is_safe_id', 'cli_errors', 'atomic_path', 'write_text', 'save_json',
-           'load_json', 'plain', 'write_csv', 'save_figure', 'save_weights', 'load_weights', 'JsonConfig',
+           'show_boxes', 'InputError', 'is_safe_id', 'cli_errors', 'live_progress', 'atomic_path', 'write_text',
+           'save_json', 'load_json', 'plain', 'write_csv', 'save_figure', 'save_weights', 'load_weights', 'JsonConfig',
            'config_flags', 'given_settings', 'RunConfig', 'seed_everything', 'cpu_count', 'default_threads',
            'set_threads', 'keep_threads', 'cache_dir', 'offline_env']
 
@@ -30,16 +30,16 @@ CLASS_ID = {name: i for i, name in enumerate(DET_CLASSES)}
 # %% ../nbs/00_core.ipynb #d8ee006e
 CLASS_COLORS = dict(zip(DET_CLASSES, ('#e6194b', '#4363d8', '#f58231', '#3cb44b', '#ffe119', '#911eb4', '#42d4f4')))
 
-def show_boxes(ax, img, boxes, title=None, cmap='gray'):
+def show_boxes(ax, img, boxes, title=None, cmap='gray', fontsize=6):
     "Show a grayscale image with labelled boxes [(class, (xmin, ymin, xmax, ymax))] on a matplotlib axis."
     from matplotlib.patches import Rectangle
     ax.imshow(img, cmap=cmap, vmin=0, vmax=1 if img.dtype.kind == 'f' else 255)
     for name, (x0, y0, x1, y1) in boxes:
         col = CLASS_COLORS.get(name, 'w')
         ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1, ec=col))
-        ax.text(x0, y0, name, color=col, fontsize=6, va='bottom')
+        ax.text(x0, y0, name, color=col, fontsize=fontsize, va='bottom')
     ax.set_axis_off()
-    if title: ax.set_title(title, fontsize=8)
+    if title: ax.set_title(title, fontsize=max(8, fontsize))
 
 # %% ../nbs/00_core.ipynb #9cb0ef3b
 BOX_COLUMNS = ('xmin', 'ymin', 'xmax', 'ymax')
@@ -70,6 +70,12 @@ def cli_errors(name: str):
         warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
         try: yield
         except InputError as e: sys.exit(f'{name}: error: {e}')
+
+# %% ../nbs/00_core.ipynb #317c0777
+def live_progress() -> bool:
+    "Whether progress bars can redraw in place: in a notebook, or with stdout on a terminal (where fastprogress writes)."
+    from fastprogress.fastprogress import IN_NOTEBOOK
+    return bool(IN_NOTEBOOK or sys.stdout.isatty())
 
 # %% ../nbs/00_core.ipynb #db718838
 _UMASK = os.umask(0); os.umask(_UMASK)

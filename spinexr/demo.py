@@ -4,7 +4,7 @@
 
 # %% ../nbs/50_demo.ipynb #89297a42
 from __future__ import annotations
-import base64, html, io, resource, sys, time
+import base64, io, resource, shlex, shutil, sys, time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -14,20 +14,21 @@ from fastcore.script import call_parse
 from .core import *
 from .weights import WeightStore
 from .annotations import images_dir, load_release
-from .phantom import PhantomConfig, make_phantom
+from .phantom import PHANTOM_STAMP, PhantomConfig, is_phantom, make_phantom
 from .dicom import prep
 from .analysis import class_table, plot_class_counts, split_table
 from .metrics import pr_figure
 from .classify import ARCHS, recipe, train_classifier
 from .detect import DetConfig, evaluate_detector, prep_ground_truth, show_predictions, train_detector
-from .ensemble import (ensemble_predictions, ensemble_roc_figure, evaluate_ensemble, fit_ensemble,
+from .ensemble import (Ensemble, ensemble_predictions, ensemble_roc_figure, evaluate_ensemble, fit_ensemble,
                               fusion_results, fusion_table, run_predictions)
-from .inference import make_bundle
+from .inference import bundle_sha256, make_bundle, package_versions
 
 # %% auto #0
-__all__ = ['PAPER_CLS', 'PAPER_AP50', 'PAPER_MAP50', 'DemoConfig', 'evaluate_demo', 'classification_table', 'detection_table',
-           'write_report', 'check_release', 'check_weights', 'subset_release', 'weights_used', 'run_demo',
-           'spinexr_demo']
+__all__ = ['PAPER_CLS', 'PAPER_AP50', 'PAPER_MAP50', 'CLS_METRICS', 'REPORT_TEMPLATE', 'REPORT_CSS', 'SPLIT_COLUMNS',
+           'CLASS_COLUMNS', 'DemoConfig', 'test_results', 'evaluate_demo', 'classification_table', 'detection_table',
+           'published_tables', 'write_report', 'check_release', 'check_weights', 'subset_release', 'weights_used',
+           'run_demo', 'spinexr_demo']
 
 # %% ../nbs/50_demo.ipynb #9b0ef21c
 @dataclass
@@ -131,20 +132,24 @@ def _train_detector_once(prep_dir, run, cfg, progress):
     return run
 
 # %% ../nbs/50_demo.ipynb #979531a8
+def test_results(out, keep_score: float = 0.5) -> tuple:
+    "From a demo folder's files: each classifier's test predictions, the fitted ensemble, and the fusion results on test."
+    out = Path(out)
+    test = {a: run_predictions(out/'classifiers'/a, 'test') for a in ARCHS}
+    ens = Ensemble.load(out/'ensemble.json')
+    boxes = pd.read_csv(out/'detector'/'preds_test.csv', dtype={'image_id': str})
+    fus = fusion_results(prep_ground_truth(out/'prep', 'test'), boxes, ensemble_predictions(test, ens), ens.threshold, keep_score)
+    return test, ens, fus
+
 def evaluate_demo(out, cfg: DemoConfig) -> dict:
     "Fit the ensemble on validation and score everything on test; writes ensemble.json; returns the metrics."
     out = Path(out)
-    runs = {a: out/'classifiers'/a for a in ARCHS}
-    val = {a: run_predictions(r, 'val') for a, r in runs.items()}
-    test = {a: run_predictions(r, 'test') for a, r in runs.items()}
-    ens = fit_ensemble(val)
-    ens.save(out/'ensemble.json')
+    val = {a: run_predictions(out/'classifiers'/a, 'val') for a in ARCHS}
+    fit_ensemble(val).save(out/'ensemble.json')
+    test, ens, fus = test_results(out, cfg.keep_score)
     cls = evaluate_ensemble(val, test, ens, n_boot=cfg.n_boot)
-    det = out/'detector'
-    boxes = pd.read_csv(det/'preds_test.csv', dtype={'image_id': str})
-    fus = fusion_results(prep_ground_truth(out/'prep', 'test'), boxes, ensemble_predictions(test, ens), ens.threshold, cfg.keep_score)
     keep = ('auroc', 'sensitivity', 'specificity', 'f1', 'precision', 'accuracy', 'threshold', 'ci', 'n', 'n_pos', 'n_neg')
-    ul = load_json(det/'metrics.json').get('ultralytics_test', {})
+    ul = load_json(out/'detector'/'metrics.json').get('ultralytics_test', {})
     return dict(classifiers={a: {k: cls[a][k] for k in keep} for a in ARCHS},
                 ensemble={**{k: cls['ensemble'][k] for k in keep}, 'weights': dict(zip(ens.names, ens.weights)), 'how': ens.how},
                 detection=dict(without_fusion=dict(map50=fus['map50'], ap50=fus['detection']['ap50']),
@@ -152,7 +157,7 @@ def evaluate_demo(out, cfg: DemoConfig) -> dict:
                                ultralytics_map50=ul.get('map50'), n_gt=fus['detection']['n_gt'],
                                n_images=fus['detection']['n_images'], n_normal_images=fus['detection']['n_normal_images']),
                 reverse_fusion=dict(auroc=fus['auroc'], auroc_reverse=fus['auroc_reverse']),
-                _fusion=fus, _test=test, _ensemble=ens)
+                fusion=dict(threshold=ens.threshold, keep_score=cfg.keep_score))
 
 # %% ../nbs/50_demo.ipynb #9ff652b8
 PAPER_CLS = pd.DataFrame([('DenseNet-121/169/201 ensemble', 88.61, 83.07, 79.32, 81.06), ('DenseNet-121', 86.93, 80.39, 79.32, 79.55)],
@@ -160,26 +165,105 @@ PAPER_CLS = pd.DataFrame([('DenseNet-121/169/201 ensemble', 88.61, 83.07, 79.32,
 PAPER_AP50 = {'Osteophytes': 34.23, 'Surgical implant': 62.45, 'Spondylolysthesis': 41.52, 'Foraminal stenosis': 28.89,
               'Disc space narrowing': 18.06, 'Vertebral collapse': 42.85, 'Other lesions': 4.03}
 PAPER_MAP50 = dict(without_fusion=33.15, with_fusion=33.56)   # Sparse R-CNN; Nguyen et al., MICCAI 2021
+CLS_METRICS = dict(auroc='AUROC', sensitivity='Sensitivity', specificity='Specificity', f1='F1')
 
-def classification_table(m: dict, data_label: str) -> pd.DataFrame:
-    "Ours (each classifier and the ensemble, with 95% CIs) and the paper's published numbers, in percent."
+def classification_table(m: dict) -> pd.DataFrame:
+    "Each classifier and the ensemble on test, in percent, with 95% CIs."
     f = lambda r, k: f"{100 * r[k]:.2f} ({100 * r['ci'][k][0]:.1f}-{100 * r['ci'][k][1]:.1f})"
-    rows = [dict(source=f'spinexr, {data_label}', model=name, **{k: f(r, k) for k in ('auroc', 'sensitivity', 'specificity', 'f1')})
-            for name, r in [*m['classifiers'].items(), ('ensemble', m['ensemble'])]]
-    rows += [dict(source='paper, real VinDr-SpineXR test set', model=r.model, **{k: f'{getattr(r, k):.2f}' for k in ('auroc', 'sensitivity', 'specificity', 'f1')})
-             for r in PAPER_CLS.itertuples()]
-    return pd.DataFrame(rows).rename(columns=dict(auroc='AUROC (%)', sensitivity='Sensitivity (%)', specificity='Specificity (%)', f1='F1 (%)'))
+    return pd.DataFrame([dict(model=name, **{v: f(r, k) for k, v in CLS_METRICS.items()})
+                         for name, r in [*m['classifiers'].items(), ('ensemble', m['ensemble'])]]).set_index('model')
 
-def detection_table(m: dict, data_label: str) -> pd.DataFrame:
-    "Per-class AP50 and mAP50 (official protocol) without and with fusion, beside the paper's detector, in percent."
-    d = m['detection']
-    pct = lambda v: 'absent' if v is None else f'{100 * v:.2f}'
-    rows = [dict(cls=c, n_gt=d['n_gt'][c], ours=pct(d['without_fusion']['ap50'][c]), ours_fused=pct(d['with_fusion']['ap50'][c]), paper=f'{PAPER_AP50[c]:.2f}')
-            for c in DET_CLASSES]
-    rows.append(dict(cls='mAP@0.5', n_gt=sum(d['n_gt'].values()), ours=pct(d['without_fusion']['map50']), ours_fused=pct(d['with_fusion']['map50']),
-                     paper=f"{PAPER_MAP50['without_fusion']:.2f} / fused {PAPER_MAP50['with_fusion']:.2f}"))
-    return pd.DataFrame(rows).rename(columns=dict(cls='class', n_gt=f'test boxes ({data_label})', ours=f'spinexr, {data_label}',
-                                                  ours_fused=f'spinexr + fusion, {data_label}', paper='paper (Sparse R-CNN), real test set'))
+def detection_table(m: dict) -> pd.DataFrame:
+    "Test boxes and AP50 per class and mAP50 (official protocol), without and with the fusion rule, in percent."
+    d, pct = m['detection'], lambda v: 'absent' if v is None else f'{100 * v:.2f}'
+    rows = [dict(cls=c, n_gt=d['n_gt'][c], ap=pct(d['without_fusion']['ap50'][c]), fused=pct(d['with_fusion']['ap50'][c])) for c in DET_CLASSES]
+    rows.append(dict(cls='mAP@0.5', n_gt=sum(d['n_gt'].values()), ap=pct(d['without_fusion']['map50']), fused=pct(d['with_fusion']['map50'])))
+    return pd.DataFrame(rows).rename(columns=dict(cls='class', n_gt='test boxes', ap='AP50', fused='AP50 with the fusion rule')).set_index('class')
+
+def published_tables() -> tuple:
+    "The paper's numbers on the real test set (Nguyen et al., MICCAI 2021): classification, and detection per class (percent)."
+    cls = PAPER_CLS.rename(columns=CLS_METRICS).set_index('model')
+    det = pd.DataFrame(dict(AP50={**PAPER_AP50, 'mAP@0.5': PAPER_MAP50['without_fusion']},
+                            **{'AP50 with the fusion rule': {'mAP@0.5': PAPER_MAP50['with_fusion']}})).rename_axis('class')
+    return cls, det.astype(object).where(det.notna(), '')
+
+# %% ../nbs/50_demo.ipynb #a09ba0eb
+REPORT_TEMPLATE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>spinexr demo report</title><style>{{ css }}</style></head><body>
+<h1>spinexr demo report</h1>
+<p class="meta">spinexr {{ version }} &middot; written {{ date }} &middot; model bundle SHA-256 <code title="{{ bundle_sha256 }}">{{ bundle_sha256[:16] }}&hellip;</code></p>
+<p>Data: <b>{{ data }}</b>. Every choice (ensemble weights, thresholds, checkpoints) was made on the validation split;
+the test split was scored once.</p>
+{% if phantom %}<p class="note"><b>Synthetic data.</b> These results are on a phantom: they show that the chain runs and is
+evaluated honestly, not how it performs on real radiographs. The model bundle says so in every prediction.</p>{% endif %}
+
+<h2>Run</h2>
+<p>Weights the models started from: {{ weights }}.</p>
+{{ steps | safe }}
+<details><summary>all settings</summary>{{ settings | safe }}</details>
+
+<h2>Dataset</h2>
+<div class="wide">{{ split_table | safe }}</div>
+<dl class="glossary">{% for name, text in split_glossary %}<dt>{{ name }}</dt><dd>{{ text }}</dd>{% endfor %}</dl>
+<div class="wide">{{ class_table | safe }}</div>
+<dl class="glossary">{% for name, text in class_glossary %}<dt>{{ name }}</dt><dd>{{ text }}</dd>{% endfor %}</dl>
+{{ class_counts | safe }}
+
+<h2>Classification (normal vs abnormal image)</h2>
+<p>{{ data }}, test split: {{ n_test }} images ({{ n_test_abnormal }} abnormal). Threshold chosen by Youden's J on validation;
+95% bootstrap confidence intervals ({{ n_boot }} resamples) under each value. Ensemble: {{ ensemble }}.</p>
+<table class="t"><thead><tr><th>model</th>{% for name in cls_metrics %}<th>{{ name }} (%)</th>{% endfor %}</tr></thead><tbody>
+{% for row in cls_rows %}<tr><td>{{ row.model }}</td>{% for v, lo, hi in row.cells %}<td>{{ v }}<br><span class="ci">{{ lo }}&ndash;{{ hi }}</span></td>{% endfor %}</tr>
+{% endfor %}</tbody></table>
+{{ roc | safe }}
+
+<h2>Detection (7 lesion classes)</h2>
+<p>Official protocol: COCO average precision at IoU 0.5 (AP50) on original DICOM pixels over all {{ n_images }} test images
+({{ n_normal_images }} normal, where every box is a false positive); mAP@0.5 is the mean over the classes with test boxes.
+Ultralytics' own mAP50 on the same split: {{ ultralytics_map50 }} (it matches and interpolates differently; see 20_detect).</p>
+{{ det_table | safe }}
+{{ pr | safe }}
+
+<h2>Fusion rules</h2>
+<p>Two ways of letting the classifier and the detector correct each other, from the paper:</p>
+<dl class="glossary"><dt>fusion rule</dt><dd>the classifier gates the detector: on an image the ensemble calls abnormal
+(p &ge; {{ threshold }}) every box is kept; on an image it calls normal only boxes scoring at least {{ keep_score }} are kept.
+It should raise the detection mAP by removing false positives on normal images.</dd>
+<dt>reverse fusion</dt><dd>the detector informs the classifier: an image's score becomes the mean of the ensemble's
+probability and its highest box score (0 if it has none). It should raise the classification AUROC.</dd></dl>
+{{ fusion_table | safe }}
+
+<h2>Examples (test images)</h2>
+{% if examples %}<p>Ground truth (left of each pair) and the predictions after the fusion rule scoring at least 0.25 (right).</p>{{ examples | safe }}
+{% else %}<p>No abnormal test image.</p>{% endif %}
+
+<h2>Published numbers</h2>
+<p>Nguyen et al., MICCAI 2021, on the <b>real</b> VinDr-SpineXR test set (classifiers: DenseNet; detector: Sparse R-CNN).
+{% if phantom %}They are not comparable with the phantom's figures above, and are here only as the target of a run on the release.{% endif %}</p>
+{{ paper_cls | safe }}
+{{ paper_det | safe }}
+</body></html>"""
+
+REPORT_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
+h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.8em}.meta{color:#555;margin-top:0}
+table.t{border-collapse:collapse;font-size:.85em;margin:.6em 0}table.t td,table.t th{padding:.3em .6em;border-bottom:1px solid #e3e3e3;text-align:right;white-space:nowrap}
+table.t td:first-child,table.t th:first-child,table.steps td:nth-child(2),table.steps th:nth-child(2){text-align:left}.ci{color:#666;font-size:.85em}.wide{overflow-x:auto}
+img{max-width:100%}.note{background:#fff6dd;padding:.6em 1em;border-left:4px solid #e0b000}
+dl.glossary{display:grid;grid-template-columns:max-content auto;gap:.15em 1em;font-size:.85em;color:#444}dl.glossary dt{font-weight:600}dl.glossary dd{margin:0}
+code{background:#f3f3f3;padding:0 .2em}"""
+
+# %% ../nbs/50_demo.ipynb #cff89cea
+SPLIT_COLUMNS = dict(studies=('studies', 'examinations; all images of a study are in one split'), images=('images', 'radiographs'),
+                     normal=('normal', 'images with no finding'), abnormal=('abnormal', 'images with at least one lesion box'),
+                     abnormal_pct=('% abnormal', 'abnormal images, in percent of the split'), boxes=('boxes', 'lesion boxes'),
+                     boxes_per_abnormal=('boxes / abnormal', 'boxes per abnormal image'), images_per_study=('images / study', 'mean images per study'),
+                     max_images_per_study=('max / study', 'most images in one study'),
+                     mixed_studies=('mixed studies', 'studies with both a normal and an abnormal image'))
+CLASS_COLUMNS = dict(boxes=('boxes', 'boxes of the class'), images=('images', 'images with at least one box of it'),
+                     studies=('studies', 'studies with at least one box of it'), pct_of_abnormal=('% of abnormal', 'share of abnormal images with it'),
+                     boxes_per_image=('boxes / image', 'boxes per image that has the class'),
+                     box_ratio=('box imbalance', 'boxes of the most frequent class per box of this one'),
+                     image_ratio=('image imbalance', 'the same, counted in images'))
 
 def _img(fig) -> str:
     import matplotlib.pyplot as plt
@@ -188,62 +272,63 @@ def _img(fig) -> str:
     plt.close(fig)
     return f'<img alt="figure" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 
-def _pct(v) -> str: return 'n/a' if v is None else f'{100 * v:.2f}'
+def _table(df: pd.DataFrame, index: bool = True, classes: str = '') -> str:
+    "A table in the report's style: the index a first column (pandas would give its name a row of its own), numbers to 2 decimals."
+    return (df.reset_index() if index else df).to_html(index=False, border=0, classes=f't {classes}'.strip(), escape=True, na_rep='',
+                                                       float_format=lambda v: f'{v:,.0f}' if abs(v) >= 100 else f'{v:.2f}')
 
-def _table(df: pd.DataFrame, index: bool = False) -> str: return df.to_html(index=index, border=0, classes='t', escape=True, float_format=lambda v: f'{v:.3g}')
-
-_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
-table.t{border-collapse:collapse;font-size:.85em;margin:.6em 0}table.t td,table.t th{padding:.25em .6em;border-bottom:1px solid #e3e3e3;text-align:right}
-table.t td:first-child,table.t th:first-child{text-align:left}img{max-width:100%}.note{background:#fff6dd;padding:.6em 1em;border-left:4px solid #e0b000}
-code{background:#f3f3f3;padding:0 .2em}"""
-
-# %% ../nbs/50_demo.ipynb #cff89cea
-def write_report(out, m: dict, cfg: DemoConfig, data_label: str, timing: dict) -> Path:
-    "Write the self-contained `report.html` of a demo folder."
-    import matplotlib
-    matplotlib.use('Agg')
-    out = Path(out)
-    ann = load_release(m['_data'])
-    labels = pd.read_csv(out/'prep'/'labels.csv', dtype={'image_id': str}).set_index('image_id')
-    ann['split'] = ann.image_id.map(labels.split).fillna(ann.split)     # train, val (carved out of train by study), test
-    fus, test, ens = m['_fusion'], m['_test'], m['_ensemble']
-    cls_res = {**m['classifiers'], 'ensemble': m['ensemble']}
-    gt, fused = prep_ground_truth(out/'prep', 'test'), fus['boxes_fused']
-    examples = gt[gt.lesion_type != NO_FINDING].groupby('lesion_type').image_id.first().drop_duplicates().head(4)
-    warn = ('These results are on a synthetic phantom: they show that the chain runs and is evaluated honestly, '
-            'not how it performs on real radiographs. The paper\'s numbers are on the real test set.') if 'phantom' in data_label else ''
-    parts = ['<h1>spinexr demo report</h1>',
-             f'<p>Data: <b>{html.escape(data_label)}</b>. Every choice (ensemble weights, thresholds, checkpoints) was made on the validation split; '
-             f'the test split was scored once.</p>', f'<p class="note">{warn}</p>' if warn else '',
-             '<h2>Run</h2>', f"<p>Weights the models started from: {html.escape(', '.join(f'{k} {v}' for k, v in m['weights'].items()))}.</p>",
-             _table(pd.DataFrame(dict(step=list(timing), seconds=list(timing.values())))),
-             '<details><summary>settings</summary>', _table(pd.Series(asdict(cfg)).rename('value').to_frame(), index=True), '</details>',
-             '<h2>Dataset</h2>', _table(split_table(ann), index=True), _table(class_table(ann), index=True), _img(plot_class_counts(ann)),
-             '<h2>Classification (normal vs abnormal image)</h2>',
-             f"<p>Test split; threshold chosen by Youden's J on validation; 95% bootstrap CIs ({cfg.n_boot:,} resamples). "
-             f"Ensemble: {html.escape(ens.how)} averaging, weights {', '.join(f'{n} {w:.2f}' for n, w in zip(ens.names, ens.weights))}, "
-             f"threshold {ens.threshold:.3f}.</p>",
-             _table(classification_table(m, data_label)), _img(ensemble_roc_figure(test, cls_res, ens)),
-             '<h2>Detection (7 lesion classes)</h2>',
-             f"<p>Official protocol: COCO AP at IoU 0.5 on original DICOM pixels over all {m['detection']['n_images']} test images "
-             f"({m['detection']['n_normal_images']} normal, where every box is a false positive). Ultralytics' own mAP50 on the same "
-             f"split: {_pct(m['detection']['ultralytics_map50'])} "
-             f"(it matches and interpolates differently; see 20_detect).</p>",
-             _table(detection_table(m, data_label)), _img(_pr_pair(fus)),
-             '<h2>Fusion rules</h2>', _table(fusion_table(fus), index=True),
-             '<h2>Examples (test images)</h2><p>Ground truth (left) and the fused predictions scoring at least 0.25 (right).</p>',
-             _img(show_predictions(out/'prep', fused, examples.tolist(), min_score=0.25)) if len(examples) else '<p>no abnormal test image</p>']
-    doc = f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>spinexr demo report</title><style>{_CSS}</style></head><body>{"".join(parts)}</body></html>'
-    return write_text(out/'report.html', doc)
+def _named(df: pd.DataFrame, columns: dict) -> tuple:
+    "`df` with its columns renamed for a reader, and the (name, meaning) glossary of those columns."
+    return df.rename(columns={k: v[0] for k, v in columns.items()}), [columns[c] for c in df.columns if c in columns]
 
 def _pr_pair(fus):
     import matplotlib.pyplot as plt
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.6))
-    pr_figure({**fus['detection'], 'pr': fus['pr']}, a, title='PR curves, detector')
-    pr_figure({**fus['detection_fused'], 'pr': fus['pr_fused']}, b, title='PR curves, detector + fusion rule')
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True)
+    pr_figure({**fus['detection'], 'pr': fus['pr']}, a, title='detector', legend=False)
+    pr_figure({**fus['detection_fused'], 'pr': fus['pr_fused']}, b, title='detector + fusion rule', legend=False)
+    b.set_ylabel('')
+    for ax, res in ((a, fus['detection']), (b, fus['detection_fused'])):   # each panel's APs, under it and clear of its axis label
+        ax.legend(*ax.get_legend_handles_labels(), loc='upper center', bbox_to_anchor=(0.5, -0.16), fontsize=8, frameon=False)
     fig.tight_layout()
     return fig
+
+def write_report(out) -> Path:
+    "Write the self-contained `report.html` of a demo folder from its files (metrics.json, demo.json, runs, prep tree, bundle)."
+    import matplotlib
+    from jinja2 import Environment
+    matplotlib.use('Agg')
+    out = Path(out)
+    m, cfg = load_json(out/'metrics.json'), DemoConfig.load(out/'demo.json')
+    test, ens, fus = test_results(out, cfg.keep_score)
+    ann = load_release(m['data_root'])
+    labels = pd.read_csv(out/'prep'/'labels.csv', dtype={'image_id': str}).set_index('image_id')
+    ann['split'] = ann.image_id.map(labels.split).fillna(ann.split)     # train, val (carved out of train by study), test
+    cls_res = {**m['classifiers'], 'ensemble': m['ensemble']}
+    gt = prep_ground_truth(out/'prep', 'test')
+    examples = gt[gt.lesion_type != NO_FINDING].groupby('lesion_type').image_id.first().drop_duplicates().head(4)
+    splits, split_glossary = _named(split_table(ann), SPLIT_COLUMNS)
+    classes, class_glossary = _named(class_table(ann), CLASS_COLUMNS)
+    pct = lambda v: f'{100 * v:.2f}'
+    cls_rows = [dict(model=n, cells=[(pct(r[k]), f"{100 * r['ci'][k][0]:.1f}", f"{100 * r['ci'][k][1]:.1f}") for k in CLS_METRICS])
+                for n, r in cls_res.items()]
+    steps = pd.DataFrame(m['steps']).rename(columns=dict(peak_rss_gb='peak RAM (GB)', peak_gpu_gb='peak GPU (GB)'))
+    paper_cls, paper_det = published_tables()
+    ul = m['detection']['ultralytics_map50']
+    doc = Environment(autoescape=True).from_string(REPORT_TEMPLATE).render(
+        css=REPORT_CSS, version=package_versions()['spinexr'], date=time.strftime('%Y-%m-%d %H:%M'),
+        bundle_sha256=bundle_sha256(out/'model'), data=m['data'], phantom=load_json(out/'model'/'bundle.json')['trained_on']['data'] == 'phantom',
+        weights=', '.join(f'{k} {v}' for k, v in m['weights'].items()),
+        steps=_table(steps.dropna(axis=1, how='all'), index=False, classes='steps'), settings=_table(pd.Series(cfg.settings()).astype(str).rename('value').to_frame()),
+        split_table=_table(splits), split_glossary=split_glossary, class_table=_table(classes), class_glossary=class_glossary,
+        class_counts=_img(plot_class_counts(ann)), n_test=m['ensemble']['n'], n_test_abnormal=m['ensemble']['n_pos'], n_boot=f'{cfg.n_boot:,}',
+        ensemble=f"{ens.how} averaging, weights {', '.join(f'{n} {w:.2f}' for n, w in zip(ens.names, ens.weights))}, threshold {ens.threshold:.3f}",
+        cls_metrics=list(CLS_METRICS.values()), cls_rows=cls_rows, roc=_img(ensemble_roc_figure(test, cls_res, ens)),
+        n_images=m['detection']['n_images'], n_normal_images=m['detection']['n_normal_images'],
+        ultralytics_map50='n/a' if ul is None else pct(ul), det_table=_table(detection_table(m)), pr=_img(_pr_pair(fus)),
+        threshold=f'{ens.threshold:.3f}', keep_score=cfg.keep_score, fusion_table=_table(fusion_table(fus)),
+        examples=_img(show_predictions(out/'prep', fus['boxes_fused'], examples.tolist(), min_score=0.25, ncols=4)) if len(examples) else '',
+        paper_cls=_table(paper_cls), paper_det=_table(paper_det))
+    return write_text(out/'report.html', doc)
 
 # %% ../nbs/50_demo.ipynb #75f56759
 def check_release(root) -> Path:
@@ -285,6 +370,7 @@ def subset_release(src, dst, n_images: int = 60, seed: int = 0) -> Path:
         for i in sorted(set(raw.image_id) & ids):
             link = dst/f'{split}_images'/f'{i}.dicom'
             if not link.is_symlink(): link.symlink_to(images_dir(src, split)/f'{i}.dicom')
+    if is_phantom(src): shutil.copy2(src/PHANTOM_STAMP, dst/PHANTOM_STAMP)   # a phantom's subset is a phantom too
     return dst
 
 # %% ../nbs/50_demo.ipynb #390b35e4
@@ -302,8 +388,8 @@ def weights_used(out) -> dict:
     d = DetConfig.load(out/'detector'/'config.json')
     return {**cls, 'detector': f'COCO ({d.pretrained_tensors} tensors)' if d.used_pretrained else 'from scratch'}
 
-def run_demo(out, data=None, cfg: DemoConfig | None = None, progress: bool = True) -> dict:
-    "Phantom (or the release at `data`) → prep → classifiers → detector → ensemble → fusion → metrics.json, report.html, model/."
+def run_demo(out, data=None, cfg: DemoConfig | None = None, progress: bool = True, command: str | None = None) -> dict:
+    "Phantom (or the release at `data`) → prep → classifiers → detector → ensemble → fusion → metrics.json, model/, report.html."
     out = Path(out).absolute()
     cfg = cfg or (DemoConfig.full_scale() if data else DemoConfig())
     if data is not None: data = check_release(data)     # before anything is written
@@ -315,27 +401,30 @@ def run_demo(out, data=None, cfg: DemoConfig | None = None, progress: bool = Tru
         data = out/'phantom'
         step('phantom', make_phantom, data, PhantomConfig(n_studies=cfg.n_studies, seed=cfg.seed, size=cfg.phantom_size), progress=progress,
              settings=f"{cfg.n_studies} studies, long side {cfg.phantom_size or '1500-3000'} px")
-        data_label = f'phantom ({cfg.n_studies} studies, seed {cfg.seed})'
+        data_label, root_name = f'phantom ({cfg.n_studies} studies, seed {cfg.seed})', data.name
     else:
-        data_label = f'VinDr-SpineXR release at {data}'
+        data_label, root_name = f'VinDr-SpineXR release at {data}', data.name + ' (a subset)' * cfg.rehearsal
         if cfg.rehearsal:
             data = step('subset', subset_release, data, out/'subset', cfg.rehearsal_images, cfg.seed, settings=f'about {cfg.rehearsal_images} images')
             data_label += f' (rehearsal subset of about {cfg.rehearsal_images} images)'
     step('preprocess', prep, data, out/'prep', size=cfg.prep_size, val_frac=cfg.val_frac, seed=cfg.seed, progress=progress,
          settings=f'long side {cfg.prep_size} px')
-    for a in ARCHS:
+    runs = [out/'classifiers'/a for a in ARCHS]
+    for a, run in zip(ARCHS, runs):
         c = cfg.classifier(a)
-        step(f'classifier {a}', _train_classifier_once, out/'prep', out/'classifiers'/a, c, progress, settings=_cls_settings(c))
+        step(f'classifier {a}', _train_classifier_once, out/'prep', run, c, progress, settings=_cls_settings(c))
     step('detector', _train_detector_once, out/'prep', out/'detector', cfg.detector(), progress, settings=_det_settings(cfg.detector()))
-    m = step('ensemble and evaluation', evaluate_demo, out, cfg)
-    m['_data'] = data
-    step('model bundle', make_bundle, out/'model', [out/'classifiers'/a for a in ARCHS], out/'detector', m['_ensemble'], cfg.prep_size, cfg.keep_score)
-    m['weights'] = weights_used(out)
-    step('report', write_report, out, m, cfg, data_label, step.seconds)
-    metrics = {k: v for k, v in m.items() if not k.startswith('_')}
-    metrics.update(data=data_label, seconds=step.seconds, total_seconds=round(sum(step.seconds.values()), 1))
+    metrics = step('ensemble and evaluation', evaluate_demo, out, cfg)      # writes ensemble.json
+    step('model bundle', make_bundle, out/'model', runs, out/'detector', Ensemble.load(out/'ensemble.json'), out/'prep', cfg.keep_score,
+         trained_on=dict(root=root_name, rehearsal=cfg.rehearsal, command=command or 'spinexr.demo.run_demo'))
+    metrics.update(data=data_label, data_root=str(data), weights=weights_used(out))
+    def save_metrics():
+        metrics.update(seconds=step.seconds, total_seconds=round(sum(step.seconds.values()), 1), steps=step.rows)
+        save_json(metrics, out/'metrics.json')
+    save_metrics()                      # the report reads it,
+    step('report', write_report, out)
+    save_metrics()                      # and then it holds the report's time too
     if cfg.rehearsal: write_csv(step.table(), out/'rehearsal.csv')
-    save_json(metrics, out/'metrics.json')
     return metrics
 
 # %% ../nbs/50_demo.ipynb #e6f0a36a
@@ -356,7 +445,7 @@ def spinexr_demo(out: str = 'demo',          # the folder to write (resumes if i
         kw = {k: v for k, v in dict(n_studies=n_studies, seed=seed).items() if v is not None}
         if no_pretrained: kw.update(cls_pretrained=False, det_pretrained=False)
         cfg = DemoConfig(**{**asdict(base), **kw})
-        m = run_demo(out, data, cfg, progress=True)
+        m = run_demo(out, data, cfg, progress=True, command=shlex.join(['spinexr_demo', *sys.argv[1:]]))
     e, d = m['ensemble'], m['detection']
     print(f"spinexr_demo: {m['data']}; {m['total_seconds']:.0f} s")
     for name, r in [*m['classifiers'].items(), ('ensemble', e)]:

@@ -374,7 +374,7 @@ def evaluate_detector(run_dir, prep_dir, splits=('val', 'test'), ultralytics_val
     return metrics
 
 # %% ../nbs/20_detect.ipynb #96149e6a
-def show_predictions(prep_dir, preds: pd.DataFrame, image_ids, min_score: float = 0.25, ncols: int = 4):
+def show_predictions(prep_dir, preds: pd.DataFrame, image_ids, min_score: float = 0.25, ncols: int = 4, fontsize: int = 9):
     "Ground truth (left of each pair) and predictions with score >= `min_score` (right), on the prep tree's PNGs."
     import cv2, matplotlib.pyplot as plt
     from spinexr.dicom import to_stored_coords
@@ -387,9 +387,10 @@ def show_predictions(prep_dir, preds: pd.DataFrame, image_ids, min_score: float 
     for k, i in enumerate(ids):
         img = cv2.imread(str(prep_dir/'images'/f'{i}.png'), cv2.IMREAD_GRAYSCALE)
         g, p = gt[gt.image_id == i], pr[pr.image_id == i]
-        show_boxes(axs.flat[2 * k], img, [(t.lesion_type, (t.xmin, t.ymin, t.xmax, t.ymax)) for t in g.itertuples()], f'{i[:6]} ground truth')
+        show_boxes(axs.flat[2 * k], img, [(t.lesion_type, (t.xmin, t.ymin, t.xmax, t.ymax)) for t in g.itertuples()],
+                   f'{i[:6]} ground truth', fontsize=fontsize)
         show_boxes(axs.flat[2 * k + 1], img, [(f'{t.lesion_type} {t.score:.2f}', (t.xmin, t.ymin, t.xmax, t.ymax)) for t in p.itertuples()],
-                   f'{i[:6]} predicted (score >= {min_score})')
+                   f'{i[:6]} predicted (score >= {min_score})', fontsize=fontsize)
         for t, patch in zip(p.itertuples(), axs.flat[2 * k + 1].patches): patch.set_edgecolor(CLASS_COLORS[t.lesion_type])
     fig.tight_layout()
     return fig

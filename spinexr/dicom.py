@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_dicom.ipynb #3935b5f7
 from __future__ import annotations
-import contextlib, io, math, os, shutil, struct, sys, time, warnings
+import contextlib, io, math, os, re, shutil, struct, sys, time, warnings
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -15,15 +15,16 @@ import pandas as pd
 from fastcore.script import call_parse, store_true
 
 from .core import *
+from .phantom import is_phantom
 from .annotations import (annotation_paths, clip_boxes, image_table, images_dir, load_release,
                                  split_train_val)
 
 # %% auto #0
-__all__ = ['MIN_SIDE', 'PERCENTILES', 'DICOM_SUFFIXES', 'PREP_VERSION', 'MANIFEST_COLUMNS', 'DicomError', 'open_dicom',
-           'read_header', 'j2k_header', 'target_shape', 'choose_reduce', 'decode_stored', 'display_values',
-           'to_display', 'resize_to', 'align_reduced', 'read_dicom', 'to_uint8', 'to_stored_coords',
-           'to_original_coords', 'find_dicoms', 'convert_one', 'write_yolo', 'prep', 'summary_line', 'spinexr_prep',
-           'prepared_phantom']
+__all__ = ['MIN_SIDE', 'RADIOGRAPH_MODALITIES', 'SPINE_WORDS', 'PERCENTILES', 'DICOM_SUFFIXES', 'PREP_VERSION',
+           'MANIFEST_COLUMNS', 'DicomError', 'open_dicom', 'read_header', 'radiograph_warnings', 'j2k_header',
+           'target_shape', 'choose_reduce', 'decode_stored', 'display_values', 'to_display', 'resize_to',
+           'align_reduced', 'read_dicom', 'to_uint8', 'to_stored_coords', 'to_original_coords', 'find_dicoms',
+           'convert_one', 'write_yolo', 'prep', 'summary_line', 'spinexr_prep', 'prepared_phantom']
 
 # %% ../nbs/03_dicom.ipynb #5eb60a55
 class DicomError(InputError):
@@ -119,7 +120,7 @@ def _header_info(ds, path) -> dict:
                 series_id=_str(ds, 'SeriesInstanceUID'), orig_height=int(ds.Rows), orig_width=int(ds.Columns),
                 photometric=photometric, transfer_syntax=str(ts), bits_stored=int(ds.get('BitsStored') or ds.BitsAllocated),
                 signed=int(ds.get('PixelRepresentation') or 0), spacing_row_mm=sy, spacing_col_mm=sx,
-                view=_str(ds, 'ViewPosition'), body_part=_str(ds, 'BodyPartExamined'))
+                view=_str(ds, 'ViewPosition'), body_part=_str(ds, 'BodyPartExamined'), modality=_str(ds, 'Modality'))
 
 @contextlib.contextmanager
 def _quiet_uids():
@@ -139,6 +140,20 @@ def read_header(path) -> dict:
     with _quiet_uids():
         ds, notes = open_dicom(path, stop_before_pixels=True)
         return dict(_header_info(ds, Path(path)), notes=notes)
+
+# %% ../nbs/03_dicom.ipynb #4b63ca9f
+RADIOGRAPH_MODALITIES = ('CR', 'DX', 'DR', 'RF')
+SPINE_WORDS = ('SPINE', 'COCCYX', 'SACRUM', 'LUMBAR', 'CERVICAL', 'THORACIC', 'VERTEBR', 'COTSONG')
+
+def radiograph_warnings(info: dict) -> list:
+    "Caveats from a DICOM header (`read_header`'s dict): a Modality that is not projection radiography, a body part that is not the spine."
+    out = []
+    modality, part = info.get('modality', '').strip().upper(), info.get('body_part', '').strip()
+    if modality and modality not in RADIOGRAPH_MODALITIES:
+        out.append(f'Modality is {modality}, not a radiograph ({"/".join(RADIOGRAPH_MODALITIES)}): the models were trained on spine radiographs')
+    if part and not any(w in re.sub(r'[^A-Z]', '', part.upper()) for w in SPINE_WORDS):
+        out.append(f'Body Part Examined is {part!r}, not the spine: the models were trained on spine radiographs')
+    return out
 
 # %% ../nbs/03_dicom.ipynb #b8fecc89
 def j2k_header(cs: bytes) -> dict:
@@ -729,7 +744,7 @@ def prep(src, out, size: int = 1024, workers: int | None = None, val_frac: float
         summary = dict(src=_abs(src), out=_abs(out), size=size, workers=workers, release=release, val_frac=val_frac, seed=seed,
                        n_images=len(manifest), n_converted=n_new, n_skipped=len(jobs) - len(todo), n_failed=len(failures),
                        seconds=round(time.perf_counter() - t_start, 2), images_per_s=round(n_new / secs, 2) if n_new else None,
-                       version=PREP_VERSION, **facts)
+                       version=PREP_VERSION, phantom=release and is_phantom(src), **facts)
         save_json(summary, out/'prep.json')
     return summary
 

@@ -14,8 +14,8 @@ from .core import *
 
 # %% auto #0
 __all__ = ['render_readme', 'spinexr_readme', 'DocsError', 'doc_notebooks', 'page_name', 'execute_notebook', 'relink',
-           'process_notebook', 'render_notebook', 'tex_to_mathml', 'MathML', 'mkdocs_config', 'build_site',
-           'spinexr_docs']
+           'process_notebook', 'render_notebook', 'tex_to_mathml', 'MathML', 'mkdocs_config', 'worker_env',
+           'build_site', 'spinexr_docs']
 
 # %% ../nbs/90_docs.ipynb #4a361877
 _DIRECTIVE = re.compile(r'^\s*#\|\s*(.*)$')
@@ -263,14 +263,21 @@ def _render_main(spec: str):
     except DocsError as e: sys.exit(str(e))
     write_text(a['result'], json.dumps(entry))
 
-def _render_isolated(path, docs_dir, pages: dict, execute: bool, skip_flags, timeout: int | None = None) -> dict:
+def worker_env(n_workers: int) -> dict:
+    "The environment of one of `n_workers` notebook processes run at once: the cores shared out among them, unless the caller set the counts."
+    env = dict(os.environ)
+    env.setdefault('SPINEXR_THREADS', str(max(1, cpu_count() // max(1, n_workers))))
+    env.setdefault('OMP_NUM_THREADS', env['SPINEXR_THREADS'])
+    return env
+
+def _render_isolated(path, docs_dir, pages: dict, execute: bool, skip_flags, timeout: int | None = None, env: dict | None = None) -> dict:
     "`render_notebook` in a new Python process; stopped, with its children, after `timeout` seconds."
     path, t0 = Path(path), time.time()
     result = Path(docs_dir).parent/'entries'/f'{path.stem}.json'
     spec = json.dumps(dict(path=str(path), docs_dir=str(docs_dir), pages=pages, execute=execute,
                            skip_flags=list(skip_flags), result=str(result)))
     p = subprocess.Popen([sys.executable, '-c', 'import sys; from spinexr.docs import _render_main; _render_main(sys.argv[1])',
-                          spec], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                          spec], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
     try: _, err = p.communicate(timeout=timeout or None)
     except subprocess.TimeoutExpired:
         os.killpg(p.pid, signal.SIGKILL); p.communicate()
@@ -307,7 +314,8 @@ def build_site(nbs='nbs', out='_docs', execute: bool = True, n_workers: int | No
         if n_workers <= 0: entries = [render_notebook(*a) for a in args]
         else:
             with ThreadPoolExecutor(n_workers) as pool:
-                futures = [pool.submit(_render_isolated, *a, timeout) for a in args]
+                env = worker_env(n_workers)    # two kernels with a thread per core each would oversubscribe the cores
+                futures = [pool.submit(_render_isolated, *a, timeout, env) for a in args]
                 try:
                     entries = []
                     for f in futures:

@@ -13,19 +13,20 @@ import pandas as pd
 from fastcore.script import call_parse, Param
 
 from .core import *
-from .dicom import DICOM_SUFFIXES, _has_dicm, find_dicoms, read_dicom, resize_to, target_shape, to_original_coords, to_uint8
+from .dicom import (DICOM_SUFFIXES, _has_dicm, find_dicoms, radiograph_warnings, read_dicom, resize_to, target_shape,
+                           to_original_coords, to_uint8)
 from .metrics import fusion_rule
 from .classify import ClsConfig, load_classifier
 from .detect import DetConfig, load_detector, predict_boxes
 from .ensemble import Ensemble
 
 # %% auto #0
-__all__ = ['BUNDLE_FORMAT', 'BUNDLE_VERSION', 'IMAGE_SUFFIXES', 'STAGES', 'package_versions', 'make_bundle', 'read_bundle',
-           'find_inputs', 'image_ids', 'read_input', 'classifier_inputs', 'Predictor', 'draw_overlay', 'predict_files',
-           'timing_table', 'spinexr_predict']
+__all__ = ['BUNDLE_FORMAT', 'BUNDLE_VERSION', 'IMAGE_SUFFIXES', 'STAGES', 'package_versions', 'training_record', 'make_bundle',
+           'read_bundle', 'bundle_warnings', 'bundle_sha256', 'find_inputs', 'image_ids', 'read_input',
+           'classifier_inputs', 'Predictor', 'draw_overlay', 'predict_files', 'timing_table', 'spinexr_predict']
 
 # %% ../nbs/40_inference.ipynb #237fe24c
-BUNDLE_FORMAT, BUNDLE_VERSION = 'spinexr-bundle', 1
+BUNDLE_FORMAT, BUNDLE_VERSION = 'spinexr-bundle', 2   # 2: bundle.json records `trained_on`
 
 def package_versions() -> dict:
     "Versions of the packages a bundle's results depend on."
@@ -42,11 +43,22 @@ def _copy_files(src: Path, dst: Path, names):
         if not (src/n).is_file(): raise InputError(f'no {n}: not a complete run directory', src)
         shutil.copy2(src/n, dst/n)
 
-def make_bundle(out, cls_runs, det_run, ens: Ensemble, prep_size: int, keep_score: float = 0.5) -> Path:
-    "Pack classifier runs, a detector run and a fitted ensemble into the model bundle `out` (atomically)."
+def training_record(prep_dir, **extra) -> dict:
+    "What models trained on the prep tree `prep_dir` learnt from: phantom or release, its root's name, images per split; `extra` adds to it."
+    f = Path(prep_dir)/'prep.json'
+    if not f.is_file(): raise InputError('no prep.json: not a spinexr_prep output', prep_dir)
+    s = load_json(f)
+    if not s.get('release'): raise InputError('not the prep tree of a release (no labels): models are trained on a release', prep_dir)
+    return dict(data='phantom' if s.get('phantom') else 'release', root=Path(s['src']).name, images=s.get('split_counts', {}),
+                date=time.strftime('%Y-%m-%d'), spinexr=package_versions()['spinexr'], command=None, **extra)
+
+def make_bundle(out, cls_runs, det_run, ens: Ensemble, prep_dir, keep_score: float = 0.5, trained_on: dict | None = None) -> Path:
+    "Pack classifier runs, a detector run and a fitted ensemble trained on `prep_dir` into the model bundle `out` (atomically)."
     out, cls_runs = Path(out), [Path(r) for r in cls_runs]
     archs = [ClsConfig.load(r/'config.json').arch for r in cls_runs]
     if sorted(archs) != sorted(ens.names): raise InputError(f'the ensemble combines {ens.names}, the runs are {archs}')
+    record = {**training_record(prep_dir), **(trained_on or {})}
+    prep_size = load_json(Path(prep_dir)/'prep.json')['size']
     tmp = Path(tempfile.mkdtemp(prefix=f'.{out.name}.', dir=out.parent if out.parent.exists() else None))
     try:
         for r, a in zip(cls_runs, archs): _copy_files(r, tmp/'classifiers'/a, ('config.json', 'model.pt'))
@@ -54,7 +66,7 @@ def make_bundle(out, cls_runs, det_run, ens: Ensemble, prep_size: int, keep_scor
         tta = {a: bool(load_json(r/'metrics.json').get('tta', False)) if (r/'metrics.json').exists() else False for r, a in zip(cls_runs, archs)}
         save_json(dict(format=BUNDLE_FORMAT, version=BUNDLE_VERSION, prep_size=int(prep_size), ensemble=asdict(ens),
                        fusion=dict(keep_score=float(keep_score)), classifiers=ens.names, tta=tta,
-                       versions=package_versions(), created=time.strftime('%Y-%m-%dT%H:%M:%S%z')), tmp/'bundle.json')
+                       trained_on=record, versions=package_versions(), created=time.strftime('%Y-%m-%dT%H:%M:%S%z')), tmp/'bundle.json')
         out.parent.mkdir(parents=True, exist_ok=True)
         old = None
         if out.exists():
@@ -81,13 +93,35 @@ def read_bundle(model_dir) -> dict:
     for a in b['ensemble'].names:
         if not is_safe_id(a) or not (model_dir/'classifiers'/a).is_dir(): raise InputError(f'classifier {a!r} is missing', model_dir)
     if not (model_dir/'detector').is_dir(): raise InputError('the detector is missing', model_dir)
+    t = b.get('trained_on')
+    if not isinstance(t, dict) or t.get('data') not in ('phantom', 'release'): raise InputError('no record of what it was trained on (trained_on)', f)
     return b
+
+def bundle_warnings(bundle: dict) -> list:
+    "The caveats every prediction of a bundle carries: its models learnt from a phantom, or from a rehearsal."
+    t, out = bundle['trained_on'], []
+    if t['data'] == 'phantom':
+        out.append(f"the model was trained on a phantom (synthetic images, {t.get('root')}), not on radiographs: "
+                   'its scores and boxes are not findings')
+    if t.get('rehearsal'): out.append('the model comes from a rehearsal (one epoch on a few images): it checks a setup and is not a model')
+    return out
+
+def bundle_sha256(model_dir) -> str:
+    "The SHA-256 of a whole bundle: of each file's path and SHA-256, in path order. Any changed, added or removed file changes it."
+    import hashlib
+    from spinexr.weights import sha256_file
+    model_dir, h = Path(model_dir), hashlib.sha256()
+    for f in sorted(p for p in model_dir.rglob('*') if p.is_file()):
+        h.update(f'{f.relative_to(model_dir).as_posix()}\t{sha256_file(f)}\n'.encode())
+    return h.hexdigest()
 
 # %% ../nbs/40_inference.ipynb #ae701fce
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
 
 def find_inputs(inputs) -> list:
     "The files to predict: files as given, folders searched for DICOMs and PNG/JPEG images (sorted, no repeats)."
+    missing = [str(i) for i in inputs if not Path(i).exists()]
+    if missing: raise InputError(f"no such file or folder: {', '.join(missing[:3])}" + (f' and {len(missing) - 3} more' if len(missing) > 3 else ''))
     out = []
     for i in inputs:
         p = Path(i)
@@ -112,13 +146,13 @@ def _is_dicom(p: Path) -> bool:
     return p.suffix.lower() in DICOM_SUFFIXES or (p.suffix.lower() not in IMAGE_SUFFIXES and _has_dicm(p))
 
 def read_input(path, size: int) -> tuple:
-    "An input as an 8-bit image with long side `size` and its info (orig_height, orig_width, height, width, kind)."
+    "An input as an 8-bit image with long side `size` and its info (orig_height, orig_width, height, width, kind, warnings)."
     import cv2
     path = Path(path)
     if _is_dicom(path):
         img, info = read_dicom(path, size)
         return to_uint8(img), dict(orig_height=info['orig_height'], orig_width=info['orig_width'],
-                                   height=info['height'], width=info['width'], kind='dicom')
+                                   height=info['height'], width=info['width'], kind='dicom', warnings=radiograph_warnings(info))
     if not path.is_file(): raise InputError('file not found', path)
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None: raise InputError('not a readable PNG or JPEG image', path)
@@ -128,7 +162,7 @@ def read_input(path, size: int) -> tuple:
     if min(img.shape) < 8: raise InputError(f'image of {img.shape[1]} x {img.shape[0]} pixels is too small for a radiograph', path)
     H, W = img.shape
     h, w = target_shape(H, W, size)
-    return resize_to(img, (h, w)), dict(orig_height=H, orig_width=W, height=h, width=w, kind='image')
+    return resize_to(img, (h, w)), dict(orig_height=H, orig_width=W, height=h, width=w, kind='image', warnings=[])
 
 # %% ../nbs/40_inference.ipynb #1b39f242
 def classifier_inputs(images, cfg: ClsConfig):
@@ -149,6 +183,7 @@ class Predictor:
         self.model_dir = Path(model_dir)
         b = read_bundle(self.model_dir)
         self.bundle, self.ensemble, self.prep_size = b, b['ensemble'], int(b['prep_size'])
+        self.warnings = bundle_warnings(b)     # caveats every prediction carries
         self.keep_score, self.tta = float(b['fusion']['keep_score']), b.get('tta', {})
         self.classifiers = {a: load_classifier(self.model_dir/'classifiers'/a) for a in self.ensemble.names}
         self.det_cfg = DetConfig.load(self.model_dir/'detector'/'config.json')
@@ -193,7 +228,8 @@ class Predictor:
         self._tick('detector', t)
         records = [dict(image_id=g[1], source=str(g[0]), p_abnormal=float(pa), abnormal=bool(pa >= self.ensemble.threshold),
                         classifiers={a: float(v) for a, v in zip(self.ensemble.names, row)},
-                        orig_height=int(g[3]['orig_height']), orig_width=int(g[3]['orig_width']), image=g[2])
+                        orig_height=int(g[3]['orig_height']), orig_width=int(g[3]['orig_width']),
+                        warnings=[*self.warnings, *g[3]['warnings']], image=g[2])
                    for g, pa, row in zip(good, prob, P)]
         return records, boxes, failures
 
@@ -202,8 +238,18 @@ def _bgr(hex_colour: str) -> tuple:
     h = hex_colour.lstrip('#')
     return tuple(int(h[k:k + 2], 16) for k in (4, 2, 0))
 
-def draw_overlay(img: np.ndarray, boxes: pd.DataFrame, p_abnormal: float, threshold: float, min_score: float = 0.25) -> np.ndarray:
-    "A colour image: `img` (8-bit grey) with boxes (in its pixels) coloured by class and labelled, and the score on top."
+def _wrap(text: str, width: int, font, fs, th) -> list:
+    "`text` in lines of at most `width` pixels, broken between words."
+    import cv2
+    lines = []
+    for word in text.split():
+        if lines and cv2.getTextSize(f'{lines[-1]} {word}', font, fs, th)[0][0] <= width: lines[-1] += f' {word}'
+        else: lines.append(word)
+    return lines
+
+def draw_overlay(img: np.ndarray, boxes: pd.DataFrame, p_abnormal: float, threshold: float, min_score: float = 0.25,
+                 caveats=()) -> np.ndarray:
+    "A colour image: `img` (8-bit grey) with boxes (in its pixels) coloured by class and labelled, the score on top, and `caveats` under it on amber."
     import cv2
     out = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
     s = max(img.shape) / 1024
@@ -214,9 +260,18 @@ def draw_overlay(img: np.ndarray, boxes: pd.DataFrame, p_abnormal: float, thresh
         cv2.rectangle(out, p0, p1, c, th)
         cv2.putText(out, f'{b.lesion_type} {b.score:.2f}', (p0[0], max(10, p0[1] - 3)), font, fs * 0.8, c, max(1, th - 1), cv2.LINE_AA)
     label = f"p(abnormal) {p_abnormal:.3f}: {'ABNORMAL' if p_abnormal >= threshold else 'normal'} (threshold {threshold:.3f})"
-    (w, h), _ = cv2.getTextSize(label, font, fs, th)
-    cv2.rectangle(out, (0, 0), (w + 8, h + 10), (0, 0, 0), -1)
-    cv2.putText(out, label, (4, h + 4), font, fs, (255, 255, 255), th, cv2.LINE_AA)
+    y = 0
+    for line in _wrap(label, out.shape[1] - 8, font, fs, th):     # a narrow image gets the score on several lines
+        (w, h), _ = cv2.getTextSize(line, font, fs, th)
+        cv2.rectangle(out, (0, y), (w + 8, y + h + 10), (0, 0, 0), -1)
+        cv2.putText(out, line, (4, y + h + 4), font, fs, (255, 255, 255), th, cv2.LINE_AA)
+        y += h + 10
+    fc = fs * 0.8
+    for line in [l for c in caveats for l in _wrap(f'CAVEAT: {c}', out.shape[1] - 8, font, fc, max(1, th - 1))]:
+        (w, lh), _ = cv2.getTextSize(line, font, fc, max(1, th - 1))
+        cv2.rectangle(out, (0, y), (w + 8, y + lh + 8), (0, 191, 255), -1)
+        cv2.putText(out, line, (4, y + lh + 3), font, fc, (0, 0, 0), max(1, th - 1), cv2.LINE_AA)
+        y += lh + 8
     return out
 
 # %% ../nbs/40_inference.ipynb #ff3de6f8
@@ -227,7 +282,8 @@ def _write_overlay(rec, boxes, threshold, out_dir, min_score):
                              orig_height=rec['orig_height'], orig_width=rec['orig_width'])])
     b = to_stored_coords(boxes, man) if len(boxes) else boxes
     with atomic_path(out_dir/'overlays'/f"{rec['image_id']}.png") as tmp:
-        if not cv2.imwrite(str(tmp), draw_overlay(rec['image'], b, rec['p_abnormal'], threshold, min_score)): raise OSError(f'cannot write {tmp}')
+        ov = draw_overlay(rec['image'], b, rec['p_abnormal'], threshold, min_score, rec['warnings'])
+        if not cv2.imwrite(str(tmp), ov): raise OSError(f'cannot write {tmp}')
 
 def predict_files(model_dir, inputs, out_dir, batch: int = 8, min_score: float = 0.25, overlays: bool = True,
                   predictor: Predictor | None = None, progress: bool = False) -> dict:
@@ -236,7 +292,8 @@ def predict_files(model_dir, inputs, out_dir, batch: int = 8, min_score: float =
     out_dir = Path(out_dir)
     paths = find_inputs(inputs)
     if not paths: raise InputError('no input files (DICOM, PNG or JPEG) found', ', '.join(map(str, inputs)))
-    pred = predictor or Predictor(model_dir)
+    if out_dir.exists() and not out_dir.is_dir(): raise InputError('is a file, not a folder for the predictions', out_dir)
+    pred = predictor or Predictor(model_dir)      # the inputs are found and checked first: loading the models takes seconds
     t_loaded = time.perf_counter()
     ids = image_ids(paths)
     records, all_boxes, failures = [], [], []
@@ -260,12 +317,13 @@ def predict_files(model_dir, inputs, out_dir, batch: int = 8, min_score: float =
         r['boxes'] = [dict(lesion_type=b.lesion_type, score=round(float(b.score), 5), **{c: round(float(getattr(b, c)), 2) for c in BOX_COLUMNS})
                       for b in g.itertuples()]
     ens = pred.ensemble
-    save_json(dict(model_dir=str(Path(model_dir).absolute()), threshold=ens.threshold, keep_score=pred.keep_score,
-                   ensemble=dict(names=ens.names, weights=ens.weights, how=ens.how), images=records, failures=failures),
-              out_dir/'predictions.json')
+    save_json(dict(model_dir=str(Path(model_dir).absolute()), trained_on=pred.bundle['trained_on'], warnings=pred.warnings,
+                   threshold=ens.threshold, keep_score=pred.keep_score, ensemble=dict(names=ens.names, weights=ens.weights, how=ens.how),
+                   images=records, failures=failures), out_dir/'predictions.json')
     write_csv(boxes[['image_id', 'lesion_type', 'score', *BOX_COLUMNS]], out_dir/'predictions.csv')
-    write_csv(pd.DataFrame([dict(image_id=r['image_id'], source=r['source'], p_abnormal=r['p_abnormal'], abnormal=r['abnormal']) for r in records],
-                           columns=['image_id', 'source', 'p_abnormal', 'abnormal']), out_dir/'scores.csv')
+    write_csv(pd.DataFrame([dict(image_id=r['image_id'], source=r['source'], p_abnormal=r['p_abnormal'], abnormal=r['abnormal'],
+                                 warnings=' | '.join(r['warnings'])) for r in records],
+                           columns=['image_id', 'source', 'p_abnormal', 'abnormal', 'warnings']), out_dir/'scores.csv')
     write_csv(pd.DataFrame(failures, columns=['source', 'image_id', 'error']), out_dir/'failures.csv')
     pred._tick('write', t)
     total = time.perf_counter() - t_start
@@ -273,7 +331,8 @@ def predict_files(model_dir, inputs, out_dir, batch: int = 8, min_score: float =
     return dict(n_inputs=len(paths), n_predicted=len(records), n_failed=len(failures), n_boxes=len(boxes),
                 n_abnormal=sum(r['abnormal'] for r in records), load_seconds=round(t_loaded - t_start, 2),
                 seconds=round(total, 2), seconds_per_image=round((total - (t_loaded - t_start)) / n, 4),
-                stage_seconds={k: round(v, 2) for k, v in pred.timing.items()}, failures=failures)
+                stage_seconds={k: round(v, 2) for k, v in pred.timing.items()}, failures=failures, warnings=pred.warnings,
+                image_warnings=[(r['source'], w) for r in records for w in r['warnings'] if w not in pred.warnings])
 
 # %% ../nbs/40_inference.ipynb #a9d77d36
 def timing_table(summary: dict) -> pd.DataFrame:
@@ -292,8 +351,10 @@ def spinexr_predict(model_dir: str,                          # a model bundle (s
                     no_overlays: bool = False):              # do not write overlays
     "Predict new radiographs with a model bundle: abnormality score and fused lesion boxes in original pixels. Exit 1 if any input failed."
     with cli_errors('spinexr_predict'):
-        s = predict_files(model_dir, inputs, out, batch=batch, min_score=min_score, overlays=not no_overlays, progress=sys.stderr.isatty())
+        s = predict_files(model_dir, inputs, out, batch=batch, min_score=min_score, overlays=not no_overlays, progress=live_progress())
     for f in s['failures']: print(f"spinexr_predict: skipped {f['source']}: {f['error']}", file=sys.stderr)
+    for w in s['warnings']: print(f'spinexr_predict: warning: {w}', file=sys.stderr)
+    for src, w in s['image_warnings']: print(f'spinexr_predict: warning: {src}: {w}', file=sys.stderr)
     st = s['stage_seconds']; tot = sum(st.values()) or 1
     print(f"spinexr_predict: {s['n_predicted']} of {s['n_inputs']} images predicted into {out} ({s['n_abnormal']} abnormal, "
           f"{s['n_boxes']} boxes), {s['n_failed']} failed; {s['seconds_per_image']:.3f} s per image "

@@ -128,7 +128,7 @@ def bootstrap_ci(y, p, threshold: float, n: int = 10_000, seed: int = 0, level: 
     return {k: (float(lo), float(hi)) for k, (lo, hi) in q.items()}
 
 # %% ../nbs/05_metrics.ipynb #5fecc017
-def roc_figure(y, p, threshold: float | None = None, ax=None, label: str | None = None, ci=None):
+def roc_figure(y, p, threshold: float | None = None, ax=None, label: str | None = None, ci=None, marker: str = 'o'):
     "Plot the ROC curve with AUROC (and its CI) in the legend and the operating point at `threshold` marked; returns the axis."
     from sklearn.metrics import roc_curve
     y, p = _check_scores(y, p)
@@ -140,7 +140,7 @@ def roc_figure(y, p, threshold: float | None = None, ax=None, label: str | None 
     txt = f"AUROC {m['auroc']:.3f}" + (f' (95% CI {ci[0]:.3f}-{ci[1]:.3f})' if ci is not None else '')
     line, = ax.plot(fpr, tpr, lw=1.5, label=f'{label}: {txt}' if label else txt)
     if threshold is not None:
-        ax.plot(1 - m['specificity'], m['sensitivity'], 'o', ms=7, mfc='none', mew=1.5, color=line.get_color(), clip_on=False, zorder=5,
+        ax.plot(1 - m['specificity'], m['sensitivity'], marker, ms=8, mfc='none', mew=1.5, color=line.get_color(), clip_on=False, zorder=5,
                 label=f"p >= {threshold:.3g}: sens {m['sensitivity']:.3f}, spec {m['specificity']:.3f}")
     ax.plot([0, 1], [0, 1], ':', color='grey', lw=0.8)
     ax.set(xlim=(0, 1), ylim=(0, 1.01), aspect='equal', xlabel='1 - specificity (false-positive rate)',
@@ -259,19 +259,20 @@ def ap_table(res: dict) -> pd.DataFrame:
     t['in_mean'] = t.ap50.notna()
     return t
 
-def pr_figure(res: dict, ax=None, title: str | None = None):
+def pr_figure(res: dict, ax=None, title: str | None = None, legend: bool = True):
     "The interpolated precision-recall curve of each class with ground truth, as COCOeval computes it; returns the axis."
     if ax is None:
         import matplotlib.pyplot as plt
         _, ax = plt.subplots(figsize=(5.5, 4.5))
     for c in res['classes_in_mean']:
-        ax.plot(res['pr'].index, res['pr'][c], color=CLASS_COLORS[c], lw=1.4,
-                label=f"{c} (n={res['n_gt'][c]}): AP {res['ap50'][c]:.3f}")
+        zero = res['ap50'][c] == 0          # a curve on the x-axis: drawn thick and dashed, and said so in the legend
+        ax.plot(res['pr'].index, res['pr'][c], color=CLASS_COLORS[c], lw=3 if zero else 1.4, ls='--' if zero else '-', clip_on=False,
+                label=f"{c} (n={res['n_gt'][c]}): AP {res['ap50'][c]:.3f}" + (' (on the x-axis)' if zero else ''))
     absent = [c for c in DET_CLASSES if res['ap50'][c] is None]
     if absent: ax.plot([], [], ' ', label='absent: ' + ', '.join(absent))
-    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel='recall', ylabel='precision (interpolated)',
+    ax.set(xlim=(0, 1), ylim=(-0.02, 1.02), xlabel='recall', ylabel='precision (interpolated)',
            title=title or (f"AP@0.5 per class; mAP {res['map50']:.3f}" if res['map50'] is not None else 'AP@0.5 per class'))
-    ax.legend(loc='upper center', bbox_to_anchor=(0.5, -0.12), fontsize=7, frameon=False)
+    if legend: ax.legend(loc='upper left', bbox_to_anchor=(1.02, 1), fontsize=7, frameon=False)   # beside the plot: the axis labels stay clear
     return ax
 
 # %% ../nbs/05_metrics.ipynb #97828124
@@ -365,8 +366,17 @@ def eval_cls(pred_csv, threshold: float | None = None, val=None, rule: str = 'yo
                 ci={k: list(ci[k]) for k in CLS_METRICS}, ci_level=0.95, n_boot=n_boot, seed=seed,
                 **{k: m[k] for k in ('n', 'n_pos', 'n_neg', 'tp', 'fp', 'tn', 'fn')}, **extra)
 
+def _header(path) -> set:
+    "The column names of a CSV file (none if it cannot be read: the checked readers then say why)."
+    try: return set(pd.read_csv(path, nrows=0).columns.str.strip())
+    except Exception: return set()
+
 def eval_det(gt_csv, pred_csv) -> dict:
     "Score a detection CSV against a release-format annotation CSV: AP@0.5 per class and mAP over every image in GT_CSV."
+    g, p = _header(gt_csv), _header(pred_csv)
+    if 'score' in g and 'score' not in p and set(ANNOTATION_COLUMNS) <= p:
+        raise InputError(f'{gt_csv} and {pred_csv} look swapped: the first has a score column (predictions), the second the '
+                         "release's annotation columns; give the ground truth first: spinexr_eval_det GT_CSV PRED_CSV")
     gt = read_annotations(gt_csv)
     preds = read_det_predictions(pred_csv, set(gt.image_id))
     res = det_ap50(gt, preds)

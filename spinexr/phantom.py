@@ -17,8 +17,8 @@ from .core import *
 from .annotations import annotation_paths, images_dir
 
 # %% auto #0
-__all__ = ['PREVALENCE', 'SYNTAXES', 'Vertebra', 'Spine', 'draw_radiograph', 'PhantomConfig', 'plan_phantom', 'write_dicom',
-           'make_phantom', 'spinexr_phantom']
+__all__ = ['PREVALENCE', 'SYNTAXES', 'PHANTOM_STAMP', 'Vertebra', 'Spine', 'draw_radiograph', 'PhantomConfig', 'plan_phantom',
+           'write_dicom', 'is_phantom', 'make_phantom', 'spinexr_phantom']
 
 # %% ../nbs/02_phantom.ipynb #6168fa15
 def _window(img, cx, cy, rx, ry):
@@ -422,11 +422,17 @@ def _annotation_rows(plan, boxes) -> pd.DataFrame:
             rows.append(dict(ids, lesion_type=name, xmin=x0, ymin=y0, xmax=x1, ymax=y1))
     return pd.DataFrame(rows).reindex(columns=list(ANNOTATION_COLUMNS) + ['split'])
 
+PHANTOM_STAMP = 'phantom.json'   # what make_phantom writes first and completes last
+
+def is_phantom(root) -> bool:
+    "Whether the release at `root` is a phantom (`make_phantom` wrote it): what a model trained on it learnt is not medicine."
+    return (Path(root)/PHANTOM_STAMP).is_file()
+
 def make_phantom(out, cfg: PhantomConfig | None = None, workers: int | None = None, progress=True) -> dict:
     "Write a phantom VinDr-SpineXR release to `out`; returns a summary with the drawing speed."
     from tqdm import tqdm
     cfg, out = cfg or PhantomConfig(), Path(out)
-    stamp = out/'phantom.json'
+    stamp = out/PHANTOM_STAMP
     if out.exists() and any(out.iterdir()):
         if not stamp.exists(): raise InputError('folder is not empty and is not a phantom; choose an empty folder', out)
         done = load_json(stamp)

@@ -1,4 +1,5 @@
-import os, sys
+import json, os, sys
+from collections import Counter
 from pathlib import Path
 import pytest
 
@@ -19,11 +20,48 @@ def command(name: str) -> str:
     "Path of a console command installed beside this Python."
     return str(BIN/name)
 
+# What the tests need from the system, installed by one apt line (README's test section names it; .ci/run runs it)
+APT_LINE = 'apt-get install -y chromium'
+
+def require_system(path: str, package: str):
+    "Skip the test when the system program `path` is not installed, saying how to install it; in CI (`CI` set) fail it."
+    if Path(path).exists(): return
+    msg = f"{path} not found: install Debian's {package} ({APT_LINE})"
+    if os.environ.get('CI'): pytest.fail(msg)
+    pytest.skip(msg)
+
 def pytest_configure(config):
     # VinDr-SpineXR's ids (and the phantom's) are 32-hex strings, not valid DICOM UIDs: pydicom warns on each.
     config.addinivalue_line('filterwarnings', 'ignore:Invalid value for VR UI:UserWarning')
+    # Under pytest-xdist (README's `-n 2`) the workers share the cores: a torch thread per core in each would
+    # oversubscribe them. Set before torch is imported; the commands the tests start inherit it.
+    workers = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT') or 1)
+    if workers > 1 and 'SPINEXR_THREADS' not in os.environ:
+        os.environ['SPINEXR_THREADS'] = str(max(1, len(os.sched_getaffinity(0)) // workers))
+        os.environ.setdefault('OMP_NUM_THREADS', os.environ['SPINEXR_THREADS'])
+
+# The reliability suite's counts (bad-input kinds tried, faults injected, files lost, prep's peak RSS), summed
+# over the processes that ran its tests: this one, or each pytest-xdist worker, which hands its counts over.
+_WORKER_COUNTS = []
+
+def _counts():
+    mod = sys.modules.get('test_reliability')
+    return None if mod is None else dict(tally=dict(mod.TALLY), rss={str(k): v for k, v in mod.RSS_MIB.items()})
+
+def pytest_sessionfinish(session):
+    out = getattr(session.config, 'workeroutput', None)      # set on an xdist worker only
+    if out is not None and _counts(): out['reliability'] = json.dumps(_counts())
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):                       # xdist: a worker finished
+    c = getattr(node, 'workeroutput', {}).get('reliability')
+    if c: _WORKER_COUNTS.append(json.loads(c))
 
 def pytest_terminal_summary(terminalreporter):
-    "The reliability suite's counts (bad-input kinds tried, faults injected, files lost), when it ran."
-    mod = sys.modules.get('test_reliability')
-    if mod is not None and mod.TALLY: terminalreporter.write_line(mod.tally_line())
+    parts = _WORKER_COUNTS or ([_counts()] if _counts() else [])
+    tally, rss = Counter(), {}
+    for c in parts: tally.update(c['tally']); rss.update(c['rss'])
+    if not tally: return
+    mib = ', '.join(f'{v:.1f} MiB for {n} images' for n, v in sorted(rss.items(), key=lambda kv: int(kv[0])))
+    terminalreporter.write_line(f"reliability: {tally['bad-input kinds']} bad-input kinds tried, {tally['faults injected']} faults injected, "
+                                f"{tally['files lost']} files lost" + (f'; spinexr_prep peak RSS {mib}' if mib else ''))

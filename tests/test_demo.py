@@ -7,7 +7,7 @@ import pytest
 from conftest import command
 
 from spinexr.core import DET_CLASSES, BOX_COLUMNS, InputError
-from spinexr.inference import read_bundle
+from spinexr.inference import bundle_sha256, read_bundle
 
 @pytest.fixture(scope='module')
 def demo(tmp_path_factory):
@@ -26,9 +26,13 @@ def test_demo_writes_metrics_report_and_bundle(demo):
         assert set(m['detection'][k]['ap50']) == set(DET_CLASSES) and 'map50' in m['detection'][k]
     html = (out/'report.html').read_text()
     assert html.count('data:image/png;base64,') >= 4 and 'src="http' not in html and '<link' not in html
-    assert 'paper, real VinDr-SpineXR test set' in html and 'synthetic phantom' in html
+    assert '<h2>Published numbers</h2>' in html and 'Synthetic data.' in html and bundle_sha256(out/'model')[:16] in html
     b = read_bundle(out/'model')
     assert b['ensemble'].names == ['densenet121', 'tf_efficientnetv2_s', 'resnet50']
+    t = b['trained_on']
+    assert (t['data'], t['root'], t['rehearsal']) == ('phantom', 'phantom', False) and t['command'].startswith('spinexr_demo --out ')
+    assert t['images']['test'] == m['ensemble']['n']
+    assert max(map(len, (r.stdout + r.stderr).splitlines())) < 300    # off a terminal: a line per epoch, no progress bars
     assert 'ensemble             test AUROC' in r.stdout and 'detection test mAP50 (official)' in r.stdout   # the summary
 
 def test_demo_resumes_without_retraining(demo):
@@ -89,6 +93,39 @@ def test_predict_refuses_a_damaged_bundle(demo, unseen, tmp_path):
     (bundle/'bundle.json').unlink()
     r = subprocess.run([command('spinexr_predict'), str(bundle), str(unseen/'test_images'), '--out', str(tmp_path/'p')], capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and 'not a spinexr model bundle' in r.stderr and 'Traceback' not in r.stderr
+
+def test_predict_warns_about_the_phantom_bundle_and_a_chest_radiograph(demo, unseen, tmp_path):
+    "The caveats spinexr_predict gives: the bundle's (trained on a phantom) on every image, and a header's (a chest CR) on that image."
+    import pydicom
+    out, _ = demo
+    src = tmp_path/'in'; src.mkdir()
+    spine = shutil.copy(sorted(unseen.glob('test_images/*.dicom'))[0], src/'spine.dicom')
+    ds = pydicom.dcmread(spine)
+    ds.Modality, ds.BodyPartExamined = 'CR', 'CHEST'
+    ds.save_as(src/'chest.dicom')
+    r = subprocess.run([command('spinexr_predict'), str(out/'model'), str(src), '--out', str(tmp_path/'p')], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = [l for l in r.stderr.splitlines() if 'warning' in l]
+    assert lines[0].startswith('spinexr_predict: warning: the model was trained on a phantom') and len(lines) == 2, r.stderr
+    assert "chest.dicom: Body Part Examined is 'CHEST', not the spine" in lines[1]
+    pj = json.loads((tmp_path/'p'/'predictions.json').read_text())
+    w = {i['image_id']: i['warnings'] for i in pj['images']}
+    assert pj['warnings'] == w['spine'] and len(w['spine']) == 1 and w['chest'][:1] == w['spine'] and len(w['chest']) == 2
+    assert pj['trained_on']['data'] == 'phantom'
+    scores = pd.read_csv(tmp_path/'p'/'scores.csv').set_index('image_id')
+    assert 'CHEST' in scores.warnings['chest'] and 'phantom' in scores.warnings['spine']
+
+def test_predict_checks_its_inputs_before_loading_the_models(demo, unseen, tmp_path):
+    "A mistyped input is reported before any model loads: with a damaged model in the bundle, the error is still the input's."
+    out, _ = demo
+    bundle = tmp_path/'model'
+    shutil.copytree(out/'model', bundle)
+    pt = bundle/'classifiers'/'resnet50'/'model.pt'
+    pt.write_bytes(pt.read_bytes()[:4096])
+    r = subprocess.run([command('spinexr_predict'), str(bundle), str(unseen/'test_images'), str(tmp_path/'typo.dicom'), '--out', str(tmp_path/'p')],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and f'no such file or folder: {tmp_path/"typo.dicom"}' in r.stderr, r.stderr
+    assert 'model.pt' not in r.stderr and 'Traceback' not in r.stderr and not (tmp_path/'p').exists()
 
 def test_predict_with_no_inputs(demo, tmp_path):
     out, _ = demo
@@ -153,3 +190,5 @@ def test_rehearsal_on_a_subset_of_a_release(tmp_path):
     assert (t.seconds >= 0).all() and (t.peak_rss_gb > 0).all() and 'from scratch' in t.settings[2]
     assert 25 <= len(pd.read_csv(tmp_path/'out'/'prep'/'labels.csv')) <= 55
     assert 'rehearsal subset' in m['data'] and tree_digest(tmp_path/'rel') == before
+    t = read_bundle(tmp_path/'out'/'model')['trained_on']       # a phantom's subset, in a rehearsal: both are caveats
+    assert (t['data'], t['root'], t['rehearsal']) == ('phantom', 'rel (a subset)', True)

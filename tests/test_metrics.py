@@ -355,3 +355,8 @@ def test_eval_det_bad_ground_truth(det_files):
     (det_files/'gt_bad.csv').write_text('\n'.join(text) + '\n')
     p = run('spinexr_eval_det', 'gt_bad.csv', 'pred.csv', cwd=det_files)
     assert p.returncode == 1 and 'gt_bad.csv: row 4' in p.stderr and 'Traceback' not in p.stderr
+
+
+def test_eval_det_swapped_files(det_files):
+    p = run('spinexr_eval_det', 'pred.csv', 'gt.csv', cwd=det_files)
+    assert p.returncode == 1 and 'pred.csv and gt.csv look swapped' in p.stderr and 'Traceback' not in p.stderr, p.stderr

@@ -23,11 +23,6 @@ from spinexr.phantom import PhantomConfig, make_phantom, write_dicom
 PREP = command('spinexr_prep')
 TALLY, RSS_MIB = Counter(), {}
 
-def tally_line() -> str:
-    rss = ', '.join(f'{v:.1f} MiB for {n} images' for n, v in sorted(RSS_MIB.items()))
-    return (f"reliability: {TALLY['bad-input kinds']} bad-input kinds tried, {TALLY['faults injected']} faults injected, "
-            f"{TALLY['files lost']} files lost" + (f'; spinexr_prep peak RSS {rss}' if rss else ''))
-
 # ---------------------------------------------------------------------------------------------------- helpers
 
 _MEASURED = ("import json, resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
