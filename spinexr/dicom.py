@@ -775,11 +775,15 @@ def spinexr_prep(src: str,                # a VinDr release root (annotations/, 
 # %% ../nbs/03_dicom.ipynb #bcebb8ca
 def prepared_phantom(n_studies: int = 120, seed: int = 0, size: int = 1024, prep_size: int = 256,
                      conspicuity: float = 1.0, root=None, progress: bool = False) -> Path:
-    "The prep tree of a phantom release (made, or reused, under `root`, by default spinexr's cache)."
+    "The prep tree of a phantom release (made, or reused, under `root`, by default spinexr's cache); one process makes it, others wait."
+    import fcntl
     from spinexr.phantom import PhantomConfig, make_phantom
     cfg = PhantomConfig(n_studies=n_studies, seed=seed, size=size, conspicuity=conspicuity)
     base = Path(root or cache_dir()/'phantoms')/f'n{n_studies}-s{seed}-px{size}-c{conspicuity:g}'
-    make_phantom(base/'release', cfg, progress=progress)
+    base.mkdir(parents=True, exist_ok=True)
     out = base/f'prep{prep_size}'
-    prep(base/'release', out, size=prep_size, seed=seed, progress=progress)
+    with open(base/'.lock', 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)          # released when the file closes, or when the holder dies
+        make_phantom(base/'release', cfg, progress=progress)
+        prep(base/'release', out, size=prep_size, seed=seed, progress=progress)
     return out

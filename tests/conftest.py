@@ -20,6 +20,11 @@ def command(name: str) -> str:
     "Path of a console command installed beside this Python."
     return str(BIN/name)
 
+CHROMIUM = '/usr/bin/chromium'       # Debian's, driven by Playwright (no `playwright install`)
+CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+                 '--disable-component-update', '--disable-sync', '--no-first-run']
+SHOTS = Path(__file__).resolve().parents[1]/'screenshots'   # ignored by git
+
 # What the tests need from the system, installed by one apt line (README's test section names it; .ci/run runs it)
 APT_LINE = 'apt-get install -y chromium'
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import command
+from conftest import CHROMIUM, CHROMIUM_ARGS, SHOTS, command, require_system
 
 from spinexr.core import DET_CLASSES, BOX_COLUMNS, InputError
 from spinexr.inference import bundle_sha256, read_bundle
@@ -41,6 +41,32 @@ def test_demo_resumes_without_retraining(demo):
     r = subprocess.run([command('spinexr_demo'), '--out', str(out), '--tiny'], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert {p: p.stat().st_mtime_ns for p in (out/'classifiers').rglob('model.pt')} == before
+
+_LAYOUT = """() => {
+  const body = document.body.getBoundingClientRect();
+  return {wide: [...document.querySelectorAll('table')].filter(t => t.getBoundingClientRect().right > body.right + 1).map(t => t.innerText.slice(0, 40)),
+          shrunk: [...document.images].map(i => i.naturalWidth / i.clientWidth), broken: [...document.images].filter(i => !i.naturalWidth).length,
+          h2: [...document.querySelectorAll('h2')].map(h => h.textContent), meta: document.querySelector('.meta').textContent};
+}"""
+
+def test_report_reads_in_chromium_at_1280_px(demo):
+    "The report as a reader sees it at 1280 px: no table runs past the column, no figure shrunk (its text is the size it was drawn), nothing fetched."
+    require_system(CHROMIUM, 'chromium')
+    from playwright.sync_api import sync_playwright
+    out, _ = demo
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page, requests = b.new_context(viewport={'width': 1280, 'height': 900}).new_page(), []
+        page.on('request', lambda r: requests.append(r.url))
+        page.goto((out/'report.html').as_uri())
+        facts = page.evaluate(_LAYOUT)
+        SHOTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(SHOTS/'report.png'), full_page=True)
+        b.close()
+    assert facts['wide'] == [] and facts['broken'] == 0 and len(facts['shrunk']) >= 4, facts
+    assert max(facts['shrunk']) <= 1.1, facts['shrunk']
+    assert all(u.startswith(('file:', 'data:')) for u in requests), requests
+    assert facts['h2'][-1] == 'Published numbers' and 'model bundle SHA-256' in facts['meta'] and 'spinexr ' in facts['meta']
 
 @pytest.fixture(scope='module')
 def unseen(tmp_path_factory):

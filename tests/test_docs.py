@@ -10,14 +10,10 @@ from urllib.parse import urlparse
 import pytest
 from execnb.nbio import mk_cell, new_nb, read_nb, write_nb
 
-from conftest import command, require_system
+from conftest import CHROMIUM, CHROMIUM_ARGS, SHOTS, command, require_system
 from spinexr.docs import doc_notebooks, page_name
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = '/usr/bin/chromium'
-CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-                 '--disable-component-update', '--disable-sync', '--no-first-run']
-SHOTS = ROOT/'screenshots'
 
 def _title(nb_path) -> str:
     "The notebook's title: the `# ` heading of its first markdown cell."
