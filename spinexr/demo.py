@@ -22,7 +22,7 @@ from .classify import ARCHS, recipe, train_classifier
 from .detect import DetConfig, evaluate_detector, prep_ground_truth, show_predictions, train_detector
 from .ensemble import (Ensemble, ensemble_predictions, ensemble_roc_figure, evaluate_ensemble, fit_ensemble,
                               fusion_results, fusion_table, run_predictions)
-from .inference import bundle_sha256, make_bundle, package_versions
+from .inference import bundle_sha256, make_bundle, package_versions, read_bundle
 
 # %% auto #0
 __all__ = ['PAPER_CLS', 'PAPER_AP50', 'PAPER_MAP50', 'CLS_METRICS', 'REPORT_TEMPLATE', 'REPORT_CSS', 'SPLIT_COLUMNS',
@@ -156,8 +156,7 @@ def evaluate_demo(out, cfg: DemoConfig) -> dict:
                                with_fusion=dict(map50=fus['map50_fused'], ap50=fus['detection_fused']['ap50']),
                                ultralytics_map50=ul.get('map50'), n_gt=fus['detection']['n_gt'],
                                n_images=fus['detection']['n_images'], n_normal_images=fus['detection']['n_normal_images']),
-                reverse_fusion=dict(auroc=fus['auroc'], auroc_reverse=fus['auroc_reverse']),
-                fusion=dict(threshold=ens.threshold, keep_score=cfg.keep_score))
+                reverse_fusion=dict(auroc=fus['auroc'], auroc_reverse=fus['auroc_reverse']))
 
 # %% ../nbs/50_demo.ipynb #9ff652b8
 PAPER_CLS = pd.DataFrame([('DenseNet-121/169/201 ensemble', 88.61, 83.07, 79.32, 81.06), ('DenseNet-121', 86.93, 80.39, 79.32, 79.55)],
@@ -287,8 +286,7 @@ def _pr_pair(fus):
     pr_figure({**fus['detection'], 'pr': fus['pr']}, a, title='detector', legend=False)
     pr_figure({**fus['detection_fused'], 'pr': fus['pr_fused']}, b, title='detector + fusion rule', legend=False)
     b.set_ylabel('')
-    for ax, res in ((a, fus['detection']), (b, fus['detection_fused'])):   # each panel's APs, under it and clear of its axis label
-        ax.legend(*ax.get_legend_handles_labels(), loc='upper center', bbox_to_anchor=(0.5, -0.16), fontsize=8, frameon=False)
+    for ax in (a, b): ax.legend(loc='upper center', bbox_to_anchor=(0.5, -0.16), fontsize=8, frameon=False)   # under each panel, clear of its axis label
     fig.tight_layout()
     return fig
 
@@ -316,7 +314,7 @@ def write_report(out) -> Path:
     ul = m['detection']['ultralytics_map50']
     doc = Environment(autoescape=True).from_string(REPORT_TEMPLATE).render(
         css=REPORT_CSS, version=package_versions()['spinexr'], date=time.strftime('%Y-%m-%d %H:%M'),
-        bundle_sha256=bundle_sha256(out/'model'), data=m['data'], phantom=load_json(out/'model'/'bundle.json')['trained_on']['data'] == 'phantom',
+        bundle_sha256=bundle_sha256(out/'model'), data=m['data'], phantom=read_bundle(out/'model')['trained_on']['data'] == 'phantom',
         weights=', '.join(f'{k} {v}' for k, v in m['weights'].items()),
         steps=_table(steps.dropna(axis=1, how='all'), index=False, classes='steps'), settings=_table(pd.Series(cfg.settings()).astype(str).rename('value').to_frame()),
         split_table=_table(splits), split_glossary=split_glossary, class_table=_table(classes), class_glossary=class_glossary,
