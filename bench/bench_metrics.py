@@ -81,14 +81,17 @@ def main():
     t = youden_threshold(y, p)
     ci, secs = timed(lambda: bootstrap_ci(y, p, t, n=10_000, seed=0), a.repeats)
     m = cls_metrics(y, p, t)
-    print(f'\nbootstrap 10,000 x {N_IMAGES:,} images ({N_ABNORMAL:,} abnormal), 6 metrics, threshold fixed: {fmt(secs)}')
+    print(f'\nbootstrap 10,000 x {N_IMAGES:,} images ({N_ABNORMAL:,} abnormal), 6 metrics, threshold fixed: '
+          f'{fmt(secs)}')
     print(f"  AUROC {m['auroc']:.4f} (95% CI {ci['auroc'][0]:.4f}-{ci['auroc'][1]:.4f}), "
-          f"sensitivity {m['sensitivity']:.4f} ({ci['sensitivity'][0]:.4f}-{ci['sensitivity'][1]:.4f}) at threshold {t:.4f}")
+          f"sensitivity {m['sensitivity']:.4f} ({ci['sensitivity'][0]:.4f}-{ci['sensitivity'][1]:.4f}) at threshold "
+          f"{t:.4f}")
 
     gt, pr = synthetic_detection(rng)
     n_box = int((gt.lesion_type != NO_FINDING).sum())
     print(f'\nofficial mAP@0.5: {N_IMAGES:,} images ({N_IMAGES - N_ABNORMAL:,} normal), {n_box:,} GT boxes '
-          f'({n_box / N_ABNORMAL:.2f} per abnormal image), {len(pr):,} predictions ({len(pr) / N_IMAGES:.0f} per image)')
+          f'({n_box / N_ABNORMAL:.2f} per abnormal image), {len(pr):,} predictions '
+          f'({len(pr) / N_IMAGES:.0f} per image)')
     res, secs = timed(lambda: det_ap50(gt, pr), a.repeats)
     print(f'  det_ap50 in memory: {fmt(secs)}; mAP {res["map50"]:.4f}')
     with tempfile.TemporaryDirectory() as d:

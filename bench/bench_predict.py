@@ -36,6 +36,7 @@ if __name__ == '__main__':
     batched, shares, _ = run(a.model_dir, paths, 8)
     print(f'{len(paths)} DICOMs; bundle loaded in {load:.2f} s')
     print(f'{"variant":<40} {"s/image":>8} {"speed-up":>9}')
-    for name, v in (('bundle loaded for every image (baseline)', naive), ('loaded once, batch 1', one), ('loaded once, batch 8', batched)):
+    for name, v in (('bundle loaded for every image (baseline)', naive), ('loaded once, batch 1', one),
+                    ('loaded once, batch 8', batched)):
         print(f'{name:<40} {v:>8.3f} {naive / v:>8.2f}x')
     print('stage shares (batch 8): ' + ', '.join(f'{k} {100 * v:.0f}%' for k, v in shares.items()))

@@ -21,17 +21,20 @@ import pydicom
 from pydicom.pixels import apply_voi_lut
 
 from spinexr.core import cpu_count
-from spinexr.dicom import prep, target_shape
+from spinexr.dicom import target_shape
+from spinexr.prep import prep
 from spinexr.phantom import PhantomConfig, make_phantom, plan_phantom
 
 
 def phantom(cache: Path, n: int, long_side: int) -> list:
     "A phantom release with at least `n` images of long side `long_side`; returns its DICOM paths (sorted)."
-    studies = next(k for k in range(2, 10 * n) if len(plan_phantom(PhantomConfig(n_studies=k, seed=0, size=long_side))) >= n)
+    studies = next(k for k in range(2, 10 * n)
+                   if len(plan_phantom(PhantomConfig(n_studies=k, seed=0, size=long_side))) >= n)
     cfg = PhantomConfig(n_studies=studies, seed=0, size=long_side, mono1_frac=0.1, syntax='jpeg2000')
     t0 = time.perf_counter()
     s = make_phantom(cache/f'phantom_{long_side}', cfg, workers=cpu_count(), progress=False)
-    print(f'phantom: {s["n_images"]} images, long side {long_side} ({time.perf_counter() - t0:.0f} s to build or reuse)', flush=True)
+    print(f'phantom: {s["n_images"]} images, long side {long_side} '
+          f'({time.perf_counter() - t0:.0f} s to build or reuse)', flush=True)
     return sorted((cache/f'phantom_{long_side}').glob('*_images/*.dicom'))
 
 
@@ -43,7 +46,7 @@ def folder_of(files: list, n: int, dst: Path) -> Path:
 
 
 def baseline_convert(path: Path, out: Path, size: int):
-    "The dataset authors' way: full decode, apply_voi_lut at full resolution, min-max to 8 bits, full-size PNG, resize after."
+    "The dataset authors' way: full decode, apply_voi_lut at full size, min-max to 8 bits, full-size PNG, then resize."
     ds = pydicom.dcmread(path)
     data = apply_voi_lut(ds.pixel_array, ds)
     if ds.PhotometricInterpretation == 'MONOCHROME1': data = np.amax(data) - data
@@ -79,7 +82,8 @@ def peak_memory(src: Path, out: Path, size: int, workers: int) -> dict:
     "Run the spinexr_prep command; sample the RSS of it and its workers every 20 ms; peaks in MiB."
     import psutil
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [str(Path(sys.executable).parent/'spinexr_prep'), str(src), str(out), '--size', str(size), '--workers', str(workers), '--quiet']
+    cmd = [str(Path(sys.executable).parent/'spinexr_prep'), str(src), str(out), '--size', str(size), '--workers',
+           str(workers), '--quiet']
     t0 = time.perf_counter()
     proc = psutil.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     peak_total = peak_main = peak_worker = 0
@@ -118,8 +122,10 @@ def main():
     print(f'machine: {cpu_count()} cores, load average at start {os.getloadavg()[0]:.2f}', flush=True)
     files = phantom(cache, a.n, a.long_side)
     shapes = [pydicom.dcmread(f, stop_before_pixels=True) for f in files[:a.n]]
-    print(f'images: {a.n}, {np.mean([d.Rows for d in shapes]):.0f} x {np.mean([d.Columns for d in shapes]):.0f} px on average, '
-          f'{shapes[0].BitsStored}-bit, {shapes[0].file_meta.TransferSyntaxUID.name}; target long side {a.size}', flush=True)
+    print(f'images: {a.n}, {np.mean([d.Rows for d in shapes]):.0f} x {np.mean([d.Columns for d in shapes]):.0f} px on '
+          f'average, '
+          f'{shapes[0].BitsStored}-bit, {shapes[0].file_meta.TransferSyntaxUID.name}; target long side {a.size}',
+          flush=True)
     src = folder_of(files, a.n, cache/f'set{a.n}')
     work = Path(tempfile.mkdtemp(dir=cache, prefix='run_'))
     try:
@@ -142,13 +148,16 @@ def main():
     rows = [('baseline, 1 process', f'{base:.2f} images/s', ''),
             ('spinexr_prep, 1 worker', f'{w1:.2f} images/s', f'{w1 / base:.2f}x baseline (goal >= 3x)'),
             ('spinexr_prep, 2 workers', f'{w2:.2f} images/s', f'{w2 / w1:.2f}x 1 worker (goal >= 1.7x)')]
-    rows += [(f'peak RSS, {n} images', f'{mem[n]["total"]:.0f} MiB', f'{mem[n]["total"] / mem[ns[0]]["total"]:.2f}x {ns[0]} images (goal: flat)')
+    rows += [(f'peak RSS, {n} images', f'{mem[n]["total"]:.0f} MiB',
+              f'{mem[n]["total"] / mem[ns[0]]["total"]:.2f}x {ns[0]} images (goal: flat)')
              for n in ns]
     print(f'\n{"measurement":28s} {"value":>16s}   ratio')
     for r in rows: print(f'{r[0]:28s} {r[1]:>16s}   {r[2]}')
-    print(f'PNG agreement with the baseline: mean |difference| {agree:.2f} grey levels; load average at end {os.getloadavg()[0]:.2f}')
+    print(f'PNG agreement with the baseline: mean |difference| {agree:.2f} grey levels; load average at end '
+          f'{os.getloadavg()[0]:.2f}')
     result = dict(baseline=base, prep_1=w1, prep_2=w2, speedup_per_process=w1 / base, scaling_1_to_2=w2 / w1,
-                  memory={str(n): v for n, v in mem.items()}, png_agreement=agree, n=a.n, long_side=a.long_side, size=a.size)
+                  memory={str(n): v for n, v in mem.items()}, png_agreement=agree, n=a.n, long_side=a.long_side,
+                  size=a.size)
     (cache/'bench_prep.json').write_text(json.dumps(result, indent=2))
 
 

@@ -2,11 +2,13 @@
 
     python bench/gpu_check.py [--out DIR] [--budget 420] [--smoke]
 
-1. the rehearsal (`spinexr_demo --rehearsal`): every step at full-scale settings, one epoch, on a phantom at release size;
+1. the rehearsal (`spinexr_demo --rehearsal`): every step at full-scale settings, one epoch, on a phantom at release
+   size;
 2. classifier training throughput at 384 px (images/s, fwd + bwd + AdamW step) for each architecture,
    fp32 and bf16 autocast with channels_last;
 3. YOLO11-l at 640, batch 12: training throughput (images/s, fwd + loss + bwd + step) with AMP on and off;
-4. DDP on two GPUs (torchrun, spinexr_train_cls on the rehearsal's prep tree), where there are two (with --smoke: two CPU processes).
+4. DDP on two GPUs (torchrun, spinexr_train_cls on the rehearsal's prep tree), where there are two (with --smoke: two
+   CPU processes).
 
 Each part stops when the budget (seconds, whole script) is spent; results go to OUT/gpu_check.json and are printed.
 `--smoke` runs the same code at toy sizes on any machine (CPU included), to check the script itself.
@@ -28,7 +30,8 @@ def rehearsal(out: Path, smoke: bool, budget: float) -> dict:
     args = [bin_('spinexr_demo'), '--out', str(out/'rehearsal')] + (['--tiny'] if smoke else ['--rehearsal'])
     t0 = time.perf_counter()
     r = subprocess.run(args, capture_output=True, text=True, timeout=max(60, left(budget) - 60))
-    res = dict(ok=r.returncode == 0, seconds=round(time.perf_counter() - t0, 1), stdout_tail=r.stdout[-4000:], stderr_tail=r.stderr[-1500:])
+    res = dict(ok=r.returncode == 0, seconds=round(time.perf_counter() - t0, 1), stdout_tail=r.stdout[-4000:],
+               stderr_tail=r.stderr[-1500:])
     if (out/'rehearsal'/'rehearsal.csv').exists(): res['table'] = (out/'rehearsal'/'rehearsal.csv').read_text()
     return res
 
@@ -59,7 +62,8 @@ def yolo_rate(model_yaml: str, imgsz: int, batch: int, amp: bool, steps: int, de
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == 'cuda')
     n = 4 * batch
-    b = dict(img=torch.rand(batch, 1, imgsz, imgsz, device=device), batch_idx=torch.arange(batch, device=device).repeat_interleave(4).float(),
+    b = dict(img=torch.rand(batch, 1, imgsz, imgsz, device=device),
+             batch_idx=torch.arange(batch, device=device).repeat_interleave(4).float(),
              cls=torch.randint(0, 7, (n, 1), device=device).float(), bboxes=torch.rand(n, 4, device=device) * 0.3 + 0.2)
     def step():
         with torch.autocast(device.type, enabled=amp and device.type == 'cuda'):
@@ -75,11 +79,13 @@ def ddp(out: Path, smoke: bool, budget: float) -> dict:
     prep = out/'rehearsal'/'prep'
     if not (prep/'labels.csv').exists(): return dict(skipped='no prep tree from the rehearsal')
     size = '64' if smoke else '384'
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', bin_('spinexr_train_cls'), '--arch', 'resnet50',
-           '--data', str(prep), '--out', str(out/'ddp'), '--size', size, '--epochs', '1', '--no_pretrained']
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', bin_('spinexr_train_cls'),
+           '--arch', 'resnet50', '--data', str(prep), '--out', str(out/'ddp'), '--size', size, '--epochs', '1',
+           '--no_pretrained']
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=max(60, left(budget) - 30))
-    return dict(ok=r.returncode == 0, seconds=round(time.perf_counter() - t0, 1), stdout_tail=r.stdout[-1500:], stderr_tail=r.stderr[-1500:])
+    return dict(ok=r.returncode == 0, seconds=round(time.perf_counter() - t0, 1), stdout_tail=r.stdout[-1500:],
+                stderr_tail=r.stderr[-1500:])
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -108,8 +114,10 @@ def main():
         part(f'cls_{arch}_{size}_fp32_img_s', lambda: cls_rate(arch, size, bs, False, steps, device))
         part(f'cls_{arch}_{size}_bf16_channels_last_img_s', lambda: cls_rate(arch, size, bs, True, steps, device))
     for amp in (True, False):
-        part(f"yolo_{Path(yolo).stem}_{imgsz}_b{batch}_amp_{'on' if amp else 'off'}_img_s", lambda: yolo_rate(yolo, imgsz, batch, amp, steps, device))
-    if torch.cuda.device_count() >= 2 or a.smoke: part('ddp_2_gpus', lambda: ddp(out, a.smoke, a.budget))   # smoke: gloo on CPU
+        part(f"yolo_{Path(yolo).stem}_{imgsz}_b{batch}_amp_{'on' if amp else 'off'}_img_s",
+             lambda: yolo_rate(yolo, imgsz, batch, amp, steps, device))
+    if torch.cuda.device_count() >= 2 or a.smoke:
+        part('ddp_2_gpus', lambda: ddp(out, a.smoke, a.budget))   # smoke: gloo on CPU
     else: res['ddp_2_gpus'] = f'skipped: {torch.cuda.device_count()} GPU(s)'
     res['total_seconds'] = round(time.perf_counter() - T0, 1)
     (out/'gpu_check.json').write_text(json.dumps(res, indent=2))

@@ -27,7 +27,8 @@ def _split_order(splits) -> list:
 def _split_row(imgs: pd.DataFrame) -> dict:
     per_study = imgs.groupby('study_id').abnormal.agg(['size', 'min', 'max'])
     n = len(imgs)
-    return dict(studies=len(per_study), images=n, normal=int(n - imgs.abnormal.sum()), abnormal=int(imgs.abnormal.sum()),
+    return dict(studies=len(per_study), images=n, normal=int(n - imgs.abnormal.sum()),
+                abnormal=int(imgs.abnormal.sum()),
                 abnormal_pct=100 * imgs.abnormal.mean() if n else math.nan, boxes=int(imgs.n_boxes.sum()),
                 boxes_per_abnormal=imgs.n_boxes.sum() / imgs.abnormal.sum() if imgs.abnormal.sum() else math.nan,
                 images_per_study=n / len(per_study) if len(per_study) else math.nan,
@@ -35,7 +36,7 @@ def _split_row(imgs: pd.DataFrame) -> dict:
                 mixed_studies=int((per_study['min'] != per_study['max']).sum()))
 
 def split_table(ann: pd.DataFrame) -> pd.DataFrame:
-    "Per split (and in total): studies, images, normal and abnormal images, boxes, images per study, studies mixing normal and abnormal images."
+    "Per split and in total: studies, images (normal, abnormal), boxes, images per study, studies mixing both labels."
     imgs = image_table(ann)
     if 'split' not in imgs: imgs['split'] = 'all'
     order = _split_order(imgs.split)
@@ -51,7 +52,7 @@ def _presence(imgs: pd.DataFrame) -> pd.DataFrame:
     return (imgs[list(DET_CLASSES)] > 0).astype(int)
 
 def class_table(ann: pd.DataFrame) -> pd.DataFrame:
-    "Per detection class: boxes, images, studies, % of abnormal images with it, boxes per image with it, and box and image imbalance ratios vs the most frequent class."
+    "Per class: boxes, images, studies, % of abnormal images, boxes per image with it, box and image imbalance ratios."
     imgs = image_table(ann)
     have = _presence(imgs)
     boxes, images = imgs[list(DET_CLASSES)].sum(), have.sum()
@@ -61,15 +62,18 @@ def class_table(ann: pd.DataFrame) -> pd.DataFrame:
         out = pd.DataFrame(dict(boxes=boxes, images=images, studies=studies,
                                 pct_of_abnormal=100 * images / n_abn if n_abn else np.nan,
                                 boxes_per_image=boxes.astype(float) / images.replace(0, np.nan),
-                                box_ratio=boxes.max() / boxes.astype(float), image_ratio=images.max() / images.astype(float)))
+                                box_ratio=boxes.max() / boxes.astype(float),
+                                image_ratio=images.max() / images.astype(float)))
     out.index.name = 'class'
     return out.sort_values('boxes', ascending=False, kind='stable')
 
+# %% ../nbs/04_analysis.ipynb #8863a6f5
 def imbalance_ratio(ann: pd.DataFrame, major: str | None = None, minor: str | None = None, by: str = 'boxes') -> float:
-    "Count of `major` over count of `minor` (`by` 'boxes' or 'images'); by default the most over the least frequent class (inf if a class is absent)."
+    "Count of `major` over that of `minor` (`by` 'boxes' or 'images'), default most over least frequent; inf if absent."
     if by not in ('boxes', 'images'): raise ValueError(f"by must be 'boxes' or 'images', got {by!r}")
     for c in (major, minor):
-        if c is not None and c not in DET_CLASSES: raise ValueError(f'unknown class {c!r}; expected one of {list(DET_CLASSES)}')
+        if c is not None and c not in DET_CLASSES:
+            raise ValueError(f'unknown class {c!r}; expected one of {list(DET_CLASSES)}')
     n = class_table(ann)[by]
     hi, lo = n.max() if major is None else n[major], n.min() if minor is None else n[minor]
     return math.inf if lo == 0 else float(hi / lo)
@@ -86,7 +90,7 @@ def boxes_per_image(ann: pd.DataFrame, cap: int = 10) -> pd.DataFrame:
 
 # %% ../nbs/04_analysis.ipynb #1e74f710
 def cooccurrence(ann: pd.DataFrame, normalize: bool = False) -> pd.DataFrame:
-    "Images having both classes (class x class, the diagonal: images with the class); `normalize`: % of the row class's images."
+    "Images having both classes (class x class; diagonal: images with the class); `normalize`: % of row class's images."
     X = _presence(image_table(ann))
     M = X.T @ X
     M.index.name, M.columns.name = 'class', None
@@ -111,7 +115,8 @@ def plot_class_counts(ann: pd.DataFrame):
         for i, s in enumerate(splits):
             v = per[s][col].reindex(order).to_numpy()
             yy = y - 0.4 + h * (i + 0.5)
-            ax.barh(yy, np.where(v > 0, v - 0.5, np.nan), left=0.5, height=h, color=_SPLIT_COLORS.get(s, 'grey'), label=s)  # from 0.5: a count of 1 is a bar
+            ax.barh(yy, np.where(v > 0, v - 0.5, np.nan), left=0.5, height=h, color=_SPLIT_COLORS.get(s, 'grey'),
+                    label=s)  # from 0.5: a count of 1 is a bar
             for yi, vi in zip(yy, v): ax.text(max(vi, 1) * 1.05, yi, f'{vi:,}', va='center', fontsize=8)
         ax.set_xscale('log')
         ax.set_xlim(0.5, max(2, *(per[s][col].max() for s in splits)) * 4)
@@ -122,8 +127,9 @@ def plot_class_counts(ann: pd.DataFrame):
     fig.tight_layout()
     return fig
 
+# %% ../nbs/04_analysis.ipynb #01b646ae
 def plot_cooccurrence(ann: pd.DataFrame):
-    "Heatmap of the class co-occurrence as % of the row class's images, with the image counts written in; returns the figure."
+    "Heatmap of class co-occurrence as % of the row class's images, image counts written in; returns the figure."
     import matplotlib.pyplot as plt
     counts, pct = cooccurrence(ann), cooccurrence(ann, normalize=True)
     fig, ax = plt.subplots(figsize=(7, 6))
@@ -143,14 +149,15 @@ def plot_cooccurrence(ann: pd.DataFrame):
 
 # %% ../nbs/04_analysis.ipynb #59a458e4
 HEADER_COLUMNS = ('image_id', 'split', 'orig_height', 'orig_width', 'photometric', 'transfer_syntax', 'syntax_name',
-                  'bits_stored', 'spacing_row_mm', 'spacing_col_mm', 'height_mm', 'width_mm', 'view', 'sop_matches', 'error')
+                  'bits_stored', 'spacing_row_mm', 'spacing_col_mm', 'height_mm', 'width_mm', 'view', 'sop_matches',
+                  'error')
 
 def _syntax_name(uid) -> str:
     from pydicom.uid import UID
     return UID(uid).name if isinstance(uid, str) and uid else ''
 
 def header_table(root, ann: pd.DataFrame | None = None) -> pd.DataFrame:
-    "One row per annotated image: DICOM size, photometric interpretation, transfer syntax, bits, spacing, field of view, from its header only; unreadable files get an `error`."
+    "One row per annotated image, from its header: size, photometric, syntax, bits, spacing, field of view; or `error`."
     ann = load_release(root) if ann is None else ann
     imgs = ann.drop_duplicates('image_id')
     rows = []
@@ -158,17 +165,21 @@ def header_table(root, ann: pd.DataFrame | None = None) -> pd.DataFrame:
         try:
             h = read_header(images_dir(root, split)/f'{image_id}.dicom')
             rows.append(dict(h, image_id=image_id, split=split, syntax_name=_syntax_name(h['transfer_syntax']),
-                             height_mm=h['orig_height'] * h['spacing_row_mm'], width_mm=h['orig_width'] * h['spacing_col_mm'],
+                             height_mm=h['orig_height'] * h['spacing_row_mm'],
+                             width_mm=h['orig_width'] * h['spacing_col_mm'],
                              sop_matches=h['sop_uid'] == image_id, error=''))
         except DicomError as e: rows.append(dict(image_id=image_id, split=split, error=e.reason))
     return pd.DataFrame(rows).reindex(columns=list(HEADER_COLUMNS)).reset_index(drop=True)
 
+# %% ../nbs/04_analysis.ipynb #28e7b6b7
 def header_counts(headers: pd.DataFrame) -> pd.DataFrame:
-    "How many images have each photometric interpretation, transfer syntax, bits stored, view, and how many are unreadable."
+    "Images per photometric interpretation, transfer syntax, bits stored and view, and how many are unreadable."
     parts = []
     ok = headers.error.fillna('').eq('')
-    fields = (('photometric', headers.photometric), ('transfer syntax', headers.syntax_name + ' (' + headers.transfer_syntax + ')'),
-              ('bits stored', headers.bits_stored.astype('Int64').astype(str)), ('view', headers.view.replace('', '(none)')))
+    fields = (('photometric', headers.photometric),
+              ('transfer syntax', headers.syntax_name + ' (' + headers.transfer_syntax + ')'),
+              ('bits stored', headers.bits_stored.astype('Int64').astype(str)),
+              ('view', headers.view.replace('', '(none)')))
     for name, col in fields:
         vc = col[ok].value_counts()
         parts.append(pd.DataFrame(dict(field=name, value=vc.index.astype(str), images=vc.to_numpy())))
@@ -200,7 +211,7 @@ def plot_image_sizes(headers: pd.DataFrame):
 
 # %% ../nbs/04_analysis.ipynb #4e3048ba
 def box_stats(ann: pd.DataFrame, headers: pd.DataFrame | None = None) -> pd.DataFrame:
-    "One row per box: width, height, area, aspect (w/h) in px and in mm (spacing from `headers`), and its image's long side in px."
+    "One row per box: width, height, area, aspect (w/h) in px and mm (spacing from `headers`), image's long side in px."
     b = ann[ann.lesion_type.ne(NO_FINDING)].reset_index(drop=True)
     keep = [c for c in ('image_id', 'study_id', 'split', 'lesion_type') if c in b]
     out = b[keep].copy()
@@ -216,11 +227,13 @@ def box_stats(ann: pd.DataFrame, headers: pd.DataFrame | None = None) -> pd.Data
     out['image_long_px'] = long
     return out
 
+# %% ../nbs/04_analysis.ipynb #ed362730
 def box_size_table(stats: pd.DataFrame, sizes=(640, 1024), small: float = 32) -> pd.DataFrame:
-    "Per class (and all boxes): boxes, median width, height, side (sqrt area) and aspect in px and mm, and at each input `size` the median side and % of boxes smaller than `small`^2."
+    "Per class and all: boxes, median sizes and aspect (px, mm); per input `size`, median side and % under `small`^2."
     s = stats.assign(side_px=np.sqrt(stats.area_px), side_mm=np.sqrt(stats.area_mm2))
     for z in sizes: s[f'side@{z}'] = s.side_px * z / s.image_long_px
-    med = ['width_px', 'height_px', 'side_px', 'aspect', 'width_mm', 'height_mm', 'side_mm'] + [f'side@{z}' for z in sizes]
+    med = (['width_px', 'height_px', 'side_px', 'aspect', 'width_mm', 'height_mm', 'side_mm']
+           + [f'side@{z}' for z in sizes])
     def row(g):
         r = dict(boxes=len(g), **g[med].median().to_dict())
         for z in sizes:
@@ -234,7 +247,7 @@ def box_size_table(stats: pd.DataFrame, sizes=(640, 1024), small: float = 32) ->
 
 # %% ../nbs/04_analysis.ipynb #b148cd08
 def plot_box_sizes(stats: pd.DataFrame, size: int = 640, small: float = 32):
-    "Per class box plots of the box side (sqrt area) in px, in mm and at input `size`, and of the aspect ratio; returns the figure."
+    "Per class box plots of box side (sqrt area) in px, mm and at input `size`, and of aspect; returns the figure."
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
     s = stats.assign(side_px=np.sqrt(stats.area_px), side_mm=np.sqrt(stats.area_mm2),
@@ -254,7 +267,8 @@ def plot_box_sizes(stats: pd.DataFrame, size: int = 640, small: float = 32):
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f'{v:g}'))
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(title, fontsize=10)
-    axs[2].axvline(small, ls='--', color='k', lw=0.8); axs[2].text(small, len(classes) + 0.4, f' {small:g} px', fontsize=7)
+    axs[2].axvline(small, ls='--', color='k', lw=0.8)
+    axs[2].text(small, len(classes) + 0.4, f' {small:g} px', fontsize=7)
     axs[3].axvline(1, ls=':', color='grey', lw=0.8)
     axs[0].set_yticks(range(1, len(classes) + 1), classes)
     fig.tight_layout()
@@ -274,7 +288,7 @@ def _pick(ann: pd.DataFrame, per_class: int, seed: int) -> list:
     return out
 
 def show_examples(root, ann: pd.DataFrame, per_class: int = 1, size: int = 512, seed: int = 0, ncols: int = 4):
-    "A grid of `per_class` images per class (and normal ones) read at long side `size`, with all their boxes; returns the figure."
+    "A grid of `per_class` images per class (and normal) at long side `size`, with their boxes; returns the figure."
     import matplotlib.pyplot as plt
     picks = _pick(ann, per_class, seed)
     nrows = max(1, math.ceil(len(picks) / ncols))
@@ -283,8 +297,7 @@ def show_examples(root, ann: pd.DataFrame, per_class: int = 1, size: int = 512, 
     for ax, (label, image_id, split) in zip(axs.flat, picks):
         img, info = read_dicom(images_dir(root, split)/f'{image_id}.dicom', size=size)
         rows = ann[(ann.image_id == image_id) & ann.lesion_type.ne(NO_FINDING)]
-        man = pd.DataFrame([dict(image_id=image_id, **{k: info[k] for k in ('height', 'width', 'orig_height', 'orig_width')})])
-        b = to_stored_coords(rows, man)
+        b = to_stored_coords(rows, {image_id: info})        # read_dicom's info holds both sizes
         show_boxes(ax, img, [(r.lesion_type, (r.xmin, r.ymin, r.xmax, r.ymax)) for r in b.itertuples()],
                    f'{label}\n{split} {image_id[:8]}, {len(rows)} boxes')
     fig.tight_layout()
@@ -300,12 +313,16 @@ def release_summary(root, headers: bool = True) -> dict:
     hd = header_table(root, ann) if headers else None
     if hd is not None:
         out.update(headers=hd, header_counts=header_counts(hd),
-                   image_sizes=hd[['orig_height', 'orig_width', 'spacing_row_mm', 'spacing_col_mm', 'height_mm', 'width_mm']].describe())
+                   image_sizes=hd[['orig_height', 'orig_width', 'spacing_row_mm', 'spacing_col_mm', 'height_mm',
+                                   'width_mm']].describe())
     out['boxes'] = box_stats(ann, hd)
     out['box_sizes'] = box_size_table(out['boxes'])
     out['imbalance'] = pd.DataFrame(
-        dict(split=['train', 'train', 'all'], pair=['Osteophytes / Vertebral collapse (seed README)', 'most / least frequent', 'most / least frequent'],
-             box_ratio=[imbalance_ratio(train, 'Osteophytes', 'Vertebral collapse'), imbalance_ratio(train), imbalance_ratio(ann)],
-             image_ratio=[imbalance_ratio(train, 'Osteophytes', 'Vertebral collapse', by='images'), imbalance_ratio(train, by='images'),
+        dict(split=['train', 'train', 'all'],
+             pair=['Osteophytes / Vertebral collapse (seed README)', 'most / least frequent', 'most / least frequent'],
+             box_ratio=[imbalance_ratio(train, 'Osteophytes', 'Vertebral collapse'), imbalance_ratio(train),
+                        imbalance_ratio(ann)],
+             image_ratio=[imbalance_ratio(train, 'Osteophytes', 'Vertebral collapse', by='images'),
+                          imbalance_ratio(train, by='images'),
                           imbalance_ratio(ann, by='images')]))
     return out

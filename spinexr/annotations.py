@@ -29,22 +29,25 @@ def _fail_rows(mask, path, msg_of_first):
     more = f' (and {len(rows) - 1} more rows)' if len(rows) > 1 else ''
     raise InputError(msg_of_first(rows[0] - 2) + more, path, int(rows[0]))
 
+# %% ../nbs/01_annotations.ipynb #7c3b7700
 def _check_columns(df, path):
-    missing = [c for c in ANNOTATION_COLUMNS if c not in df.columns]
+    "The release's columns exactly: `check_columns` (`00_core`) names missing ones, and an extra one is refused too."
+    check_columns(df, ANNOTATION_COLUMNS, path)
     extra = [c for c in df.columns if c not in ANNOTATION_COLUMNS]
-    if missing: raise InputError(f'missing columns {missing}; expected {list(ANNOTATION_COLUMNS)}', path)
     if extra: raise InputError(f'unexpected columns {extra}; expected {list(ANNOTATION_COLUMNS)}', path)
 
 def _check_ids(df, path):
     for c in ID_COLUMNS:
-        _fail_rows(~df[c].map(is_safe_id), path, lambda i: f'{c} {df[c][i]!r} is not a safe id (letters, digits, _ - .; no path)')
+        _fail_rows(~df[c].map(is_safe_id), path,
+                   lambda i: f'{c} {df[c][i]!r} is not a safe id (letters, digits, _ - .; no path)')
     _fail_rows(df.rad_id.isna() | (df.rad_id.str.strip() == ''), path, lambda i: 'empty rad_id')
     study_of = df.groupby('image_id').study_id.nunique()
     _fail_rows(df.image_id.map(study_of) > 1, path, lambda i: f'image {df.image_id[i]} belongs to several studies')
 
 def _check_lesions(df, path):
     known = df.lesion_type.isin(LESION_TYPES)
-    _fail_rows(~known, path, lambda i: f'unknown lesion_type {df.lesion_type[i]!r}; expected one of {list(LESION_TYPES)}')
+    _fail_rows(~known, path,
+               lambda i: f'unknown lesion_type {df.lesion_type[i]!r}; expected one of {list(LESION_TYPES)}')
 
 def _to_numbers(df, path):
     for c in BOX_COLUMNS:
@@ -59,7 +62,8 @@ def _check_boxes(df, path):
     _fail_rows(~normal & ~np.isfinite(box).all(axis=1), path,
                lambda i: f'{df.lesion_type[i]} box must have four finite numbers, got {box.loc[i].tolist()}')
     _fail_rows(~normal & ((df.xmin >= df.xmax) | (df.ymin >= df.ymax)), path,
-               lambda i: f'inverted or empty box: xmin={df.xmin[i]}, xmax={df.xmax[i]}, ymin={df.ymin[i]}, ymax={df.ymax[i]}')
+               lambda i: (f'inverted or empty box: xmin={df.xmin[i]}, xmax={df.xmax[i]}, '
+                          f'ymin={df.ymin[i]}, ymax={df.ymax[i]}'))
 
 def _check_normal_vs_lesion(df, path):
     normal = df.lesion_type == NO_FINDING
@@ -70,10 +74,7 @@ def _check_normal_vs_lesion(df, path):
 def read_annotations(path) -> pd.DataFrame:
     "Read and validate one VinDr-SpineXR annotation CSV; exact duplicate rows are dropped and counted in `.attrs`."
     path = Path(path)
-    try: df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[''])
-    except FileNotFoundError: raise InputError('file not found', path) from None
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise InputError(f'not a readable CSV ({e})', path) from None
+    df = read_csv_checked(path)        # no file, or not a CSV: a clear error
     _check_columns(df, path)
     if df.empty: raise InputError('no rows', path)
     for c in ANNOTATION_COLUMNS[:5]: df[c] = df[c].str.strip()
@@ -94,6 +95,7 @@ def images_dir(root, split: str) -> Path:
     "Where the release keeps the DICOMs of `split` ('train' or 'test')."
     return Path(root)/f'{split}_images'
 
+# %% ../nbs/01_annotations.ipynb #14560720
 def load_release(root) -> pd.DataFrame:
     "The validated annotations of a release root (train and test) with a `split` column."
     parts = []
@@ -103,7 +105,8 @@ def load_release(root) -> pd.DataFrame:
     ann = pd.concat(parts, ignore_index=True)
     for col in ('image_id', 'study_id'):
         both = set(parts[0][col]) & set(parts[1][col])
-        if both: raise InputError(f'{len(both)} {col}s are in both train.csv and test.csv, e.g. {sorted(both)[0]}', Path(root)/'annotations')
+        if both: raise InputError(f'{len(both)} {col}s are in both train.csv and test.csv, e.g. {sorted(both)[0]}',
+                                  Path(root)/'annotations')
     ann.attrs['n_duplicates'] = sum(p.attrs['n_duplicates'] for p in parts)
     return ann
 
@@ -148,6 +151,7 @@ def _study_strata(train: pd.DataFrame) -> pd.Series:
         return present[0] if present else 'normal'
     return studies.apply(stratum, axis=1)
 
+# %% ../nbs/01_annotations.ipynb #8bbe2d99
 def split_train_val(images: pd.DataFrame, val_frac: float = 0.15, seed: int = 42) -> pd.DataFrame:
     "Move about `val_frac` of the train studies to split 'val', grouped by study and stratified by rare classes."
     if not 0 < val_frac < 1: raise ValueError(f'val_frac must be between 0 and 1, got {val_frac}')

@@ -17,11 +17,12 @@ from fastcore.script import Param, call_parse
 from .core import *
 from .metrics import *
 from .weights import WeightStore, read_state_dict, sha256_file
+from .prep import PrepTree
 
 # %% auto #0
 __all__ = ['ARCHS', 'RECIPES', 'ClsConfig', 'recipe', 'recipe_table', 'read_labels', 'cls_datablock', 'cls_dataloaders',
-           'backbone_weights', 'create_backbone', 'BinaryLoss', 'cls_learner', 'predict_probs', 'epoch_line',
-           'plot_history', 'train_classifier', 'run_table', 'show_run', 'load_classifier', 'data_and_out',
+           'backbone_weights', 'create_backbone', 'BinaryLoss', 'cls_learner', 'batch_probs', 'predict_probs',
+           'epoch_line', 'plot_history', 'train_classifier', 'run_table', 'show_run', 'load_classifier', 'data_and_out',
            'spinexr_train_cls']
 
 # %% ../nbs/10_classify.ipynb #a8ed4349
@@ -57,11 +58,13 @@ class ClsConfig(JsonConfig):
     def __post_init__(self):
         if self.arch not in ARCHS: raise InputError(f'arch must be one of {ARCHS}, got {self.arch!r}')
         if self.schedule not in ('one_cycle', 'cosine'): raise InputError(f'unknown schedule {self.schedule!r}')
-        if self.imbalance not in ('pos_weight', 'sampler', 'none'): raise InputError(f'unknown imbalance {self.imbalance!r}')
+        if self.imbalance not in ('pos_weight', 'sampler', 'none'):
+            raise InputError(f'unknown imbalance {self.imbalance!r}')
         if self.size < 32 or self.epochs < 1 or self.bs < 1: raise InputError('size must be >= 32, epochs and bs >= 1')
 
 # %% ../nbs/10_classify.ipynb #47764cc2
-RECIPES = {'densenet121': {}, 'tf_efficientnetv2_s': {}, 'resnet50': {}}   # per-architecture changes to ClsConfig's defaults
+RECIPES = {'densenet121': {}, 'tf_efficientnetv2_s': {},
+           'resnet50': {}}   # per-architecture changes to ClsConfig's defaults
 
 def recipe(arch: str, **overrides) -> ClsConfig:
     "The full-scale `ClsConfig` of `arch`, with any settings overridden."
@@ -72,11 +75,14 @@ def recipe_table(arch: str) -> pd.DataFrame:
     "The full-scale recipe of `arch` as a two-column table."
     c = recipe(arch)
     rows = [('backbone', f'timm `{arch}`, 1 input channel, 1 logit'),
-            ('weights', f'ImageNet, `{arch}` from the weights store (`spinexr_weights`); `--no_pretrained`: from scratch'),
-            ('input', f'{c.size} x {c.size}, padded to square, 1 channel'), ('optimiser', f'AdamW, weight decay {c.wd}'),
+            ('weights',
+             f'ImageNet, `{arch}` from the weights store (`spinexr_weights`); `--no_pretrained`: from scratch'),
+            ('input', f'{c.size} x {c.size}, padded to square, 1 channel'),
+            ('optimiser', f'AdamW, weight decay {c.wd}'),
             ('schedule', f'one-cycle (warm-up, cosine annealing), peak lr {c.lr}, {c.epochs} epochs'), ('batch', c.bs),
             ('loss', 'binary cross-entropy, positive class weighted by n_neg / n_pos'),
-            ('augmentation', f'h-flip, rotate <= {c.max_rotate} deg, zoom <= {c.max_zoom}, brightness/contrast {c.max_lighting}'),
+            ('augmentation',
+             f'h-flip, rotate <= {c.max_rotate} deg, zoom <= {c.max_zoom}, brightness/contrast {c.max_lighting}'),
             ('selection', 'best epoch by validation AUROC; threshold by Youden J on validation'),
             ('TTA', 'horizontal flip, kept if it helps on validation')]
     return pd.DataFrame(rows, columns=['setting', 'value']).set_index('setting')
@@ -84,20 +90,12 @@ def recipe_table(arch: str) -> pd.DataFrame:
 # %% ../nbs/10_classify.ipynb #2cfab547
 def read_labels(prep_dir) -> pd.DataFrame:
     "The image-level labels of a prep tree, checked, with the path of each PNG."
-    prep_dir = Path(prep_dir)
-    path = prep_dir/'labels.csv'
-    if not path.exists(): raise InputError('no labels.csv: run spinexr_prep on a release with annotations', prep_dir)
-    df = pd.read_csv(path, dtype={'image_id': str, 'split': str})
-    missing = [c for c in ('image_id', 'split', 'abnormal') if c not in df]
-    if missing: raise InputError(f'missing columns {missing}', path)
-    bad = ~df.split.isin(SPLITS)
-    if bad.any(): raise InputError(f'split {df.split[bad].iloc[0]!r} is not one of {SPLITS}', path, int(bad.idxmax()) + 2)
-    bad = ~df.abnormal.isin([0, 1])
-    if bad.any(): raise InputError(f'abnormal {df.abnormal[bad].iloc[0]!r} is not 0 or 1', path, int(bad.idxmax()) + 2)
-    df['path'] = [prep_dir/'images'/f'{i}.png' for i in df.image_id]
+    tree = PrepTree(prep_dir)
+    df = tree.labels()
+    df['path'] = [tree.png(i) for i in df.image_id]
     exists = df.path.map(Path.exists)
-    if not exists.all(): raise InputError(f'image {df.path[~exists].iloc[0]} is missing', path, int((~exists).idxmax()) + 2)
-    df['abnormal'] = df.abnormal.astype(int)
+    if not exists.all():
+        raise InputError(f'image {df.path[~exists].iloc[0]} is missing', tree.labels_csv, int((~exists).idxmax()) + 2)
     return df
 
 # %% ../nbs/10_classify.ipynb #07fef9cc
@@ -127,7 +125,8 @@ def cls_dataloaders(labels: pd.DataFrame, cfg: ClsConfig):
     dsets = dblock.datasets(df)
     train = df[~df.is_valid]
     freq = train.abnormal.map(train.abnormal.value_counts(normalize=True)).to_numpy()
-    return dsets.weighted_dataloaders(1 / freq, bs=cfg.bs, num_workers=nw,  # the DataBlock's transforms, as dataloaders() passes them
+    return dsets.weighted_dataloaders(1 / freq, bs=cfg.bs,
+                                      num_workers=nw,  # the DataBlock's transforms, as dataloaders() passes them
                                       after_item=dblock.item_tfms, after_batch=dblock.batch_tfms)
 
 # %% ../nbs/10_classify.ipynb #37b65ec8
@@ -144,7 +143,7 @@ def _misfit(cfg, why: str) -> InputError:
     return InputError(f'the ImageNet weights do not fit {cfg.arch} ({why[:200]})', cfg.weights or cfg.arch)
 
 def create_backbone(cfg: ClsConfig, weights: tuple | None = None):
-    "A timm model (1 channel in, 1 logit out) with `weights` (default: `backbone_weights(cfg)`); fills in `used_pretrained`, `mean`, `std`."
+    "A timm model (1 channel in, 1 logit out) with `weights` (default: `backbone_weights(cfg)`); fills in `cfg`."
     import timm
     state, sha = weights if weights is not None else backbone_weights(cfg)
     kw = dict(in_chans=1, num_classes=1)
@@ -167,7 +166,8 @@ class BinaryLoss:
     def __call__(self, logits, target):
         import torch
         import torch.nn.functional as F
-        pw = None if self.pos_weight is None else torch.tensor(self.pos_weight, dtype=torch.float32, device=logits.device)
+        pw = None if self.pos_weight is None else torch.tensor(self.pos_weight, dtype=torch.float32,
+                                                               device=logits.device)
         return F.binary_cross_entropy_with_logits(logits.float().view(-1), target.float().view(-1), pos_weight=pw)
     def activation(self, x):
         import torch
@@ -178,7 +178,8 @@ def _auroc_metric():
     from fastai.metrics import AccumMetric, ActivationType
     from sklearn.metrics import roc_auc_score
     def auroc(y, p): return roc_auc_score(y, p) if len(np.unique(y)) == 2 else float('nan')
-    return AccumMetric(auroc, activation=ActivationType.Sigmoid, flatten=True, to_np=True, invert_arg=True, name='auroc')
+    return AccumMetric(auroc, activation=ActivationType.Sigmoid, flatten=True, to_np=True, invert_arg=True,
+                       name='auroc')
 
 def cls_learner(dls, cfg: ClsConfig, model=None, path='.'):
     "A fastai Learner for a single-logit binary classifier."
@@ -197,17 +198,21 @@ def cls_learner(dls, cfg: ClsConfig, model=None, path='.'):
     return learn
 
 # %% ../nbs/10_classify.ipynb #f723538e
+def batch_probs(model, x, tta: bool = False):
+    "Sigmoid probabilities of `model` for the batch `x`; with `tta`, averaged with those of the mirrored images."
+    import torch
+    p = torch.sigmoid(model(x).float()).flatten()
+    return (p + torch.sigmoid(model(x.flip(-1)).float()).flatten()) / 2 if tta else p
+
+
+# %% ../nbs/10_classify.ipynb #eafadf5b
 def predict_probs(model, dl, tta: bool = False) -> np.ndarray:
     "Sigmoid probabilities of `model` over the batches of `dl` (optionally averaged with the mirrored image)."
     import torch
     model.eval()
     out = []
     with torch.no_grad():
-        for b in dl:
-            x = b[0]
-            p = torch.sigmoid(model(x).float()).flatten()
-            if tta: p = (p + torch.sigmoid(model(x.flip(-1)).float()).flatten()) / 2
-            out.append(p.cpu())
+        for b in dl: out.append(batch_probs(model, b[0], tta).cpu())
     return torch.cat(out).numpy() if out else np.zeros(0)
 
 # %% ../nbs/10_classify.ipynb #1e2354da
@@ -229,7 +234,8 @@ def plot_history(history: pd.DataFrame):
     "Training and validation loss, and validation AUROC, per epoch."
     import matplotlib.pyplot as plt
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.2))
-    a1.plot(history.epoch, history.train_loss, label='train'); a1.plot(history.epoch, history.valid_loss, label='validation')
+    a1.plot(history.epoch, history.train_loss, label='train')
+    a1.plot(history.epoch, history.valid_loss, label='validation')
     a1.set_xlabel('epoch'); a1.set_ylabel('loss'); a1.legend()
     a2.plot(history.epoch, history.auroc, color='C2'); a2.set_xlabel('epoch'); a2.set_ylabel('validation AUROC')
     a2.set_ylim(0.4, 1.0)
@@ -239,6 +245,8 @@ def plot_history(history: pd.DataFrame):
 _RUN_FILES = ('metrics.json', 'config.json', 'model.pt', 'history.csv', 'curves.png', 'preds_val.csv', 'preds_test.csv',
               'preds_val_tta.csv', 'preds_test_tta.csv')  # metrics.json, written last, is removed first
 
+
+# %% ../nbs/10_classify.ipynb #d463c0f5
 def _start_clean(out: Path):
     "Remove what an earlier run into `out` left: its files, its checkpoints, temporary files of atomic writes."
     for name in _RUN_FILES: (out/name).unlink(missing_ok=True)
@@ -252,7 +260,8 @@ def _write_predictions(learn, df: pd.DataFrame, out: Path, split: str) -> dict:
     paths = {}
     for kind, suffix in (('plain', ''), ('tta', '_tta')):
         p = predict_probs(learn.model, dl, tta=kind == 'tta')
-        paths[kind] = write_csv(pd.DataFrame(dict(image_id=df.image_id.to_numpy(), label=df.abnormal.to_numpy(), prob=p)),
+        paths[kind] = write_csv(pd.DataFrame(dict(image_id=df.image_id.to_numpy(), label=df.abnormal.to_numpy(),
+                                                  prob=p)),
                                 out/f'preds_{split}{suffix}.csv')
     return paths
 
@@ -260,7 +269,8 @@ def _label_prob(csv):
     df = pd.read_csv(csv)
     return df.label.to_numpy(), df.prob.to_numpy()
 
-_HEADLINE = ('auroc', 'sensitivity', 'specificity', 'f1', 'precision', 'accuracy', 'threshold', 'threshold_source', 'ci')
+_HEADLINE = ('auroc', 'sensitivity', 'specificity', 'f1', 'precision', 'accuracy', 'threshold', 'threshold_source',
+             'ci')
 
 def _score(test_csv, val_csv) -> dict:
     r = eval_cls(test_csv, val=val_csv)
@@ -285,7 +295,8 @@ def train_classifier(prep_dir, out_dir, cfg: ClsConfig | None = None, progress: 
     import torch
     from fastai.distributed import num_distrib
     cfg, out = cfg or ClsConfig(), Path(out_dir)
-    labels, weights = read_labels(prep_dir), backbone_weights(cfg)   # bad input and missing weights stop here, before any output
+    # bad input and missing weights stop here, before any output
+    labels, weights = read_labels(prep_dir), backbone_weights(cfg)
     out.mkdir(parents=True, exist_ok=True)
     if _is_rank0(): _start_clean(out); (out/'.checkpoints').mkdir()
     seed_everything(cfg.seed, torch=True)
@@ -302,10 +313,13 @@ def train_classifier(prep_dir, out_dir, cfg: ClsConfig | None = None, progress: 
         from fastai.distributed import DistributedDL
         DistributedDL._broadcast = _broadcast_cpu
     bars = progress and live_progress()      # off a terminal: one line per epoch instead of redrawn bars
-    if not bars: learn.logger = noop         # without its bar fastai prints each epoch's raw values; epoch_line says them readably
+    if not bars:
+        # without its bar fastai prints each epoch's raw values; epoch_line says them readably
+        learn.logger = noop
     if progress and not bars and _is_rank0(): cbs.append(epoch_line(cfg.arch))
     t0 = time.perf_counter()
-    with (learn.no_bar() if not bars else nullcontext()), (learn.distrib_ctx(sync_bn=gpu, cpu=not gpu) if num_distrib() > 1 else nullcontext()):
+    with (learn.no_bar() if not bars else nullcontext()), (learn.distrib_ctx(sync_bn=gpu, cpu=not gpu)
+                                                           if num_distrib() > 1 else nullcontext()):
         fit(cfg.epochs, cfg.lr, cbs=cbs)
     secs = time.perf_counter() - t0
     if not _is_rank0(): return {}
@@ -315,7 +329,8 @@ def train_classifier(prep_dir, out_dir, cfg: ClsConfig | None = None, progress: 
     cfg.weights_sha256 = save_weights(learn.model.state_dict(), out/'model.pt')
     cfg.save(out/'config.json')
     save_figure(plot_history(history), out/'curves.png')
-    preds = {s: _write_predictions(learn, labels[labels.split == s], out, s) for s in ('val', 'test') if (labels.split == s).any()}
+    preds = {s: _write_predictions(learn, labels[labels.split == s], out, s) for s in ('val', 'test')
+             if (labels.split == s).any()}
     val_auroc = {k: cls_metrics(*_label_prob(p), 0.5)['auroc'] for k, p in preds['val'].items()}
     metrics = dict(arch=cfg.arch, train_seconds=round(secs, 1), epochs_run=len(history),
                    best_epoch=int(history.auroc.idxmax()), val_auroc=float(history.auroc.max()),
@@ -323,7 +338,8 @@ def train_classifier(prep_dir, out_dir, cfg: ClsConfig | None = None, progress: 
                    tta=bool(val_auroc['tta'] >= val_auroc['plain']))
     if 'test' in preds:
         scores = {k: _score(preds['test'][k], preds['val'][k]) for k in ('plain', 'tta')}
-        metrics.update(test=scores['tta' if metrics['tta'] else 'plain'], test_no_tta=scores['plain'], test_tta=scores['tta'])
+        metrics.update(test=scores['tta' if metrics['tta'] else 'plain'], test_no_tta=scores['plain'],
+                       test_tta=scores['tta'])
     save_json(metrics, out/'metrics.json')
     shutil.rmtree(out/'.checkpoints', ignore_errors=True)
     return metrics
@@ -336,7 +352,9 @@ def run_table(run_dir) -> pd.DataFrame:
     for key, name in (('test_no_tta', 'test'), ('test_tta', 'test, flip TTA')):
         if key not in m: continue
         r = m[key]
-        rows.append({'': name, **{k: f"{r[k]:.3f} ({r['ci'][k][0]:.3f}-{r['ci'][k][1]:.3f})" for k in ('auroc', 'sensitivity', 'specificity', 'f1')},
+        rows.append({'': name,
+                     **{k: f"{r[k]:.3f} ({r['ci'][k][0]:.3f}-{r['ci'][k][1]:.3f})"
+                        for k in ('auroc', 'sensitivity', 'specificity', 'f1')},
                      'threshold': f"{r['threshold']:.3f}"})
     return pd.DataFrame(rows).set_index('')
 
@@ -367,7 +385,8 @@ def load_classifier(run_dir):
     model = timm.create_model(cfg.arch, pretrained=False, in_chans=1, num_classes=1)
     try: model.load_state_dict(state)
     except Exception as e:
-        raise InputError(f'not a valid {cfg.arch} checkpoint: the weights do not fit the architecture ({str(e)[:200]})', pt) from None
+        raise InputError(f'not a valid {cfg.arch} checkpoint: the weights do not fit the architecture ({str(e)[:200]})',
+                         pt) from None
     return model.eval(), cfg
 
 # %% ../nbs/10_classify.ipynb #3e1de47c
@@ -381,7 +400,8 @@ def _recipe_default(f) -> str:
 def data_and_out(paths, data, out) -> tuple:
     "`--data` and `--out`, or the two positionals `DATA OUT` that earlier versions took."
     paths = list(paths or [])
-    if paths and (data or out or len(paths) != 2): raise InputError('give the prep tree with --data and the run directory with --out')
+    if paths and (data or out or len(paths) != 2):
+        raise InputError('give the prep tree with --data and the run directory with --out')
     data, out = paths if paths else (data, out)
     if not data or not out: raise InputError('give the prep tree with --data and the run directory with --out')
     return data, out
@@ -389,12 +409,13 @@ def data_and_out(paths, data, out) -> tuple:
 @call_parse
 @config_flags(ClsConfig, default_text=_recipe_default,
               helps=dict(pretrained='train from scratch on purpose: no ImageNet weights',
-                         arch='timm backbone: densenet121, tf_efficientnetv2_s or resnet50; its recipe sets every other default'))
+                         arch='timm backbone: densenet121, tf_efficientnetv2_s or resnet50; its recipe sets every '
+                              'other default'))
 def spinexr_train_cls(paths: Param('(deprecated) DATA OUT as positionals', str, nargs='*', opt=False) = None,
                       data: str = None,     # a prep tree written by spinexr_prep (images/, labels.csv)
                       out: str = None,      # the run directory to write
                       **settings):
-    "Train one classifier of the recipe of --arch on a prep tree; under `torchrun`/`accelerate launch` it trains with DDP."
+    "Train one classifier of the recipe of --arch on a prep tree; under `torchrun`/`accelerate launch`, with DDP."
     with cli_errors('spinexr_train_cls'):
         data, out = data_and_out(paths, data, out)
         given = given_settings(ClsConfig, settings)
@@ -402,6 +423,8 @@ def spinexr_train_cls(paths: Param('(deprecated) DATA OUT as positionals', str, 
         m = train_classifier(data, out, cfg)
     if m and 'test' in m:
         t = m['test']
-        print(f"{cfg.arch}: val AUROC {m['val_auroc']:.4f} (best epoch {m['best_epoch']}); test AUROC {t['auroc']:.4f}, "
-              f"sensitivity {t['sensitivity']:.4f}, specificity {t['specificity']:.4f}, F1 {t['f1']:.4f} at threshold {t['threshold']:.4f}; "
+        print(f"{cfg.arch}: val AUROC {m['val_auroc']:.4f} (best epoch {m['best_epoch']}); test AUROC "
+              f"{t['auroc']:.4f}, "
+              f"sensitivity {t['sensitivity']:.4f}, specificity {t['specificity']:.4f}, F1 {t['f1']:.4f} at threshold "
+              f"{t['threshold']:.4f}; "
               f"{m['train_seconds']} s; ImageNet weights: {cfg.used_pretrained}")

@@ -5,7 +5,10 @@
 # %% ../nbs/00_core.ipynb #85085b04
 from __future__ import annotations
 import contextlib, inspect, json, os, random, re, shutil, sys, tempfile, typing
-from dataclasses import asdict, dataclass, fields
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +16,9 @@ import numpy as np
 # %% auto #0
 __all__ = ['NO_FINDING', 'LESION_TYPES', 'DET_CLASSES', 'CLASS_ID', 'CLASS_COLORS', 'BOX_COLUMNS', 'ANNOTATION_COLUMNS', 'SPLITS',
            'show_boxes', 'InputError', 'is_safe_id', 'cli_errors', 'live_progress', 'atomic_path', 'write_text',
-           'save_json', 'load_json', 'plain', 'write_csv', 'save_figure', 'save_weights', 'load_weights', 'JsonConfig',
-           'config_flags', 'given_settings', 'RunConfig', 'seed_everything', 'cpu_count', 'default_threads',
-           'set_threads', 'keep_threads', 'cache_dir', 'offline_env']
+           'save_json', 'load_json', 'plain', 'write_csv', 'save_figure', 'check_columns', 'read_csv_checked',
+           'save_weights', 'load_weights', 'JsonConfig', 'config_flags', 'given_settings', 'seed_everything',
+           'cpu_count', 'default_threads', 'set_threads', 'keep_threads', 'map_isolated', 'cache_dir', 'offline_env']
 
 # %% ../nbs/00_core.ipynb #968e4ea0
 NO_FINDING = 'No finding'
@@ -66,14 +69,15 @@ def is_safe_id(s) -> bool:
 def cli_errors(name: str):
     "In a console command: an `InputError` ends it with one line `name: error: ...` on stderr and exit status 1."
     import warnings
-    with warnings.catch_warnings():   # a deprecation inside a dependency (fastai's torch.jit.script) is not the user's business
+    # a deprecation inside a dependency (fastai's torch.jit.script) is not the user's business
+    with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
         try: yield
         except InputError as e: sys.exit(f'{name}: error: {e}')
 
 # %% ../nbs/00_core.ipynb #317c0777
 def live_progress() -> bool:
-    "Whether progress bars can redraw in place: in a notebook, or with stdout on a terminal (where fastprogress writes)."
+    "Whether progress bars can redraw in place: in a notebook, or when stdout (where fastprogress writes) is a tty."
     from fastprogress.fastprogress import IN_NOTEBOOK
     return bool(IN_NOTEBOOK or sys.stdout.isatty())
 
@@ -95,6 +99,7 @@ def atomic_path(path):
         Path(tmp).unlink(missing_ok=True)
         raise
 
+# %% ../nbs/00_core.ipynb #be32bcbc
 def write_text(path, text: str) -> Path:
     "Write `text` to `path` atomically."
     with atomic_path(path) as tmp: tmp.write_text(text, encoding='utf-8')
@@ -116,6 +121,7 @@ def plain(o):
     if isinstance(o, float) and not np.isfinite(o): return None
     return o
 
+# %% ../nbs/00_core.ipynb #94ae8c3e
 def write_csv(df, path, **kwargs) -> Path:
     "Write a DataFrame to CSV atomically (no index)."
     with atomic_path(path) as tmp: df.to_csv(tmp, index=False, **kwargs)
@@ -128,9 +134,27 @@ def save_figure(fig, path, dpi: int = 110) -> Path:
     plt.close(fig)
     return Path(path)
 
+# %% ../nbs/00_core.ipynb #7e84d031
+def check_columns(df, columns, path):
+    "An `InputError` naming `path` unless the table `df` has all of `columns`."
+    missing = [c for c in columns if c not in df.columns]
+    if missing: raise InputError(f'missing columns {missing}; expected {list(columns)}', path)
+
+# %% ../nbs/00_core.ipynb #b43d12ad
+def read_csv_checked(path, columns=()):
+    "A CSV as a table of strings (blank cells missing), or an `InputError`: no file, unreadable, missing `columns`."
+    import pandas as pd
+    path = Path(path)
+    try: df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[''])
+    except FileNotFoundError: raise InputError('file not found', path) from None
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise InputError(f'not a readable CSV ({e})', path) from None
+    check_columns(df, columns, path)
+    return df
+
 # %% ../nbs/00_core.ipynb #e3a503af
 def save_weights(state_dict: dict, path) -> str:
-    "Write a state_dict atomically (archive built in memory, so the same weights give the same bytes); returns its SHA-256."
+    "Write a state_dict atomically (built in memory: the same weights give the same bytes); returns its SHA-256."
     import hashlib, io, torch
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, buf)
@@ -150,11 +174,14 @@ def load_weights(path, sha256: str | None = None) -> dict:
         raise InputError('refused: the file holds Python objects other than tensors, which could run code when loaded'
                          f'{f" ({why.group(1).strip()})" if why else ""}', path) from None
     except Exception as e:
-        raise InputError(f'not a readable PyTorch weights file: truncated or corrupt ({type(e).__name__}: {str(e)[:160]})', path) from None
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise InputError(f'not a readable PyTorch weights file: truncated or corrupt ({type(e).__name__}: '
+                         f'{str(e)[:160]})', path) from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
         raise InputError('not a state_dict (names to tensors)', path)
     if sha256 and hashlib.sha256(data).hexdigest() != sha256:
-        raise InputError('the weights changed after training: their SHA-256 is not the one recorded with them (corrupted or tampered)', path)
+        raise InputError('the weights changed after training: their SHA-256 is not the one recorded with them '
+                         '(corrupted or tampered)', path)
     return state
 
 # %% ../nbs/00_core.ipynb #ae0b8a5b
@@ -179,7 +206,7 @@ def _flag_type(t):
     return args[0] if args else t
 
 def config_flags(cfg_cls, default_text=None, helps: dict | None = None):
-    "Decorator: a console command gets a flag for each field of the settings dataclass `cfg_cls`, documented by the field's comment."
+    "Decorator: a console command gets a flag per field of settings dataclass `cfg_cls`, its help the field's comment."
     from fastcore.docments import docments
     from fastcore.script import Param
     docs, hints, helps = docments(cfg_cls), typing.get_type_hints(cfg_cls), helps or {}
@@ -209,34 +236,9 @@ def given_settings(cfg_cls, flags: dict) -> dict:
         elif (v := flags.get(f.name)) is not None and v is not False: out[f.name] = v
     return out
 
-# %% ../nbs/00_core.ipynb #0fd27992
-@dataclass
-class RunConfig(JsonConfig):
-    "Settings shared by the steps of one run, and the layout of its output directory."
-    out: str = 'spinexr_run'      # the run's directory
-    data: str | None = None       # a VinDr release root; None means a generated phantom
-    seed: int = 42
-    val_frac: float = 0.15        # share of train studies held out for validation
-    prep_size: int = 1024         # long side of the preprocessed PNGs
-
-    @property
-    def root(self) -> Path: return Path(self.out)
-    @property
-    def phantom_dir(self) -> Path: return self.root/'phantom'
-    @property
-    def prep_dir(self) -> Path: return self.root/'prep'
-    @property
-    def cls_dir(self) -> Path: return self.root/'cls'
-    @property
-    def det_dir(self) -> Path: return self.root/'det'
-    @property
-    def model_dir(self) -> Path: return self.root/'model'
-
-    def save(self, path=None) -> Path: return super().save(path or self.root/'config.json')
-
 # %% ../nbs/00_core.ipynb #ceb9e212
 def seed_everything(seed: int = 42, torch: bool | None = None, deterministic: bool = False) -> int:
-    "Seed `random`, NumPy and (if `torch` or already imported) torch; `deterministic` asks torch for deterministic kernels."
+    "Seed `random`, NumPy and (if `torch` or already imported) torch; `deterministic` asks for deterministic kernels."
     random.seed(seed)
     np.random.seed(seed % 2**32)
     os.environ['PYTHONHASHSEED'] = str(seed)
@@ -256,6 +258,7 @@ def default_threads() -> int:
     "Threads per process: `$SPINEXR_THREADS` if set (e.g. 1 when several processes share the cores), else all cores."
     return int(os.environ.get('SPINEXR_THREADS') or cpu_count())
 
+# %% ../nbs/00_core.ipynb #4d73e0a3
 def set_threads(n: int | None = None) -> int:
     "Use `n` (default: `default_threads()`) threads for torch's CPU kernels."
     import torch
@@ -274,12 +277,54 @@ def keep_threads():
         if omp is None: os.environ.pop('OMP_NUM_THREADS', None)
         else: os.environ['OMP_NUM_THREADS'] = omp
 
+# %% ../nbs/00_core.ipynb #d7d30a78
+def _worker_start(initializer):
+    "In each worker: die with the parent (Linux), then the caller's own set-up."
+    if sys.platform.startswith('linux'):
+        with contextlib.suppress(Exception):
+            import ctypes, signal
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    if initializer is not None: initializer()
+
+def _pool(workers: int, initializer=None):
+    import multiprocessing as mp
+    ctx = mp.get_context('fork') if 'fork' in mp.get_all_start_methods() else None
+    return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_start, initargs=(initializer,))
+
+def _run_queue(fn, queue, workers, initializer, results, suspects, bar):
+    "Run the queue in pools of `workers`; a broken pool moves its in-flight items to `suspects`, a new pool goes on."
+    while queue:
+        with _pool(workers, initializer) as ex:
+            pending, broken = {}, False
+            while (queue or pending) and not broken:
+                while queue and len(pending) < 4 * workers:
+                    item = queue.popleft(); pending[ex.submit(fn, item)] = item
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for f in done:
+                    item = pending.pop(f)
+                    try: results.append(f.result())
+                    except BrokenProcessPool: suspects.append(item); broken = True; continue
+                    if bar is not None: bar.update()
+            suspects += list(pending.values())
+
+def map_isolated(fn, items, workers: int, crashed, initializer=None, bar=None) -> list:
+    "`fn` over `items` in `workers` processes (completion order); an item that kills two workers gets `crashed(item)`."
+    results, queue, suspects = [], deque(items), []
+    _run_queue(fn, queue, workers, initializer, results, suspects, bar)
+    for item in suspects:                  # each alone: a second crash names the item
+        with _pool(1, initializer) as ex:
+            try: results.append(ex.submit(fn, item).result())
+            except BrokenProcessPool: results.append(crashed(item))
+        if bar is not None: bar.update()
+    return results
+
 # %% ../nbs/00_core.ipynb #00ec3a27
 def cache_dir() -> Path:
     "spinexr's cache folder: `$SPINEXR_CACHE`, else `$XDG_CACHE_HOME/spinexr`, else `~/.cache/spinexr`."
     if os.environ.get('SPINEXR_CACHE'): return Path(os.environ['SPINEXR_CACHE'])
     return Path(os.environ.get('XDG_CACHE_HOME') or Path.home()/'.cache')/'spinexr'
 
+# %% ../nbs/00_core.ipynb #0fb0d53f
 _FONTS = ('Arial.ttf', 'Arial.Unicode.ttf')
 
 def offline_env() -> dict:

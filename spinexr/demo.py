@@ -15,11 +15,11 @@ from .core import *
 from .weights import WeightStore
 from .annotations import images_dir, load_release
 from .phantom import PHANTOM_STAMP, PhantomConfig, is_phantom, make_phantom
-from .dicom import prep
+from .prep import PrepTree, prep
 from .analysis import class_table, plot_class_counts, split_table
 from .metrics import pr_figure
 from .classify import ARCHS, recipe, train_classifier
-from .detect import DetConfig, evaluate_detector, prep_ground_truth, show_predictions, train_detector
+from .detect import DetConfig, evaluate_detector, show_predictions, train_detector
 from .ensemble import (Ensemble, ensemble_predictions, ensemble_roc_figure, evaluate_ensemble, fit_ensemble,
                               fusion_results, fusion_table, run_predictions)
 from .inference import bundle_sha256, make_bundle, package_versions, read_bundle
@@ -52,25 +52,28 @@ class DemoConfig(JsonConfig):
     det_pretrained: bool = False  # COCO weights from the weights store; the phantom demo trains from scratch
     keep_score: float = 0.5       # the fusion rule's box score for images called normal
     n_boot: int = 10_000
-    rehearsal: bool = False       # full-scale settings for one epoch on a small subset; weights where the store has them
+    rehearsal: bool = False       # full-scale settings for one epoch on a small subset; weights where the store has any
     rehearsal_images: int = 60    # images in a rehearsal's subset of the release
 
     @classmethod
     def full_scale(cls, **kw):
         "The settings for the real release (a GPU machine)."
-        return cls(**{**dict(prep_size=1024, cls_size=None, cls_epochs=None, cls_bs=None, cls_lr=None, cls_pretrained=True,
+        return cls(**{**dict(prep_size=1024, cls_size=None, cls_epochs=None, cls_bs=None, cls_lr=None,
+                             cls_pretrained=True,
                              det_model='yolo11l.yaml', det_imgsz=640, det_epochs=35, det_batch=12, det_lr0=1e-4,
                              det_pretrained=True), **kw})
 
     @classmethod
     def rehearsal_scale(cls, **kw):
-        "The full-scale settings for one epoch of each model, on about 60 images (a phantom at release size without a release); a larger validation share keeps both classes in so small a validation split."
-        return cls.full_scale(**{**dict(n_studies=30, phantom_size=None, cls_epochs=1, det_epochs=1, val_frac=0.3, rehearsal=True), **kw})
+        "Full-scale settings, one epoch per model, about 60 images; a larger validation share keeps both classes in it."
+        return cls.full_scale(**{**dict(n_studies=30, phantom_size=None, cls_epochs=1, det_epochs=1, val_frac=0.3,
+                                        rehearsal=True), **kw})
 
     def classifier(self, arch: str):
         "The `ClsConfig` of one classifier: its recipe, with the demo's scale where set."
         kw = dict(size=self.cls_size, epochs=self.cls_epochs, bs=self.cls_bs, lr=self.cls_lr)
-        return recipe(arch, pretrained=self._pretrained(self.cls_pretrained, arch), **{k: v for k, v in kw.items() if v is not None})
+        return recipe(arch, pretrained=self._pretrained(self.cls_pretrained, arch),
+                      **{k: v for k, v in kw.items() if v is not None})
 
     def detector(self) -> DetConfig:
         cfg = DetConfig(model=self.det_model, imgsz=self.det_imgsz, epochs=self.det_epochs, batch=self.det_batch,
@@ -93,7 +96,9 @@ def _reset_peak_rss():
     except OSError: pass
 
 def _own_peak_kb() -> int:
-    try: return next(int(l.split()[1]) for l in Path('/proc/self/status').read_text().splitlines() if l.startswith('VmHWM'))
+    try:
+        return next(int(l.split()[1]) for l in Path('/proc/self/status').read_text().splitlines()
+                    if l.startswith('VmHWM'))
     except (OSError, StopIteration): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 def _children_peak_kb() -> int: return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -114,31 +119,37 @@ class _Steps:
         children, t0 = _children_peak_kb(), time.perf_counter()
         out = f(*args, **kw)
         self.seconds[name] = round(time.perf_counter() - t0, 1)
-        peak = max(_own_peak_kb(), _children_peak_kb() if _children_peak_kb() > children else 0)   # workers that ran in this step
-        self.rows.append(dict(step=name, settings=settings, seconds=self.seconds[name], peak_rss_gb=round(peak / 2**20, 2),
+        peak = max(_own_peak_kb(), _children_peak_kb() if _children_peak_kb() > children
+                   else 0)   # workers that ran in this step
+        self.rows.append(dict(step=name, settings=settings, seconds=self.seconds[name],
+                              peak_rss_gb=round(peak / 2**20, 2),
                               peak_gpu_gb=_gpu_peak_gb()))
         if self.verbose: print(f'spinexr_demo: {name} done in {self.seconds[name]:.0f} s', file=sys.stderr, flush=True)
         return out
-    def table(self) -> pd.DataFrame: return pd.DataFrame(self.rows, columns=['step', 'settings', 'seconds', 'peak_rss_gb', 'peak_gpu_gb'])
+    def table(self) -> pd.DataFrame: return pd.DataFrame(self.rows,
+                                                         columns=['step', 'settings', 'seconds', 'peak_rss_gb',
+                                                                  'peak_gpu_gb'])
 
 def _train_classifier_once(prep_dir, run, cfg, progress):
     if not (run/'metrics.json').exists(): train_classifier(prep_dir, run, cfg, progress=progress)
     return run
 
 def _train_detector_once(prep_dir, run, cfg, progress):
-    trained = (run/'detector.pt').exists() and (run/'config.json').exists() and DetConfig.load(run/'config.json').settings() == cfg.settings()
+    trained = ((run/'detector.pt').exists() and (run/'config.json').exists()
+               and DetConfig.load(run/'config.json').settings() == cfg.settings())
     if not trained: train_detector(prep_dir, run, cfg, progress=progress)   # detector.pt is written when training ends
     if not trained or not (run/'metrics.json').exists(): evaluate_detector(run, prep_dir)
     return run
 
 # %% ../nbs/50_demo.ipynb #979531a8
 def test_results(out, keep_score: float = 0.5) -> tuple:
-    "From a demo folder's files: each classifier's test predictions, the fitted ensemble, and the fusion results on test."
+    "From a demo folder's files: each classifier's test predictions, the fitted ensemble, the fusion results on test."
     out = Path(out)
     test = {a: run_predictions(out/'classifiers'/a, 'test') for a in ARCHS}
     ens = Ensemble.load(out/'ensemble.json')
     boxes = pd.read_csv(out/'detector'/'preds_test.csv', dtype={'image_id': str})
-    fus = fusion_results(prep_ground_truth(out/'prep', 'test'), boxes, ensemble_predictions(test, ens), ens.threshold, keep_score)
+    gt = PrepTree(out/'prep').ground_truth('test')
+    fus = fusion_results(gt, boxes, ensemble_predictions(test, ens), ens.threshold, keep_score)
     return test, ens, fus
 
 def evaluate_demo(out, cfg: DemoConfig) -> dict:
@@ -148,18 +159,22 @@ def evaluate_demo(out, cfg: DemoConfig) -> dict:
     fit_ensemble(val).save(out/'ensemble.json')
     test, ens, fus = test_results(out, cfg.keep_score)
     cls = evaluate_ensemble(val, test, ens, n_boot=cfg.n_boot)
-    keep = ('auroc', 'sensitivity', 'specificity', 'f1', 'precision', 'accuracy', 'threshold', 'ci', 'n', 'n_pos', 'n_neg')
+    keep = ('auroc', 'sensitivity', 'specificity', 'f1', 'precision', 'accuracy', 'threshold', 'ci', 'n', 'n_pos',
+            'n_neg')
     ul = load_json(out/'detector'/'metrics.json').get('ultralytics_test', {})
     return dict(classifiers={a: {k: cls[a][k] for k in keep} for a in ARCHS},
-                ensemble={**{k: cls['ensemble'][k] for k in keep}, 'weights': dict(zip(ens.names, ens.weights)), 'how': ens.how},
+                ensemble={**{k: cls['ensemble'][k] for k in keep}, 'weights': dict(zip(ens.names, ens.weights)),
+                          'how': ens.how},
                 detection=dict(without_fusion=dict(map50=fus['map50'], ap50=fus['detection']['ap50']),
                                with_fusion=dict(map50=fus['map50_fused'], ap50=fus['detection_fused']['ap50']),
                                ultralytics_map50=ul.get('map50'), n_gt=fus['detection']['n_gt'],
-                               n_images=fus['detection']['n_images'], n_normal_images=fus['detection']['n_normal_images']),
+                               n_images=fus['detection']['n_images'],
+                               n_normal_images=fus['detection']['n_normal_images']),
                 reverse_fusion=dict(auroc=fus['auroc'], auroc_reverse=fus['auroc_reverse']))
 
 # %% ../nbs/50_demo.ipynb #9ff652b8
-PAPER_CLS = pd.DataFrame([('DenseNet-121/169/201 ensemble', 88.61, 83.07, 79.32, 81.06), ('DenseNet-121', 86.93, 80.39, 79.32, 79.55)],
+PAPER_CLS = pd.DataFrame([('DenseNet-121/169/201 ensemble', 88.61, 83.07, 79.32, 81.06),
+                          ('DenseNet-121', 86.93, 80.39, 79.32, 79.55)],
                          columns=['model', 'auroc', 'sensitivity', 'specificity', 'f1'])
 PAPER_AP50 = {'Osteophytes': 34.23, 'Surgical implant': 62.45, 'Spondylolysthesis': 41.52, 'Foraminal stenosis': 28.89,
               'Disc space narrowing': 18.06, 'Vertebral collapse': 42.85, 'Other lesions': 4.03}
@@ -175,26 +190,32 @@ def classification_table(m: dict) -> pd.DataFrame:
 def detection_table(m: dict) -> pd.DataFrame:
     "Test boxes and AP50 per class and mAP50 (official protocol), without and with the fusion rule, in percent."
     d, pct = m['detection'], lambda v: 'absent' if v is None else f'{100 * v:.2f}'
-    rows = [dict(cls=c, n_gt=d['n_gt'][c], ap=pct(d['without_fusion']['ap50'][c]), fused=pct(d['with_fusion']['ap50'][c])) for c in DET_CLASSES]
-    rows.append(dict(cls='mAP@0.5', n_gt=sum(d['n_gt'].values()), ap=pct(d['without_fusion']['map50']), fused=pct(d['with_fusion']['map50'])))
-    return pd.DataFrame(rows).rename(columns=dict(cls='class', n_gt='test boxes', ap='AP50', fused='AP50 with the fusion rule')).set_index('class')
+    rows = [dict(cls=c, n_gt=d['n_gt'][c], ap=pct(d['without_fusion']['ap50'][c]),
+                 fused=pct(d['with_fusion']['ap50'][c])) for c in DET_CLASSES]
+    rows.append(dict(cls='mAP@0.5', n_gt=sum(d['n_gt'].values()), ap=pct(d['without_fusion']['map50']),
+                     fused=pct(d['with_fusion']['map50'])))
+    return pd.DataFrame(rows).rename(columns=dict(cls='class', n_gt='test boxes', ap='AP50',
+                                                  fused='AP50 with the fusion rule')).set_index('class')
 
 def published_tables() -> tuple:
-    "The paper's numbers on the real test set (Nguyen et al., MICCAI 2021): classification, and detection per class (percent)."
+    "The paper's numbers on the real test set (Nguyen et al., MICCAI 2021): classification, detection per class (%)."
     cls = PAPER_CLS.rename(columns=CLS_METRICS).set_index('model')
     det = pd.DataFrame(dict(AP50={**PAPER_AP50, 'mAP@0.5': PAPER_MAP50['without_fusion']},
-                            **{'AP50 with the fusion rule': {'mAP@0.5': PAPER_MAP50['with_fusion']}})).rename_axis('class')
+                            **{'AP50 with the fusion rule': {'mAP@0.5': PAPER_MAP50['with_fusion']}}))
+    det = det.rename_axis('class')
     return cls, det.astype(object).where(det.notna(), '')
 
 # %% ../nbs/50_demo.ipynb #a09ba0eb
 REPORT_TEMPLATE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>spinexr demo report</title><style>{{ css }}</style></head><body>
 <h1>spinexr demo report</h1>
-<p class="meta">spinexr {{ version }} &middot; written {{ date }} &middot; model bundle SHA-256 <code title="{{ bundle_sha256 }}">{{ bundle_sha256[:16] }}&hellip;</code></p>
+<p class="meta">spinexr {{ version }} &middot; written {{ date }} &middot; model bundle SHA-256
+<code title="{{ bundle_sha256 }}">{{ bundle_sha256[:16] }}&hellip;</code></p>
 <p>Data: <b>{{ data }}</b>. Every choice (ensemble weights, thresholds, checkpoints) was made on the validation split;
 the test split was scored once.</p>
-{% if phantom %}<p class="note"><b>Synthetic data.</b> These results are on a phantom: they show that the chain runs and is
-evaluated honestly, not how it performs on real radiographs. The model bundle says so in every prediction.</p>{% endif %}
+{% if phantom %}<p class="note"><b>Synthetic data.</b> These results are on a phantom: they show that the chain
+runs and is evaluated honestly, not how it performs on real radiographs. The model bundle says so in every
+prediction.</p>{% endif %}
 
 <h2>Run</h2>
 <p>Weights the models started from: {{ weights }}.</p>
@@ -209,57 +230,76 @@ evaluated honestly, not how it performs on real radiographs. The model bundle sa
 {{ class_counts | safe }}
 
 <h2>Classification (normal vs abnormal image)</h2>
-<p>{{ data }}, test split: {{ n_test }} images ({{ n_test_abnormal }} abnormal). Threshold chosen by Youden's J on validation;
-95% bootstrap confidence intervals ({{ n_boot }} resamples) under each value. Ensemble: {{ ensemble }}.</p>
-<table class="t"><thead><tr><th>model</th>{% for name in cls_metrics %}<th>{{ name }} (%)</th>{% endfor %}</tr></thead><tbody>
-{% for row in cls_rows %}<tr><td>{{ row.model }}</td>{% for v, lo, hi in row.cells %}<td>{{ v }}<br><span class="ci">{{ lo }}&ndash;{{ hi }}</span></td>{% endfor %}</tr>
+<p>{{ data }}, test split: {{ n_test }} images ({{ n_test_abnormal }} abnormal). Threshold chosen by Youden's J on
+validation; 95% bootstrap confidence intervals ({{ n_boot }} resamples) under each value. Ensemble: {{ ensemble }}.</p>
+<table class="t"><thead><tr><th>model</th>{% for name in cls_metrics %}<th>{{ name }} (%)</th>{% endfor %}</tr>
+</thead><tbody>
+{% for row in cls_rows %}<tr><td>{{ row.model }}</td>
+{%- for v, lo, hi in row.cells %}<td>{{ v }}<br><span class="ci">{{ lo }}&ndash;{{ hi }}</span></td>{% endfor %}</tr>
 {% endfor %}</tbody></table>
 {{ roc | safe }}
 
 <h2>Detection (7 lesion classes)</h2>
-<p>Official protocol: COCO average precision at IoU 0.5 (AP50) on original DICOM pixels over all {{ n_images }} test images
-({{ n_normal_images }} normal, where every box is a false positive); mAP@0.5 is the mean over the classes with test boxes.
-Ultralytics' own mAP50 on the same split: {{ ultralytics_map50 }} (it matches and interpolates differently; see 20_detect).</p>
+<p>Official protocol: COCO average precision at IoU 0.5 (AP50) on original DICOM pixels over all {{ n_images }} test
+images ({{ n_normal_images }} normal, where every box is a false positive); mAP@0.5 is the mean over the classes with
+test boxes. Ultralytics' own mAP50 on the same split: {{ ultralytics_map50 }} (it matches and interpolates
+differently; see 20_detect).</p>
 {{ det_table | safe }}
 {{ pr | safe }}
 
 <h2>Fusion rules</h2>
 <p>Two ways of letting the classifier and the detector correct each other, from the paper:</p>
-<dl class="glossary"><dt>fusion rule</dt><dd>the classifier gates the detector: on an image the ensemble calls abnormal
-(p &ge; {{ threshold }}) every box is kept; on an image it calls normal only boxes scoring at least {{ keep_score }} are kept.
-It should raise the detection mAP by removing false positives on normal images.</dd>
+<dl class="glossary"><dt>fusion rule</dt><dd>the classifier gates the detector: on an image the ensemble calls
+abnormal (p &ge; {{ threshold }}) every box is kept; on an image it calls normal only boxes scoring at least
+{{ keep_score }} are kept. It should raise the detection mAP by removing false positives on normal images.</dd>
 <dt>reverse fusion</dt><dd>the detector informs the classifier: an image's score becomes the mean of the ensemble's
 probability and its highest box score (0 if it has none). It should raise the classification AUROC.</dd></dl>
 {{ fusion_table | safe }}
 
 <h2>Examples (test images)</h2>
-{% if examples %}<p>Ground truth (left of each pair) and the predictions after the fusion rule scoring at least 0.25 (right).</p>{{ examples | safe }}
+{% if examples %}<p>Ground truth (left of each pair) and the predictions after the fusion rule scoring at least 0.25
+(right).</p>{{ examples | safe }}
 {% else %}<p>No abnormal test image.</p>{% endif %}
 
 <h2>Published numbers</h2>
-<p>Nguyen et al., MICCAI 2021, on the <b>real</b> VinDr-SpineXR test set (classifiers: DenseNet; detector: Sparse R-CNN).
-{% if phantom %}They are not comparable with the phantom's figures above, and are here only as the target of a run on the release.{% endif %}</p>
+<p>Nguyen et al., MICCAI 2021, on the <b>real</b> VinDr-SpineXR test set (classifiers: DenseNet; detector: Sparse
+R-CNN). {% if phantom %}They are not comparable with the phantom's figures above, and are here only as the target of a
+run on the release.{% endif %}</p>
 {{ paper_cls | safe }}
 {{ paper_det | safe }}
 </body></html>"""
 
-REPORT_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
-h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.8em}.meta{color:#555;margin-top:0}
-table.t{border-collapse:collapse;font-size:.85em;margin:.6em 0}table.t td,table.t th{padding:.3em .6em;border-bottom:1px solid #e3e3e3;text-align:right;white-space:nowrap}
-table.t td:first-child,table.t th:first-child,table.steps td:nth-child(2),table.steps th:nth-child(2){text-align:left}.ci{color:#666;font-size:.85em}.wide{overflow-x:auto}
-img{max-width:100%}.note{background:#fff6dd;padding:.6em 1em;border-left:4px solid #e0b000}
-dl.glossary{display:grid;grid-template-columns:max-content auto;gap:.15em 1em;font-size:.85em;color:#444}dl.glossary dt{font-weight:600}dl.glossary dd{margin:0}
+REPORT_CSS = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
+h1{font-size:1.6em;margin-bottom:.2em}
+h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.8em}
+.meta{color:#555;margin-top:0}
+table.t{border-collapse:collapse;font-size:.85em;margin:.6em 0}
+table.t td,table.t th{padding:.3em .6em;border-bottom:1px solid #e3e3e3;text-align:right;white-space:nowrap}
+table.t td:first-child,table.t th:first-child,table.steps td:nth-child(2),table.steps th:nth-child(2){text-align:left}
+.ci{color:#666;font-size:.85em}
+.wide{overflow-x:auto}
+img{max-width:100%}
+.note{background:#fff6dd;padding:.6em 1em;border-left:4px solid #e0b000}
+dl.glossary{display:grid;grid-template-columns:max-content auto;gap:.15em 1em;font-size:.85em;color:#444}
+dl.glossary dt{font-weight:600}
+dl.glossary dd{margin:0}
 code{background:#f3f3f3;padding:0 .2em}"""
 
 # %% ../nbs/50_demo.ipynb #cff89cea
-SPLIT_COLUMNS = dict(studies=('studies', 'examinations; all images of a study are in one split'), images=('images', 'radiographs'),
-                     normal=('normal', 'images with no finding'), abnormal=('abnormal', 'images with at least one lesion box'),
-                     abnormal_pct=('% abnormal', 'abnormal images, in percent of the split'), boxes=('boxes', 'lesion boxes'),
-                     boxes_per_abnormal=('boxes / abnormal', 'boxes per abnormal image'), images_per_study=('images / study', 'mean images per study'),
+SPLIT_COLUMNS = dict(studies=('studies', 'examinations; all images of a study are in one split'),
+                     images=('images', 'radiographs'),
+                     normal=('normal', 'images with no finding'),
+                     abnormal=('abnormal', 'images with at least one lesion box'),
+                     abnormal_pct=('% abnormal', 'abnormal images, in percent of the split'),
+                     boxes=('boxes', 'lesion boxes'),
+                     boxes_per_abnormal=('boxes / abnormal', 'boxes per abnormal image'),
+                     images_per_study=('images / study', 'mean images per study'),
                      max_images_per_study=('max / study', 'most images in one study'),
                      mixed_studies=('mixed studies', 'studies with both a normal and an abnormal image'))
 CLASS_COLUMNS = dict(boxes=('boxes', 'boxes of the class'), images=('images', 'images with at least one box of it'),
-                     studies=('studies', 'studies with at least one box of it'), pct_of_abnormal=('% of abnormal', 'share of abnormal images with it'),
+                     studies=('studies', 'studies with at least one box of it'),
+                     pct_of_abnormal=('% of abnormal', 'share of abnormal images with it'),
                      boxes_per_image=('boxes / image', 'boxes per image that has the class'),
                      box_ratio=('box imbalance', 'boxes of the most frequent class per box of this one'),
                      image_ratio=('image imbalance', 'the same, counted in images'))
@@ -272,9 +312,11 @@ def _img(fig) -> str:
     return f'<img alt="figure" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 
 def _table(df: pd.DataFrame, index: bool = True, classes: str = '') -> str:
-    "A table in the report's style: the index a first column (pandas would give its name a row of its own), numbers to 2 decimals."
-    return (df.reset_index() if index else df).to_html(index=False, border=0, classes=f't {classes}'.strip(), escape=True, na_rep='',
-                                                       float_format=lambda v: f'{v:,.0f}' if abs(v) >= 100 else f'{v:.2f}')
+    "A table in the report's style: the index a first column (not a row of its own, as in pandas), 2 decimals."
+    return (df.reset_index() if index else df).to_html(index=False, border=0, classes=f't {classes}'.strip(),
+                                                       escape=True, na_rep='',
+                                                       float_format=lambda v: f'{v:,.0f}' if abs(v) >= 100
+                                                           else f'{v:.2f}')
 
 def _named(df: pd.DataFrame, columns: dict) -> tuple:
     "`df` with its columns renamed for a reader, and the (name, meaning) glossary of those columns."
@@ -286,12 +328,14 @@ def _pr_pair(fus):
     pr_figure({**fus['detection'], 'pr': fus['pr']}, a, title='detector', legend=False)
     pr_figure({**fus['detection_fused'], 'pr': fus['pr_fused']}, b, title='detector + fusion rule', legend=False)
     b.set_ylabel('')
-    for ax in (a, b): ax.legend(loc='upper center', bbox_to_anchor=(0.5, -0.16), fontsize=8, frameon=False)   # under each panel, clear of its axis label
+    for ax in (a, b):
+        ax.legend(loc='upper center', bbox_to_anchor=(0.5, -0.16), fontsize=8,
+                  frameon=False)   # under each panel, clear of its axis label
     fig.tight_layout()
     return fig
 
 def write_report(out) -> Path:
-    "Write the self-contained `report.html` of a demo folder from its files (metrics.json, demo.json, runs, prep tree, bundle)."
+    "Write a demo folder's self-contained `report.html` from its files (metrics.json, demo.json, runs, prep, bundle)."
     import matplotlib
     from jinja2 import Environment
     matplotlib.use('Agg')
@@ -299,38 +343,48 @@ def write_report(out) -> Path:
     m, cfg = load_json(out/'metrics.json'), DemoConfig.load(out/'demo.json')
     test, ens, fus = test_results(out, cfg.keep_score)
     ann = load_release(m['data_root'])
-    labels = pd.read_csv(out/'prep'/'labels.csv', dtype={'image_id': str}).set_index('image_id')
-    ann['split'] = ann.image_id.map(labels.split).fillna(ann.split)     # train, val (carved out of train by study), test
+    labels = PrepTree(out/'prep').labels().set_index('image_id')
+    # train, val (carved out of train by study), test
+    ann['split'] = ann.image_id.map(labels.split).fillna(ann.split)
     cls_res = {**m['classifiers'], 'ensemble': m['ensemble']}
-    gt = prep_ground_truth(out/'prep', 'test')
+    gt = PrepTree(out/'prep').ground_truth('test')
     examples = gt[gt.lesion_type != NO_FINDING].groupby('lesion_type').image_id.first().drop_duplicates().head(4)
     splits, split_glossary = _named(split_table(ann), SPLIT_COLUMNS)
     classes, class_glossary = _named(class_table(ann), CLASS_COLUMNS)
     pct = lambda v: f'{100 * v:.2f}'
-    cls_rows = [dict(model=n, cells=[(pct(r[k]), f"{100 * r['ci'][k][0]:.1f}", f"{100 * r['ci'][k][1]:.1f}") for k in CLS_METRICS])
+    cls_rows = [dict(model=n,
+                     cells=[(pct(r[k]), f"{100 * r['ci'][k][0]:.1f}", f"{100 * r['ci'][k][1]:.1f}")
+                            for k in CLS_METRICS])
                 for n, r in cls_res.items()]
     steps = pd.DataFrame(m['steps']).rename(columns=dict(peak_rss_gb='peak RAM (GB)', peak_gpu_gb='peak GPU (GB)'))
     paper_cls, paper_det = published_tables()
     ul = m['detection']['ultralytics_map50']
     doc = Environment(autoescape=True).from_string(REPORT_TEMPLATE).render(
         css=REPORT_CSS, version=package_versions()['spinexr'], date=time.strftime('%Y-%m-%d %H:%M'),
-        bundle_sha256=bundle_sha256(out/'model'), data=m['data'], phantom=read_bundle(out/'model')['trained_on']['data'] == 'phantom',
+        bundle_sha256=bundle_sha256(out/'model'), data=m['data'],
+        phantom=read_bundle(out/'model')['trained_on']['data'] == 'phantom',
         weights=', '.join(f'{k} {v}' for k, v in m['weights'].items()),
-        steps=_table(steps.dropna(axis=1, how='all'), index=False, classes='steps'), settings=_table(pd.Series(cfg.settings()).astype(str).rename('value').to_frame()),
-        split_table=_table(splits), split_glossary=split_glossary, class_table=_table(classes), class_glossary=class_glossary,
-        class_counts=_img(plot_class_counts(ann)), n_test=m['ensemble']['n'], n_test_abnormal=m['ensemble']['n_pos'], n_boot=f'{cfg.n_boot:,}',
-        ensemble=f"{ens.how} averaging, weights {', '.join(f'{n} {w:.2f}' for n, w in zip(ens.names, ens.weights))}, threshold {ens.threshold:.3f}",
+        steps=_table(steps.dropna(axis=1, how='all'), index=False, classes='steps'),
+        settings=_table(pd.Series(cfg.settings()).astype(str).rename('value').to_frame()),
+        split_table=_table(splits), split_glossary=split_glossary, class_table=_table(classes),
+        class_glossary=class_glossary,
+        class_counts=_img(plot_class_counts(ann)), n_test=m['ensemble']['n'], n_test_abnormal=m['ensemble']['n_pos'],
+        n_boot=f'{cfg.n_boot:,}',
+        ensemble=f"{ens.how} averaging, weights {', '.join(f'{n} {w:.2f}' for n, w in zip(ens.names, ens.weights))}, "
+                 f"threshold {ens.threshold:.3f}",
         cls_metrics=list(CLS_METRICS.values()), cls_rows=cls_rows, roc=_img(ensemble_roc_figure(test, cls_res, ens)),
         n_images=m['detection']['n_images'], n_normal_images=m['detection']['n_normal_images'],
-        ultralytics_map50='n/a' if ul is None else pct(ul), det_table=_table(detection_table(m)), pr=_img(_pr_pair(fus)),
+        ultralytics_map50='n/a' if ul is None else pct(ul), det_table=_table(detection_table(m)),
+        pr=_img(_pr_pair(fus)),
         threshold=f'{ens.threshold:.3f}', keep_score=cfg.keep_score, fusion_table=_table(fusion_table(fus)),
-        examples=_img(show_predictions(out/'prep', fus['boxes_fused'], examples.tolist(), min_score=0.25, ncols=4)) if len(examples) else '',
+        examples=_img(show_predictions(out/'prep', fus['boxes_fused'], examples.tolist(), min_score=0.25, ncols=4))
+            if len(examples) else '',
         paper_cls=_table(paper_cls), paper_det=_table(paper_det))
     return write_text(out/'report.html', doc)
 
 # %% ../nbs/50_demo.ipynb #75f56759
 def check_release(root) -> Path:
-    "`root` if it is a VinDr-SpineXR release (valid annotations, DICOMs in both image folders); else an error naming --data."
+    "`root` if it is a VinDr-SpineXR release (valid annotations, DICOMs in both image folders); else an error."
     root = Path(root)
     if not root.is_dir(): raise InputError(f'--data {root}: no such folder')
     try: ann = load_release(root)
@@ -359,7 +413,8 @@ def subset_release(src, dst, n_images: int = 60, seed: int = 0) -> Path:
         for abnormal in (True, False):
             pool = studies[(studies.split == split) & (studies.abnormal == abnormal)]
             pool = pool.iloc[rng.permutation(len(pool))]
-            keep += pool.index[pool.n.cumsum() <= max(share * n_images / 2, pool.n.iloc[0] if len(pool) else 0)].tolist()
+            cap = max(share * n_images / 2, pool.n.iloc[0] if len(pool) else 0)
+            keep += pool.index[pool.n.cumsum() <= cap].tolist()
     ids = set(ann.image_id[ann.study_id.isin(keep)])
     for split in ('train', 'test'):
         raw = pd.read_csv(src/'annotations'/f'{split}.csv', dtype=str, keep_default_na=False)
@@ -373,21 +428,24 @@ def subset_release(src, dst, n_images: int = 60, seed: int = 0) -> Path:
 
 # %% ../nbs/50_demo.ipynb #390b35e4
 def _cls_settings(c) -> str:
-    return f"{c.size} px, batch {c.bs}, {c.epochs} epoch{'s' * (c.epochs > 1)}, lr {c.lr:g}, {'ImageNet weights' if c.pretrained else 'from scratch'}"
+    weights = 'ImageNet weights' if c.pretrained else 'from scratch'
+    return f"{c.size} px, batch {c.bs}, {c.epochs} epoch{'s' * (c.epochs > 1)}, lr {c.lr:g}, {weights}"
 
 def _det_settings(d) -> str:
-    return f"{d.model} at {d.imgsz}, batch {d.batch}, {d.epochs} epoch{'s' * (d.epochs > 1)}, {'COCO weights' if d.pretrained else 'from scratch'}"
+    weights = 'COCO weights' if d.pretrained else 'from scratch'
+    return f"{d.model} at {d.imgsz}, batch {d.batch}, {d.epochs} epoch{'s' * (d.epochs > 1)}, {weights}"
 
 def weights_used(out) -> dict:
     "What each model of a demo folder started from, as its run recorded it."
     from spinexr.classify import ClsConfig
     out = Path(out)
-    cls = {a: 'ImageNet' if ClsConfig.load(out/'classifiers'/a/'config.json').used_pretrained else 'from scratch' for a in ARCHS}
+    cls = {a: 'ImageNet' if ClsConfig.load(out/'classifiers'/a/'config.json').used_pretrained else 'from scratch'
+           for a in ARCHS}
     d = DetConfig.load(out/'detector'/'config.json')
     return {**cls, 'detector': f'COCO ({d.pretrained_tensors} tensors)' if d.used_pretrained else 'from scratch'}
 
 def run_demo(out, data=None, cfg: DemoConfig | None = None, progress: bool = True, command: str | None = None) -> dict:
-    "Phantom (or the release at `data`) → prep → classifiers → detector → ensemble → fusion → metrics.json, model/, report.html."
+    "Phantom (or the release at `data`) → prep → classifiers → detector → ensemble → fusion → metrics, bundle, report."
     out = Path(out).absolute()
     cfg = cfg or (DemoConfig.full_scale() if data else DemoConfig())
     if data is not None: data = check_release(data)     # before anything is written
@@ -397,23 +455,28 @@ def run_demo(out, data=None, cfg: DemoConfig | None = None, progress: bool = Tru
     step = _Steps(progress)
     if data is None:
         data = out/'phantom'
-        step('phantom', make_phantom, data, PhantomConfig(n_studies=cfg.n_studies, seed=cfg.seed, size=cfg.phantom_size), progress=progress,
+        step('phantom', make_phantom, data,
+             PhantomConfig(n_studies=cfg.n_studies, seed=cfg.seed, size=cfg.phantom_size), progress=progress,
              settings=f"{cfg.n_studies} studies, long side {cfg.phantom_size or '1500-3000'} px")
         data_label, root_name = f'phantom ({cfg.n_studies} studies, seed {cfg.seed})', data.name
     else:
         data_label, root_name = f'VinDr-SpineXR release at {data}', data.name + ' (a subset)' * cfg.rehearsal
         if cfg.rehearsal:
-            data = step('subset', subset_release, data, out/'subset', cfg.rehearsal_images, cfg.seed, settings=f'about {cfg.rehearsal_images} images')
+            data = step('subset', subset_release, data, out/'subset', cfg.rehearsal_images, cfg.seed,
+                        settings=f'about {cfg.rehearsal_images} images')
             data_label += f' (rehearsal subset of about {cfg.rehearsal_images} images)'
-    step('preprocess', prep, data, out/'prep', size=cfg.prep_size, val_frac=cfg.val_frac, seed=cfg.seed, progress=progress,
+    step('preprocess', prep, data, out/'prep', size=cfg.prep_size, val_frac=cfg.val_frac, seed=cfg.seed,
+         progress=progress,
          settings=f'long side {cfg.prep_size} px')
     runs = [out/'classifiers'/a for a in ARCHS]
     for a, run in zip(ARCHS, runs):
         c = cfg.classifier(a)
         step(f'classifier {a}', _train_classifier_once, out/'prep', run, c, progress, settings=_cls_settings(c))
-    step('detector', _train_detector_once, out/'prep', out/'detector', cfg.detector(), progress, settings=_det_settings(cfg.detector()))
+    step('detector', _train_detector_once, out/'prep', out/'detector', cfg.detector(), progress,
+         settings=_det_settings(cfg.detector()))
     metrics = step('ensemble and evaluation', evaluate_demo, out, cfg)      # writes ensemble.json
-    step('model bundle', make_bundle, out/'model', runs, out/'detector', Ensemble.load(out/'ensemble.json'), out/'prep', cfg.keep_score,
+    step('model bundle', make_bundle, out/'model', runs, out/'detector', Ensemble.load(out/'ensemble.json'), out/'prep',
+         cfg.keep_score,
          trained_on=dict(root=root_name, rehearsal=cfg.rehearsal, command=command or 'spinexr.demo.run_demo'))
     metrics.update(data=data_label, data_root=str(data), weights=weights_used(out))
     def save_metrics():
@@ -432,12 +495,13 @@ def spinexr_demo(out: str = 'demo',          # the folder to write (resumes if i
                  n_studies: int = None,      # phantom studies (default 250)
                  seed: int = None,           # phantom and split seed (default 5)
                  tiny: bool = False,         # a toy scale that runs in about a minute (for checks, not results)
-                 rehearsal: bool = False,    # full-scale settings, one epoch, about 60 images: shapes, memory, configuration
-                 no_pretrained: bool = False):  # train every model from scratch on purpose (no ImageNet or COCO weights)
-    "Run the whole chain on a phantom (default) or the real release: report.html, metrics.json and a model bundle for spinexr_predict."
+                 rehearsal: bool = False,    # full-scale settings, one epoch, about 60 images: shapes, memory, setup
+                 no_pretrained: bool = False):  # train every model from scratch on purpose (no ImageNet/COCO weights)
+    "Run the whole chain on a phantom (default) or the real release: report.html, metrics.json, a model bundle."
     with cli_errors('spinexr_demo'):
         if tiny and rehearsal: raise InputError('choose --tiny or --rehearsal, not both')
-        base = DemoConfig(n_studies=40, phantom_size=512, prep_size=256, cls_size=64, cls_epochs=1, det_imgsz=128, det_epochs=1,
+        base = DemoConfig(n_studies=40, phantom_size=512, prep_size=256, cls_size=64, cls_epochs=1, det_imgsz=128,
+                          det_epochs=1,
                           det_batch=16, n_boot=1000) if tiny else DemoConfig.rehearsal_scale() if rehearsal else \
                (DemoConfig.full_scale() if data else DemoConfig())
         kw = {k: v for k, v in dict(n_studies=n_studies, seed=seed).items() if v is not None}
@@ -447,10 +511,12 @@ def spinexr_demo(out: str = 'demo',          # the folder to write (resumes if i
     e, d = m['ensemble'], m['detection']
     print(f"spinexr_demo: {m['data']}; {m['total_seconds']:.0f} s")
     for name, r in [*m['classifiers'].items(), ('ensemble', e)]:
-        print(f"  {name:<20} test AUROC {r['auroc']:.4f} ({r['ci']['auroc'][0]:.4f}-{r['ci']['auroc'][1]:.4f}), sensitivity {r['sensitivity']:.4f}, "
+        print(f"  {name:<20} test AUROC {r['auroc']:.4f} ({r['ci']['auroc'][0]:.4f}-{r['ci']['auroc'][1]:.4f}), "
+              f"sensitivity {r['sensitivity']:.4f}, "
               f"specificity {r['specificity']:.4f}, F1 {r['f1']:.4f} at threshold {r['threshold']:.3f}")
     f = lambda v: 'n/a' if v is None else f'{v:.4f}'
-    print(f"  detection test mAP50 (official) {f(d['without_fusion']['map50'])}, with fusion {f(d['with_fusion']['map50'])}; "
+    print(f"  detection test mAP50 (official) {f(d['without_fusion']['map50'])}, with fusion "
+          f"{f(d['with_fusion']['map50'])}; "
           f"ultralytics' own {f(d['ultralytics_map50'])}")
     print(f"  reverse fusion: AUROC {m['reverse_fusion']['auroc']:.4f} -> {m['reverse_fusion']['auroc_reverse']:.4f}")
     print(f"  weights: {', '.join(f'{k} {v}' for k, v in m['weights'].items())}")

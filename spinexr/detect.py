@@ -16,12 +16,12 @@ from fastcore.script import Param, call_parse
 from .core import *
 from .metrics import det_ap50
 from .weights import WEIGHTS, WeightStore, sha256_file, yolo_checkpoint_state
+from .prep import PrepTree
 
 # %% auto #0
 __all__ = ['DetConfig', 'repeat_factors', 'train_images', 'read_prep_labels', 'write_data_yaml', 'focal_bce', 'FocalBCE',
            'focal_criterion', 'spinexr_trainer', 'detector_start', 'save_detector', 'load_detector', 'train_detector',
-           'read_lines', 'predict_boxes', 'prep_ground_truth', 'evaluate_detector', 'show_predictions',
-           'spinexr_train_det']
+           'read_lines', 'predict_boxes', 'evaluate_detector', 'show_predictions', 'spinexr_train_det']
 
 # %% ../nbs/20_detect.ipynb #35254a69
 @dataclass
@@ -60,8 +60,10 @@ class DetConfig(JsonConfig):
     pretrained_tensors: str | None = None   # filled in: tensors transferred from them, of the network's total
 
     def __post_init__(self):
-        if not str(self.model).endswith(('.yaml', '.yml')): raise InputError(f'model must be a YOLO11 .yaml (start from a .pt with weights), got {self.model!r}')
-        if self.imgsz < 32 or self.epochs < 1 or self.batch < 1: raise InputError('imgsz must be >= 32, epochs and batch >= 1')
+        if not str(self.model).endswith(('.yaml', '.yml')):
+            raise InputError(f'model must be a YOLO11 .yaml (start from a .pt with weights), got {self.model!r}')
+        if self.imgsz < 32 or self.epochs < 1 or self.batch < 1:
+            raise InputError('imgsz must be >= 32, epochs and batch >= 1')
 
     @property
     def weights_name(self) -> str:
@@ -89,13 +91,13 @@ def train_images(labels: pd.DataFrame, cfg: DetConfig) -> pd.DataFrame:
 # %% ../nbs/20_detect.ipynb #fc352160
 def read_prep_labels(prep_dir) -> pd.DataFrame:
     "A prep tree's image-level labels, with the path of each image in its YOLO dataset."
-    prep_dir = Path(prep_dir)
-    path = prep_dir/'labels.csv'
-    if not path.exists(): raise InputError('no labels.csv: run spinexr_prep on a release with annotations', prep_dir)
-    df = pd.read_csv(path, dtype={'image_id': str})
-    df['yolo_image'] = [prep_dir/'yolo'/'images'/s/f'{i}.png' for i, s in zip(df.image_id, df.split)]
+    tree = PrepTree(prep_dir)
+    df = tree.labels()
+    df['yolo_image'] = [tree.yolo_png(i, s) for i, s in zip(df.image_id, df.split)]
     missing = ~df.yolo_image.map(Path.exists)
-    if missing.any(): raise InputError(f'{missing.sum()} images of the YOLO dataset are missing, e.g. {df.yolo_image[missing].iloc[0]}', prep_dir)
+    if missing.any():
+        e = df.yolo_image[missing].iloc[0]
+        raise InputError(f'{missing.sum()} images of the YOLO dataset are missing, e.g. {e}', tree.root)
     return df
 
 def write_data_yaml(prep_dir, run_dir, cfg: DetConfig) -> Path:
@@ -106,7 +108,7 @@ def write_data_yaml(prep_dir, run_dir, cfg: DetConfig) -> Path:
     train = train_images(labels, cfg)
     if train.empty: raise InputError('no training images with boxes', prep_dir)
     write_text(run_dir/'train.txt', '\n'.join(str(p) for p in train.yolo_image) + '\n')
-    data = dict(path=str(prep_dir/'yolo'), train=str(run_dir/'train.txt'), val='images/val', test='images/test',
+    data = dict(path=str(PrepTree(prep_dir).yolo), train=str(run_dir/'train.txt'), val='images/val', test='images/test',
                 nc=len(DET_CLASSES), names=dict(enumerate(DET_CLASSES)), channels=1)
     return write_text(run_dir/'data.yaml', yaml.safe_dump(data, sort_keys=False))
 
@@ -177,17 +179,20 @@ def _transferred(net, src_state: dict) -> int:
         s = src_state.get(k)
         if s is None: continue
         if s.shape == v.shape: n += bool(torch.equal(s.to(v.dtype), v))
-        elif k == 'model.0.conv.weight' and v.shape[1] == 1: n += bool(torch.allclose(s.sum(1, keepdim=True).to(v.dtype), v, atol=1e-3))
+        elif k == 'model.0.conv.weight' and v.shape[1] == 1:
+            n += bool(torch.allclose(s.sum(1, keepdim=True).to(v.dtype), v, atol=1e-3))
     return n
 
 def detector_start(cfg: DetConfig, store=None):
-    "The 1-channel, 7-class network a run starts from, its COCO weights transferred; None when it trains from scratch. Fills in `cfg`."
+    "The 1-channel, 7-class network a run starts from, COCO weights transferred (None from scratch); fills in `cfg`."
     cfg.used_pretrained, cfg.pretrained_sha256, cfg.pretrained_tensors = False, None, None
     if cfg.weights:
         state = yolo_checkpoint_state(cfg.weights)[0]
         sha = sha256_file(cfg.weights)
     elif cfg.pretrained:
-        if cfg.weights_name not in WEIGHTS: raise InputError(f'no COCO weights are known for {cfg.model}; pass --no_pretrained to train it from scratch')
+        if cfg.weights_name not in WEIGHTS:
+            raise InputError(f'no COCO weights are known for {cfg.model}; '
+                             'pass --no_pretrained to train it from scratch')
         state, rec = WeightStore(store).load(cfg.weights_name)
         sha = rec['sha256']
     else: return None
@@ -212,7 +217,8 @@ def save_detector(model, run_dir) -> Path:
     run_dir = Path(run_dir)
     net = getattr(model, 'model', model)      # a YOLO wrapper or a DetectionModel
     sha = save_weights({k: v.float() for k, v in net.state_dict().items()}, run_dir/'detector.pt')
-    save_json(dict(yaml=net.yaml, names=[net.names[i] for i in range(len(net.names))], weights_sha256=sha), run_dir/'detector.json')
+    save_json(dict(yaml=net.yaml, names=[net.names[i] for i in range(len(net.names))], weights_sha256=sha),
+              run_dir/'detector.json')
     return run_dir/'detector.pt'
 
 def load_detector(run_dir):
@@ -226,7 +232,8 @@ def load_detector(run_dir):
         spec = load_json(run_dir/'detector.json')
         spec['yaml']['nc'], spec['names']
     except (ValueError, UnicodeDecodeError, KeyError, TypeError) as e:
-        raise InputError(f'not a detector architecture file ({type(e).__name__}: {e})', run_dir/'detector.json') from None
+        raise InputError(f'not a detector architecture file ({type(e).__name__}: {e})',
+                         run_dir/'detector.json') from None
     state = load_weights(run_dir/'detector.pt', spec.get('weights_sha256'))   # weights_only, SHA-256 checked (00_core)
     with keep_threads(), tempfile.TemporaryDirectory() as tmp:
         from ultralytics import YOLO
@@ -234,8 +241,10 @@ def load_detector(run_dir):
         net = DetectionModel(spec['yaml'], ch=spec['yaml'].get('channels', 1), nc=len(spec['names']), verbose=False)
         try: net.load_state_dict(state)
         except Exception as e:
-            raise InputError(f'weights do not fit the architecture in detector.json ({str(e)[:200]})', run_dir/'detector.pt') from None
-        f = Path(tmp)/Path(spec['yaml'].get('yaml_file', 'detector.yaml')).name  # ultralytics reads the scale from the name
+            raise InputError(f'weights do not fit the architecture in detector.json ({str(e)[:200]})',
+                             run_dir/'detector.pt') from None
+        f = Path(tmp)/Path(spec['yaml'].get('yaml_file',
+                                            'detector.yaml')).name  # ultralytics reads the scale from the name
         f.write_text(yaml.safe_dump(spec['yaml'], sort_keys=False))
         yolo = YOLO(str(f), task='detect', verbose=False)  # the wrapper (predict, val); its model is replaced:
     net.args, net.task, net.names = yolo.model.args, 'detect', dict(enumerate(spec['names']))
@@ -245,7 +254,8 @@ def load_detector(run_dir):
 # %% ../nbs/20_detect.ipynb #c56883f7
 def _train_args(cfg: DetConfig, data: Path, out: Path, verbose: bool) -> dict:
     return dict(data=str(data), epochs=cfg.epochs, imgsz=cfg.imgsz, batch=cfg.batch, optimizer=cfg.optimizer,
-                lr0=cfg.lr0, weight_decay=cfg.weight_decay, mosaic=cfg.mosaic, close_mosaic=cfg.close_mosaic, warmup_epochs=cfg.warmup_epochs,
+                lr0=cfg.lr0, weight_decay=cfg.weight_decay, mosaic=cfg.mosaic, close_mosaic=cfg.close_mosaic,
+                warmup_epochs=cfg.warmup_epochs,
                 hsv_h=0.0, hsv_s=0.0, hsv_v=cfg.hsv_v, fliplr=cfg.fliplr, flipud=0.0, degrees=cfg.degrees,
                 scale=cfg.scale, device=cfg.device, workers=cfg.workers, amp=cfg.amp, patience=cfg.patience,
                 seed=cfg.seed, deterministic=True, project=str(out), name='ultralytics', exist_ok=True,
@@ -278,10 +288,12 @@ def _epoch_line(trainer):
     "One line per epoch on stderr: the epoch, the validation mAP50 and the time so far."
     m = trainer.metrics or {}
     if trainer.epoch >= trainer.epochs: return      # ultralytics' final validation of the best epoch
-    print(f"detector epoch {trainer.epoch + 1}/{trainer.epochs}: val mAP50 {m.get('metrics/mAP50(B)', float('nan')):.3f} "
+    print(f"detector epoch {trainer.epoch + 1}/{trainer.epochs}: val mAP50 "
+          f"{m.get('metrics/mAP50(B)', float('nan')):.3f} "
           f"({time.perf_counter() - trainer._spinexr_t0:.0f} s)", file=sys.stderr, flush=True)
 
-def train_detector(prep_dir, out_dir, cfg: DetConfig | None = None, verbose: bool = False, progress: bool = False, store=None) -> dict:
+def train_detector(prep_dir, out_dir, cfg: DetConfig | None = None, verbose: bool = False, progress: bool = False,
+                   store=None) -> dict:
     "Train a YOLO11 detector on a prep tree's YOLO dataset; write the run directory; return a summary."
     cfg, out = cfg or DetConfig(), Path(out_dir).absolute()
     read_prep_labels(prep_dir)                         # bad input and missing weights stop here, before any output
@@ -317,7 +329,7 @@ def read_lines(path) -> list:
 
 # %% ../nbs/20_detect.ipynb #c3836ec2
 def predict_boxes(yolo, images, cfg: DetConfig, ids=None, batch: int = 16) -> pd.DataFrame:
-    "Boxes (image_id, lesion_type, score, xmin, ymin, xmax, ymax) in the images' own pixels; `images` are paths (id = file stem) or 8-bit arrays with `ids`."
+    "Boxes (image_id, lesion_type, score, box) in the images' pixels; `images`: paths, or 8-bit arrays with `ids`."
     images = [im if isinstance(im, np.ndarray) else str(im) for im in images]
     ids = [Path(im).stem for im in images] if ids is None else list(ids)
     if len(ids) != len(images): raise ValueError(f'{len(ids)} ids for {len(images)} images')
@@ -330,68 +342,71 @@ def predict_boxes(yolo, images, cfg: DetConfig, ids=None, batch: int = 16) -> pd
             for i, r in zip(ids[k:k + batch], res):
                 b = r.boxes
                 xyxy, score, cls = b.xyxy.cpu().numpy(), b.conf.cpu().numpy(), b.cls.cpu().numpy().astype(int)
-                rows += [dict(image_id=i, lesion_type=DET_CLASSES[c], score=float(s), xmin=x[0], ymin=x[1], xmax=x[2], ymax=x[3])
-                         for x, s, c in zip(xyxy, score, cls) if x[2] > x[0] and x[3] > x[1]]  # a box clipped to nothing is no detection
+                rows += [dict(image_id=i, lesion_type=DET_CLASSES[c], score=float(s), xmin=x[0], ymin=x[1], xmax=x[2],
+                              ymax=x[3])
+                         for x, s, c in zip(xyxy, score, cls) if x[2] > x[0]
+                             and x[3] > x[1]]  # a box clipped to nothing is no detection
     return pd.DataFrame(rows, columns=['image_id', 'lesion_type', 'score', *BOX_COLUMNS])
 
-# %% ../nbs/20_detect.ipynb #85c2d993
-def prep_ground_truth(prep_dir, split: str) -> pd.DataFrame:
-    "The annotations of one split of a prep tree, in original DICOM pixels (release format, normal images included)."
-    from spinexr.dicom import to_original_coords
-    prep_dir = Path(prep_dir)
-    labels = pd.read_csv(prep_dir/'labels.csv', dtype={'image_id': str})
-    boxes = pd.read_csv(prep_dir/'boxes.csv', dtype={'image_id': str})
-    ids = labels.image_id[labels.split == split]
-    b = to_original_coords(boxes[boxes.image_id.isin(ids)], prep_dir/'manifest.csv')
-    normal = pd.DataFrame(dict(image_id=sorted(set(ids) - set(b.image_id)), lesion_type=NO_FINDING))
-    return pd.concat([b[['image_id', 'lesion_type', *BOX_COLUMNS]], normal], ignore_index=True)
+# %% ../nbs/20_detect.ipynb #f47ba443
+def __getattr__(name):
+    "`prep_ground_truth(prep_dir, split)` of earlier versions still works, and says where it lives now."
+    if name != 'prep_ground_truth': raise AttributeError(f"module 'spinexr.detect' has no attribute {name!r}")
+    import warnings
+    warnings.warn('spinexr.detect.prep_ground_truth(prep_dir, split) is now PrepTree(prep_dir).ground_truth(split) '
+                  '(spinexr.prep)', DeprecationWarning, stacklevel=2)
+    return lambda prep_dir, split: PrepTree(prep_dir).ground_truth(split)
 
 # %% ../nbs/20_detect.ipynb #8a5680ea
 def evaluate_detector(run_dir, prep_dir, splits=('val', 'test'), ultralytics_val: bool = True) -> dict:
     "Predict and score the val/test splits of a prep tree with the official protocol; write preds and metrics.json."
-    from spinexr.dicom import to_original_coords
-    run_dir, prep_dir = Path(run_dir), Path(prep_dir)
+    run_dir, tree = Path(run_dir), PrepTree(prep_dir)
     cfg, yolo = DetConfig.load(run_dir/'config.json'), load_detector(run_dir)
     labels = read_prep_labels(prep_dir)
     metrics = {}
     for s in splits:
         imgs = labels[labels.split == s]
         if imgs.empty: continue
-        preds = to_original_coords(predict_boxes(yolo, imgs.yolo_image, cfg), prep_dir/'manifest.csv')
+        preds = tree.to_original(predict_boxes(yolo, imgs.yolo_image, cfg))
         write_csv(preds, run_dir/f'preds_{s}.csv')
-        res = det_ap50(prep_ground_truth(prep_dir, s), preds)
+        res = det_ap50(tree.ground_truth(s), preds)
         metrics[s] = {k: v for k, v in res.items() if k != 'pr'}
         metrics[s]['pr'] = res['pr']
     if ultralytics_val and 'test' in metrics:
         with keep_threads():
             _patch_ultralytics()
             v = yolo.val(data=str(run_dir/'data.yaml'), split='test', imgsz=cfg.imgsz, batch=16, conf=cfg.conf,
-                         iou=cfg.iou, max_det=cfg.max_det, plots=False, verbose=False, project=str(run_dir/'.val'), name='test')
+                         iou=cfg.iou, max_det=cfg.max_det, plots=False, verbose=False, project=str(run_dir/'.val'),
+                         name='test')
         shutil.rmtree(run_dir/'.val', ignore_errors=True)
         metrics['ultralytics_test'] = dict(map50=float(v.box.map50),
-                                           ap50={DET_CLASSES[int(c)]: float(a) for c, a in zip(v.ap_class_index, v.box.ap50)})
+                                           ap50={DET_CLASSES[int(c)]: float(a)
+                                                 for c, a in zip(v.ap_class_index, v.box.ap50)})
     save_json({s: {k: v for k, v in m.items() if k != 'pr'} for s, m in metrics.items()}, run_dir/'metrics.json')
     return metrics
 
 # %% ../nbs/20_detect.ipynb #96149e6a
-def show_predictions(prep_dir, preds: pd.DataFrame, image_ids, min_score: float = 0.25, ncols: int = 4, fontsize: int = 9):
+def show_predictions(prep_dir, preds: pd.DataFrame, image_ids, min_score: float = 0.25, ncols: int = 4,
+                     fontsize: int = 9):
     "Ground truth (left of each pair) and predictions with score >= `min_score` (right), on the prep tree's PNGs."
     import cv2, matplotlib.pyplot as plt
-    from spinexr.dicom import to_stored_coords
-    prep_dir = Path(prep_dir)
-    gt = pd.read_csv(prep_dir/'boxes.csv', dtype={'image_id': str})
-    pr = to_stored_coords(preds[preds.score >= min_score], prep_dir/'manifest.csv') if len(preds) else preds
+    tree = PrepTree(prep_dir)
+    gt = tree.boxes()
+    pr = tree.to_stored(preds[preds.score >= min_score]) if len(preds) else preds
     ids = list(image_ids)
-    fig, axs = plt.subplots(int(math.ceil(len(ids) * 2 / ncols)), ncols, figsize=(3 * ncols, 4.2 * math.ceil(len(ids) * 2 / ncols)), squeeze=False)
+    nrows = int(math.ceil(len(ids) * 2 / ncols))
+    fig, axs = plt.subplots(nrows, ncols, figsize=(3 * ncols, 4.2 * nrows), squeeze=False)
     for ax in axs.flat: ax.set_axis_off()
     for k, i in enumerate(ids):
-        img = cv2.imread(str(prep_dir/'images'/f'{i}.png'), cv2.IMREAD_GRAYSCALE)
+        img = cv2.imread(str(tree.png(i)), cv2.IMREAD_GRAYSCALE)
         g, p = gt[gt.image_id == i], pr[pr.image_id == i]
         show_boxes(axs.flat[2 * k], img, [(t.lesion_type, (t.xmin, t.ymin, t.xmax, t.ymax)) for t in g.itertuples()],
                    f'{i[:6]} ground truth', fontsize=fontsize)
-        show_boxes(axs.flat[2 * k + 1], img, [(f'{t.lesion_type} {t.score:.2f}', (t.xmin, t.ymin, t.xmax, t.ymax)) for t in p.itertuples()],
+        show_boxes(axs.flat[2 * k + 1], img,
+                   [(f'{t.lesion_type} {t.score:.2f}', (t.xmin, t.ymin, t.xmax, t.ymax)) for t in p.itertuples()],
                    f'{i[:6]} predicted (score >= {min_score})', fontsize=fontsize)
-        for t, patch in zip(p.itertuples(), axs.flat[2 * k + 1].patches): patch.set_edgecolor(CLASS_COLORS[t.lesion_type])
+        for t, patch in zip(p.itertuples(), axs.flat[2 * k + 1].patches):
+            patch.set_edgecolor(CLASS_COLORS[t.lesion_type])
     fig.tight_layout()
     return fig
 
@@ -408,8 +423,11 @@ def spinexr_train_det(data: str = None,         # a prep tree written by spinexr
         cfg = DetConfig(**given_settings(DetConfig, settings))
         s = train_detector(data, out, cfg, verbose=verbose, progress=True)
         m = evaluate_detector(out, data)
-    print(f"{cfg.model} at {cfg.imgsz}: {s['epochs_run']} epochs on {s['n_train_images']} images in {s['train_seconds']} s; "
+    print(f"{cfg.model} at {cfg.imgsz}: {s['epochs_run']} epochs on {s['n_train_images']} images in "
+          f"{s['train_seconds']} s; "
           f"COCO weights: {cfg.pretrained_tensors or 'none'} tensors")
     for split in ('val', 'test'):
-        if split in m: print(f"{split}: official mAP50 {m[split]['map50']:.4f} ({', '.join(f'{k} {v:.3f}' for k, v in m[split]['ap50'].items() if v is not None)})")
+        if split in m:
+            print(f"{split}: official mAP50 {m[split]['map50']:.4f} "
+                  f"({', '.join(f'{k} {v:.3f}' for k, v in m[split]['ap50'].items() if v is not None)})")
     if 'ultralytics_test' in m: print(f"test: ultralytics' own mAP50 {m['ultralytics_test']['map50']:.4f}")

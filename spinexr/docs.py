@@ -28,6 +28,7 @@ def _directives(src: str) -> tuple[list, str]:
         while lines and not lines[0].strip(): lines.pop(0)
     return dirs, '\n'.join(lines)
 
+# %% ../nbs/90_docs.ipynb #3e0d7e5a
 def _outputs_md(outputs, stem: str, fig_dir: Path, n_fig: list) -> list:
     "Markdown for a code cell's outputs; PNG figures are written to `fig_dir`."
     md = []
@@ -95,7 +96,8 @@ def execute_notebook(path, skip_flags=('notest', 'slow')):
     nb = read_nb(path)
     if str(fm.get('skip_exec', '')).lower() == 'true': return nb
     def _skip(cell):
-        if cell.cell_type != 'code' or 'nbdev_export' + '(' in cell.source: return True  # split: nbdev_test skips cells naming it
+        # split: nbdev_test skips cells naming it
+        if cell.cell_type != 'code' or 'nbdev_export' + '(' in cell.source: return True
         d = extract_directives(cell, remove=False)
         return d.get('eval:', [''])[0].lower() == 'false' or bool(set(skip_flags) & d.keys())
     shell = CaptureShell(path, mpl_format='png')
@@ -171,7 +173,8 @@ def _to_markdown(nb, stem: str) -> tuple[str, dict]:
     d.update(nbformat=4, nbformat_minor=5)
     d.setdefault('metadata', {})['language_info'] = {'name': 'python'}
     body, res = MarkdownExporter().from_notebook_node(  # `reads` joins the line lists of execnb's notebooks
-        nbformat.reads(json.dumps(d), as_version=4), resources={'unique_key': stem, 'output_files_dir': f'{stem}_files'})
+        nbformat.reads(json.dumps(d), as_version=4),
+        resources={'unique_key': stem, 'output_files_dir': f'{stem}_files'})
     return body, res.get('outputs', {})
 
 def render_notebook(path, docs_dir, pages: dict, execute: bool = True, skip_flags=('notest', 'slow')) -> dict:
@@ -213,10 +216,12 @@ def tex_to_mathml(tex: str, display: bool = False) -> str:
     from latex2mathml.converter import convert
     return convert(tex.strip(), display='block' if display else 'inline')
 
+# %% ../nbs/90_docs.ipynb #d3905028
 _MATH_WRAP = re.compile(r'^\s*\\[(\[](.*)\\[)\]]\s*$', re.DOTALL)
 
 def MathML(**kwargs):
-    "Python-Markdown extension (`spinexr.docs:MathML`): formulas found by `pymdownx.arithmatex` (generic mode) become MathML."
+    ("Python-Markdown extension (`spinexr.docs:MathML`): formulas found by `pymdownx.arithmatex` (generic mode) "
+     "become MathML.")
     from markdown.extensions import Extension
     from markdown.treeprocessors import Treeprocessor
 
@@ -247,7 +252,8 @@ def mkdocs_config(entries: list, docs_dir, site_dir) -> dict:
         use_directory_urls=False, strict=False,
         nav=[{e['title']: e['page']} for e in entries],
         theme=dict(name='material', font=False, language='en',
-                   features=['navigation.top', 'navigation.footer', 'toc.follow', 'search.highlight', 'content.code.copy'],
+                   features=['navigation.top', 'navigation.footer', 'toc.follow', 'search.highlight',
+                             'content.code.copy'],
                    palette=[dict(scheme='default', primary='indigo', accent='indigo')]),
         markdown_extensions=['tables', 'attr_list', 'md_in_html', 'admonition', 'footnotes',
                              {'toc': {'permalink': True}},
@@ -264,20 +270,24 @@ def _render_main(spec: str):
     write_text(a['result'], json.dumps(entry))
 
 def worker_env(n_workers: int) -> dict:
-    "The environment of one of `n_workers` notebook processes run at once: the cores shared out among them, unless the caller set the counts."
+    ("The environment of one of `n_workers` notebook processes run at once: the cores shared out among them, "
+     "unless the caller set the counts.")
     env = dict(os.environ)
     env.setdefault('SPINEXR_THREADS', str(max(1, cpu_count() // max(1, n_workers))))
     env.setdefault('OMP_NUM_THREADS', env['SPINEXR_THREADS'])
     return env
 
-def _render_isolated(path, docs_dir, pages: dict, execute: bool, skip_flags, timeout: int | None = None, env: dict | None = None) -> dict:
+# %% ../nbs/90_docs.ipynb #ea65b238
+def _render_isolated(path, docs_dir, pages: dict, execute: bool, skip_flags, timeout: int | None = None,
+                     env: dict | None = None) -> dict:
     "`render_notebook` in a new Python process; stopped, with its children, after `timeout` seconds."
     path, t0 = Path(path), time.time()
     result = Path(docs_dir).parent/'entries'/f'{path.stem}.json'
     spec = json.dumps(dict(path=str(path), docs_dir=str(docs_dir), pages=pages, execute=execute,
                            skip_flags=list(skip_flags), result=str(result)))
-    p = subprocess.Popen([sys.executable, '-c', 'import sys; from spinexr.docs import _render_main; _render_main(sys.argv[1])',
-                          spec], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
+    p = subprocess.Popen([sys.executable, '-c',
+                          'import sys; from spinexr.docs import _render_main; _render_main(sys.argv[1])', spec],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
     try: _, err = p.communicate(timeout=timeout or None)
     except subprocess.TimeoutExpired:
         os.killpg(p.pid, signal.SIGKILL); p.communicate()
@@ -286,6 +296,7 @@ def _render_isolated(path, docs_dir, pages: dict, execute: bool, skip_flags, tim
         raise DocsError(err.strip() or f'{path.name} failed: exit status {p.returncode}')
     return {**json.loads(result.read_text()), 'seconds': round(time.time() - t0, 1)}
 
+# %% ../nbs/90_docs.ipynb #16a7ab82
 def _is_site(folder: Path) -> bool:
     "Whether `folder` is missing, empty, or a built site (that may be replaced)."
     return not folder.exists() or not any(folder.iterdir()) or (folder/'index.html').exists()
@@ -295,10 +306,12 @@ def build_site(nbs='nbs', out='_docs', execute: bool = True, n_workers: int | No
     "Render every notebook in `nbs` and build the MkDocs-Material site into `out`; returns the page entries."
     from nbdev.config import get_config, is_nbdev
     nbs, out = Path(nbs), Path(out)
-    if not is_nbdev(): raise InputError('run spinexr_docs inside the repository: no settings.ini here or above', Path.cwd())
+    if not is_nbdev():
+        raise InputError('run spinexr_docs inside the repository: no settings.ini here or above', Path.cwd())
     proc = get_config().config_path/'_proc'
     notebooks = doc_notebooks(nbs)
-    if not notebooks or notebooks[0].name != 'index.ipynb': raise InputError('no index.ipynb: the site needs a home page', nbs)
+    if not notebooks or notebooks[0].name != 'index.ipynb':
+        raise InputError('no index.ipynb: the site needs a home page', nbs)
     if not _is_site(out): raise InputError('exists and is not a built site (no index.html); not replacing it', out)
     pages = {p.name: page_name(p) for p in notebooks}
     dup = {v for v in pages.values() if list(pages.values()).count(v) > 1}

@@ -26,6 +26,7 @@ def run_predictions(run_dir, split: str) -> pd.DataFrame:
     m = load_json(run_dir/'metrics.json')
     return read_cls_predictions(run_dir/f"preds_{split}{'_tta' if m.get('tta') else ''}.csv")
 
+# %% ../nbs/30_ensemble.ipynb #82ba2e5b
 def aligned(preds: dict) -> tuple:
     "Several models' prediction tables ({name: table}) -> (image ids, labels, probabilities (n_images, n_models))."
     names = list(preds)
@@ -35,9 +36,11 @@ def aligned(preds: dict) -> tuple:
     for k, name in enumerate(names):
         df = preds[name].set_index('image_id')
         if set(df.index) != set(first.index):
-            raise InputError(f'{name} scored other images than {names[0]} ({len(set(df.index) ^ set(first.index))} differ)')
+            raise InputError(f'{name} scored other images than {names[0]} '
+                             f'({len(set(df.index) ^ set(first.index))} differ)')
         df = df.loc[first.index]
-        if (df.label.to_numpy() != first.label.to_numpy()).any(): raise InputError(f'{name} has other labels than {names[0]}')
+        if (df.label.to_numpy() != first.label.to_numpy()).any():
+            raise InputError(f'{name} has other labels than {names[0]}')
         P[:, k] = df.prob.to_numpy()
     return first.index.to_numpy(), first.label.to_numpy().astype(int), P
 
@@ -49,7 +52,8 @@ def combine(P: np.ndarray, weights, how: str = 'logit') -> np.ndarray:
     if how not in COMBINE: raise InputError(f'how must be one of {COMBINE}, got {how!r}')
     P, w = np.asarray(P, dtype=float), np.asarray(weights, dtype=float)
     if P.ndim != 2 or len(w) != P.shape[1]: raise InputError(f'{len(w)} weights for {P.shape[-1]} models')
-    if (w < 0).any() or not np.isclose(w.sum(), 1): raise InputError(f'weights must be >= 0 and sum to 1, got {w.tolist()}')
+    if (w < 0).any() or not np.isclose(w.sum(), 1):
+        raise InputError(f'weights must be >= 0 and sum to 1, got {w.tolist()}')
     if how == 'prob': return P @ w
     eps = 1e-7
     z = np.log(np.clip(P, eps, 1 - eps)) - np.log1p(-np.clip(P, eps, 1 - eps))
@@ -63,8 +67,10 @@ def simplex_grid(k: int, step: float = 0.05) -> np.ndarray:
     rows = [c for c in itertools.product(range(n + 1), repeat=k - 1) if sum(c) <= n]
     return np.array([[*c, n - sum(c)] for c in rows], dtype=float) / n
 
+# %% ../nbs/30_ensemble.ipynb #1e081239
 def search_weights(y, P, how: str = 'logit', step: float = 0.05) -> tuple:
-    "The weights (on `simplex_grid`) with the highest AUROC of `combine(P, w, how)` against `y`; ties go to the most even weights."
+    ("The weights (on `simplex_grid`) with the highest AUROC of `combine(P, w, how)` against `y`; "
+     "ties go to the most even weights.")
     from sklearn.metrics import roc_auc_score
     W = simplex_grid(P.shape[1], step)
     scores = np.array([roc_auc_score(y, combine(P, w, how)) for w in W])
@@ -85,15 +91,18 @@ class Ensemble(JsonConfig):
     val_auroc: float | None = None
 
     def __post_init__(self):
-        if len(self.names) != len(self.weights): raise InputError(f'{len(self.weights)} weights for {len(self.names)} models')
+        if len(self.names) != len(self.weights):
+            raise InputError(f'{len(self.weights)} weights for {len(self.names)} models')
         if self.how not in COMBINE: raise InputError(f'how must be one of {COMBINE}, got {self.how!r}')
 
     def __call__(self, P) -> np.ndarray:
         "The ensemble's probabilities from the models' (columns in the order of `names`)."
         return combine(P, self.weights, self.how)
 
+# %% ../nbs/30_ensemble.ipynb #0cd09b96
 def fit_ensemble(val: dict, how: str | None = None, step: float = 0.05, rule: str = 'youden') -> Ensemble:
-    "Weights, averaging (if `how` is None, the better of both) and threshold, all chosen on validation predictions ({name: table})."
+    ("Weights, averaging (if `how` is None, the better of both) and threshold, "
+     "all chosen on validation predictions ({name: table}).")
     ids, y, P = aligned(val)
     fits = {h: search_weights(y, P, h, step) for h in ([how] if how else ['logit', 'prob'])}
     best = max(fits, key=lambda h: (fits[h][1], h == 'logit'))
@@ -102,6 +111,7 @@ def fit_ensemble(val: dict, how: str | None = None, step: float = 0.05, rule: st
     ens.threshold = pick_threshold(y, ens(P), rule)
     return ens
 
+# %% ../nbs/30_ensemble.ipynb #8235632f
 def ensemble_predictions(preds: dict, ens: Ensemble) -> pd.DataFrame:
     "The ensemble's prediction table (image_id, label, prob) from the models' tables on one split."
     ids, y, P = aligned({n: preds[n] for n in ens.names})
@@ -118,16 +128,19 @@ def score_on_test(val: pd.DataFrame, test: pd.DataFrame, threshold: float | None
     return dict(**{k: m[k] for k in CLS_METRICS}, threshold=float(threshold), ci={k: list(ci[k]) for k in CLS_METRICS},
                 n=m['n'], n_pos=m['n_pos'], n_neg=m['n_neg'])
 
+# %% ../nbs/30_ensemble.ipynb #0a711b98
 def evaluate_ensemble(val: dict, test: dict, ens: Ensemble, n_boot: int = 10_000) -> dict:
     "Test metrics (with CIs) of each model and of the ensemble: {name: metrics}, the ensemble under 'ensemble'."
     out = {n: score_on_test(val[n], test[n], rule=ens.rule, n_boot=n_boot) for n in ens.names}
     out['ensemble'] = score_on_test(None, ensemble_predictions(test, ens), threshold=ens.threshold, n_boot=n_boot)
     return out
 
+# %% ../nbs/30_ensemble.ipynb #00cf3bbf
 def ensemble_table(results: dict) -> pd.DataFrame:
     "One row per model: AUROC, F1, sensitivity, specificity (95% CI) and threshold, in percent like the paper."
     f = lambda r, k: f"{100 * r[k]:.2f} ({100 * r['ci'][k][0]:.2f}-{100 * r['ci'][k][1]:.2f})"
-    rows = [{'model': n, **{k: f(r, k) for k in ('auroc', 'f1', 'sensitivity', 'specificity')}, 'threshold': f"{r['threshold']:.3f}"}
+    rows = [{'model': n, **{k: f(r, k) for k in ('auroc', 'f1', 'sensitivity', 'specificity')},
+             'threshold': f"{r['threshold']:.3f}"}
             for n, r in results.items()]
     return pd.DataFrame(rows).set_index('model')
 
@@ -141,7 +154,8 @@ def ensemble_roc_figure(test: dict, results: dict, ens: Ensemble):
         r = results[n]
         roc_figure(df.label, df.prob, r['threshold'], ax=ax, label=n, ci=r['ci']['auroc'], marker=marker)
     ax.set_title('test ROC; operating points at thresholds chosen on validation', fontsize=9)
-    ax.legend(loc='upper left', bbox_to_anchor=(1.03, 1), fontsize=8, frameon=False)   # eight entries: beside the curves, not on them
+    # eight entries: beside the curves, not on them
+    ax.legend(loc='upper left', bbox_to_anchor=(1.03, 1), fontsize=8, frameon=False)
     fig.tight_layout()
     return fig
 
@@ -154,14 +168,16 @@ def fusion_results(gt: pd.DataFrame, boxes: pd.DataFrame, cls: pd.DataFrame, thr
     plain, fused = det_ap50(gt, boxes), det_ap50(gt, kept)
     rev = reverse_fusion(cls, boxes)
     strip = lambda r: {k: v for k, v in r.items() if k != 'pr'}
-    return dict(detection=strip(plain), detection_fused=strip(fused), pr=plain['pr'], pr_fused=fused['pr'], boxes_fused=kept,
-                map50=plain['map50'], map50_fused=fused['map50'],
-                auroc=float(roc_auc_score(cls.label, cls.prob)), auroc_reverse=float(roc_auc_score(rev.label, rev.prob)),
+    return dict(detection=strip(plain), detection_fused=strip(fused), pr=plain['pr'], pr_fused=fused['pr'],
+                boxes_fused=kept, map50=plain['map50'], map50_fused=fused['map50'],
+                auroc=float(roc_auc_score(cls.label, cls.prob)),
+                auroc_reverse=float(roc_auc_score(rev.label, rev.prob)),
                 threshold=float(threshold), keep_score=keep_score)
 
+# %% ../nbs/30_ensemble.ipynb #d7193c9d
 def fusion_table(r: dict) -> pd.DataFrame:
     "The fusion results as the paper's two comparisons (percent)."
     rows = [('detection mAP50', r['map50'], r['map50_fused'], 'fusion rule'),
             ('classification AUROC', r['auroc'], r['auroc_reverse'], 'reverse fusion')]
-    return pd.DataFrame([dict(metric=m, without=round(100 * a, 2), with_=round(100 * b, 2), rule=k) for m, a, b, k in rows]
-                        ).rename(columns={'with_': 'with'}).set_index('metric')
+    return pd.DataFrame([dict(metric=m, without=round(100 * a, 2), with_=round(100 * b, 2), rule=k)
+                         for m, a, b, k in rows]).rename(columns={'with_': 'with'}).set_index('metric')

@@ -13,10 +13,11 @@ import pandas as pd
 from fastcore.script import call_parse, Param
 
 from .core import *
-from .dicom import (DICOM_SUFFIXES, _has_dicm, find_dicoms, radiograph_warnings, read_dicom, resize_to, target_shape,
-                           to_original_coords, to_uint8)
+from .dicom import (radiograph_warnings, read_dicom, resize_to, target_shape, to_original_coords,
+                           to_stored_coords, to_uint8)
+from .prep import DICOM_SUFFIXES, PrepTree, find_dicoms, has_dicm_marker
 from .metrics import fusion_rule
-from .classify import ClsConfig, load_classifier
+from .classify import ClsConfig, batch_probs, load_classifier
 from .detect import DetConfig, load_detector, predict_boxes
 from .ensemble import Ensemble
 
@@ -32,7 +33,8 @@ def package_versions() -> dict:
     "Versions of the packages a bundle's results depend on."
     from importlib.metadata import version, PackageNotFoundError
     out = {}
-    for p in ('spinexr', 'torch', 'timm', 'fastai', 'ultralytics', 'pydicom', 'pylibjpeg-openjpeg', 'numpy', 'opencv-python-headless'):
+    for p in ('spinexr', 'torch', 'timm', 'fastai', 'ultralytics', 'pydicom', 'pylibjpeg-openjpeg', 'numpy',
+              'opencv-python-headless'):
         try: out[p] = version(p)
         except PackageNotFoundError: out[p] = None
     return out
@@ -44,29 +46,32 @@ def _copy_files(src: Path, dst: Path, names):
         shutil.copy2(src/n, dst/n)
 
 def training_record(prep_dir, **extra) -> dict:
-    "What models trained on the prep tree `prep_dir` learnt from: phantom or release, its root's name, images per split; `extra` adds to it."
-    f = Path(prep_dir)/'prep.json'
-    if not f.is_file(): raise InputError('no prep.json: not a spinexr_prep output', prep_dir)
-    s = load_json(f)
-    if not s.get('release'): raise InputError('not the prep tree of a release (no labels): models are trained on a release', prep_dir)
-    return dict(data='phantom' if s.get('phantom') else 'release', root=Path(s['src']).name, images=s.get('split_counts', {}),
-                date=time.strftime('%Y-%m-%d'), spinexr=package_versions()['spinexr'], command=None, **extra)
+    "What models trained on the prep tree `prep_dir` learnt from: phantom or release, its root, images per split."
+    s = PrepTree(prep_dir).summary()
+    if not s.get('release'):
+        raise InputError('not the prep tree of a release (no labels): models are trained on a release', prep_dir)
+    return dict(data='phantom' if s.get('phantom') else 'release', root=Path(s['src']).name,
+                images=s.get('split_counts', {}), date=time.strftime('%Y-%m-%d'), spinexr=package_versions()['spinexr'],
+                command=None, **extra)
 
-def make_bundle(out, cls_runs, det_run, ens: Ensemble, prep_dir, keep_score: float = 0.5, trained_on: dict | None = None) -> Path:
-    "Pack classifier runs, a detector run and a fitted ensemble trained on `prep_dir` into the model bundle `out` (atomically)."
+def make_bundle(out, cls_runs, det_run, ens: Ensemble, prep_dir, keep_score: float = 0.5,
+                trained_on: dict | None = None) -> Path:
+    "Pack classifier runs, a detector run and an ensemble, trained on `prep_dir`, into the bundle `out` (atomically)."
     out, cls_runs = Path(out), [Path(r) for r in cls_runs]
     archs = [ClsConfig.load(r/'config.json').arch for r in cls_runs]
     if sorted(archs) != sorted(ens.names): raise InputError(f'the ensemble combines {ens.names}, the runs are {archs}')
     record = {**training_record(prep_dir), **(trained_on or {})}
-    prep_size = load_json(Path(prep_dir)/'prep.json')['size']
+    prep_size = PrepTree(prep_dir).summary()['size']
     tmp = Path(tempfile.mkdtemp(prefix=f'.{out.name}.', dir=out.parent if out.parent.exists() else None))
     try:
         for r, a in zip(cls_runs, archs): _copy_files(r, tmp/'classifiers'/a, ('config.json', 'model.pt'))
         _copy_files(Path(det_run), tmp/'detector', ('config.json', 'detector.json', 'detector.pt'))
-        tta = {a: bool(load_json(r/'metrics.json').get('tta', False)) if (r/'metrics.json').exists() else False for r, a in zip(cls_runs, archs)}
-        save_json(dict(format=BUNDLE_FORMAT, version=BUNDLE_VERSION, prep_size=int(prep_size), ensemble=asdict(ens),
-                       fusion=dict(keep_score=float(keep_score)), classifiers=ens.names, tta=tta,
-                       trained_on=record, versions=package_versions(), created=time.strftime('%Y-%m-%dT%H:%M:%S%z')), tmp/'bundle.json')
+        tta = {a: bool(load_json(r/'metrics.json').get('tta', False)) if (r/'metrics.json').exists() else False
+               for r, a in zip(cls_runs, archs)}
+        bundle = dict(format=BUNDLE_FORMAT, version=BUNDLE_VERSION, prep_size=int(prep_size), ensemble=asdict(ens),
+                      fusion=dict(keep_score=float(keep_score)), classifiers=ens.names, tta=tta, trained_on=record,
+                      versions=package_versions(), created=time.strftime('%Y-%m-%dT%H:%M:%S%z'))
+        save_json(bundle, tmp/'bundle.json')
         out.parent.mkdir(parents=True, exist_ok=True)
         old = None
         if out.exists():
@@ -83,18 +88,24 @@ def read_bundle(model_dir) -> dict:
     "The checked `bundle.json` of a model bundle."
     model_dir = Path(model_dir)
     f = model_dir/'bundle.json'
-    if not f.is_file(): raise InputError('no bundle.json: not a spinexr model bundle (spinexr_demo writes one under DIR/model)', model_dir)
+    if not f.is_file():
+        raise InputError('no bundle.json: not a spinexr model bundle (spinexr_demo writes one under DIR/model)',
+                         model_dir)
     try: b = load_json(f)
     except (ValueError, UnicodeDecodeError) as e: raise InputError(f'not valid JSON ({e})', f) from None
     if not isinstance(b, dict) or b.get('format') != BUNDLE_FORMAT: raise InputError('not a spinexr model bundle', f)
-    if b.get('version') != BUNDLE_VERSION: raise InputError(f"bundle version {b.get('version')} is not {BUNDLE_VERSION}: re-create it with this spinexr", f)
+    if b.get('version') != BUNDLE_VERSION:
+        raise InputError(f"bundle version {b.get('version')} is not {BUNDLE_VERSION}: re-create it with this spinexr",
+                         f)
     try: b['ensemble'] = Ensemble(**b['ensemble'])
     except (TypeError, KeyError, InputError) as e: raise InputError(f'bad ensemble ({e})', f) from None
     for a in b['ensemble'].names:
-        if not is_safe_id(a) or not (model_dir/'classifiers'/a).is_dir(): raise InputError(f'classifier {a!r} is missing', model_dir)
+        if not is_safe_id(a) or not (model_dir/'classifiers'/a).is_dir():
+            raise InputError(f'classifier {a!r} is missing', model_dir)
     if not (model_dir/'detector').is_dir(): raise InputError('the detector is missing', model_dir)
     t = b.get('trained_on')
-    if not isinstance(t, dict) or t.get('data') not in ('phantom', 'release'): raise InputError('no record of what it was trained on (trained_on)', f)
+    if not isinstance(t, dict) or t.get('data') not in ('phantom', 'release'):
+        raise InputError('no record of what it was trained on (trained_on)', f)
     return b
 
 def bundle_warnings(bundle: dict) -> list:
@@ -103,11 +114,12 @@ def bundle_warnings(bundle: dict) -> list:
     if t['data'] == 'phantom':
         out.append(f"the model was trained on a phantom (synthetic images, {t.get('root')}), not on radiographs: "
                    'its scores and boxes are not findings')
-    if t.get('rehearsal'): out.append('the model comes from a rehearsal (one epoch on a few images): it checks a setup and is not a model')
+    if t.get('rehearsal'):
+        out.append('the model comes from a rehearsal (one epoch on a few images): it checks a setup and is not a model')
     return out
 
 def bundle_sha256(model_dir) -> str:
-    "The SHA-256 of a whole bundle: of each file's path and SHA-256, in path order. Any changed, added or removed file changes it."
+    "A bundle's SHA-256: of each file's path and SHA-256 in path order (a changed, added or removed file changes it)."
     import hashlib
     from spinexr.weights import sha256_file
     model_dir, h = Path(model_dir), hashlib.sha256()
@@ -121,13 +133,16 @@ IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
 def find_inputs(inputs) -> list:
     "The files to predict: files as given, folders searched for DICOMs and PNG/JPEG images (sorted, no repeats)."
     missing = [str(i) for i in inputs if not Path(i).exists()]
-    if missing: raise InputError(f"no such file or folder: {', '.join(missing[:3])}" + (f' and {len(missing) - 3} more' if len(missing) > 3 else ''))
+    if missing:
+        raise InputError(f"no such file or folder: {', '.join(missing[:3])}" + (f' and {len(missing) - 3} more'
+                                                                                if len(missing) > 3 else ''))
     out = []
     for i in inputs:
         p = Path(i)
         if p.is_dir():
             dicoms, _ = find_dicoms(p)
-            images = [q for q in p.rglob('*') if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file() and not any(s.startswith('.') for s in q.relative_to(p).parts)]
+            images = [q for q in p.rglob('*') if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file()
+                      and not any(s.startswith('.') for s in q.relative_to(p).parts)]
             out += sorted({*dicoms, *images})
         else: out.append(p)
     return list(dict.fromkeys(out))
@@ -143,23 +158,25 @@ def image_ids(paths) -> list:
 
 def _is_dicom(p: Path) -> bool:
     "By suffix; a file with another suffix by its DICM marker (`03_dicom`'s test)."
-    return p.suffix.lower() in DICOM_SUFFIXES or (p.suffix.lower() not in IMAGE_SUFFIXES and _has_dicm(p))
+    return p.suffix.lower() in DICOM_SUFFIXES or (p.suffix.lower() not in IMAGE_SUFFIXES and has_dicm_marker(p))
 
 def read_input(path, size: int) -> tuple:
-    "An input as an 8-bit image with long side `size` and its info (orig_height, orig_width, height, width, kind, warnings)."
+    "An input as an 8-bit image of long side `size`, and its info (original and stored size, kind, warnings)."
     import cv2
     path = Path(path)
     if _is_dicom(path):
         img, info = read_dicom(path, size)
         return to_uint8(img), dict(orig_height=info['orig_height'], orig_width=info['orig_width'],
-                                   height=info['height'], width=info['width'], kind='dicom', warnings=radiograph_warnings(info))
+                                   height=info['height'], width=info['width'], kind='dicom',
+                                   warnings=radiograph_warnings(info))
     if not path.is_file(): raise InputError('file not found', path)
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None: raise InputError('not a readable PNG or JPEG image', path)
     if img.ndim == 3: img = cv2.cvtColor(img, cv2.COLOR_BGRA2GRAY if img.shape[2] == 4 else cv2.COLOR_BGR2GRAY)
     if img.dtype == np.uint16: img = (img.astype(np.float32) / 257 + 0.5).astype(np.uint8)
     if img.dtype != np.uint8: raise InputError(f'unsupported pixel type {img.dtype}', path)
-    if min(img.shape) < 8: raise InputError(f'image of {img.shape[1]} x {img.shape[0]} pixels is too small for a radiograph', path)
+    if min(img.shape) < 8:
+        raise InputError(f'image of {img.shape[1]} x {img.shape[0]} pixels is too small for a radiograph', path)
     H, W = img.shape
     h, w = target_shape(H, W, size)
     return resize_to(img, (h, w)), dict(orig_height=H, orig_width=W, height=h, width=w, kind='image', warnings=[])
@@ -168,7 +185,8 @@ def read_input(path, size: int) -> tuple:
 def classifier_inputs(images, cfg: ClsConfig):
     "A batch tensor for a classifier from 8-bit grey images, through fastai's validation transforms."
     import torch
-    from fastai.vision.all import PILImageBW, Resize, ResizeMethod, PadMode, ToTensor, IntToFloatTensor, Normalize, Pipeline
+    from fastai.vision.all import (PILImageBW, Resize, ResizeMethod, PadMode, ToTensor, IntToFloatTensor, Normalize,
+                                   Pipeline)
     item = Pipeline([Resize(cfg.size, method=ResizeMethod.Pad, pad_mode=PadMode.Zeros), ToTensor()], split_idx=1)
     batch = Pipeline([IntToFloatTensor(), Normalize.from_stats([cfg.mean], [cfg.std], cuda=False)], split_idx=1)
     x = torch.stack([item(PILImageBW.create(np.ascontiguousarray(im))) for im in images])
@@ -199,10 +217,7 @@ class Predictor:
         cols = []
         with torch.no_grad():
             for a, (model, cfg) in self.classifiers.items():
-                x = classifier_inputs(images, cfg)
-                p = torch.sigmoid(model(x).float()).flatten()
-                if self.tta.get(a): p = (p + torch.sigmoid(model(x.flip(-1)).float()).flatten()) / 2
-                cols.append(p.numpy())
+                cols.append(batch_probs(model, classifier_inputs(images, cfg), self.tta.get(a, False)).numpy())
         return np.stack(cols, 1)
 
     def predict(self, paths, ids=None) -> tuple:
@@ -213,7 +228,8 @@ class Predictor:
         for p, i in zip(paths, ids):
             try: good.append((p, i, *read_input(p, self.prep_size)))
             except Exception as e:   # one bad file must not stop the others: report it with its reason
-                failures.append(dict(source=str(p), image_id=i, error=str(e) if isinstance(e, InputError) else f'{type(e).__name__}: {e}'))
+                failures.append(dict(source=str(p), image_id=i, error=str(e) if isinstance(e, InputError)
+                                     else f'{type(e).__name__}: {e}'))
         t = self._tick('decode', t)
         if not good: return [], pd.DataFrame(columns=['image_id', 'lesion_type', 'score', *BOX_COLUMNS]), failures
         imgs = [g[2] for g in good]
@@ -221,12 +237,12 @@ class Predictor:
         prob = self.ensemble(P)
         t = self._tick('classifiers', t)
         boxes = predict_boxes(self.detector, imgs, self.det_cfg, ids=[g[1] for g in good])
-        manifest = pd.DataFrame([dict(image_id=g[1], **{k: g[3][k] for k in ('height', 'width', 'orig_height', 'orig_width')}) for g in good])
-        boxes = to_original_coords(boxes, manifest)
+        boxes = to_original_coords(boxes, {g[1]: g[3] for g in good})       # each input's info holds both sizes
         probs = pd.DataFrame(dict(image_id=[g[1] for g in good], prob=prob))
         boxes = fusion_rule(boxes, probs, self.ensemble.threshold, self.keep_score)
         self._tick('detector', t)
-        records = [dict(image_id=g[1], source=str(g[0]), p_abnormal=float(pa), abnormal=bool(pa >= self.ensemble.threshold),
+        records = [dict(image_id=g[1], source=str(g[0]), p_abnormal=float(pa),
+                        abnormal=bool(pa >= self.ensemble.threshold),
                         classifiers={a: float(v) for a, v in zip(self.ensemble.names, row)},
                         orig_height=int(g[3]['orig_height']), orig_width=int(g[3]['orig_width']),
                         warnings=[*self.warnings, *g[3]['warnings']], image=g[2])
@@ -249,7 +265,7 @@ def _wrap(text: str, width: int, font, fs, th) -> list:
 
 def draw_overlay(img: np.ndarray, boxes: pd.DataFrame, p_abnormal: float, threshold: float, min_score: float = 0.25,
                  caveats=()) -> np.ndarray:
-    "A colour image: `img` (8-bit grey) with boxes (in its pixels) coloured by class and labelled, the score on top, and `caveats` under it on amber."
+    "`img` (8-bit grey) in colour: boxes (its pixels) coloured by class, the score on top, `caveats` on amber."
     import cv2
     out = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
     s = max(img.shape) / 1024
@@ -258,8 +274,10 @@ def draw_overlay(img: np.ndarray, boxes: pd.DataFrame, p_abnormal: float, thresh
         c = _bgr(CLASS_COLORS[b.lesion_type])
         p0, p1 = (int(round(b.xmin)), int(round(b.ymin))), (int(round(b.xmax)), int(round(b.ymax)))
         cv2.rectangle(out, p0, p1, c, th)
-        cv2.putText(out, f'{b.lesion_type} {b.score:.2f}', (p0[0], max(10, p0[1] - 3)), font, fs * 0.8, c, max(1, th - 1), cv2.LINE_AA)
-    label = f"p(abnormal) {p_abnormal:.3f}: {'ABNORMAL' if p_abnormal >= threshold else 'normal'} (threshold {threshold:.3f})"
+        cv2.putText(out, f'{b.lesion_type} {b.score:.2f}', (p0[0], max(10, p0[1] - 3)), font, fs * 0.8, c,
+                    max(1, th - 1), cv2.LINE_AA)
+    call = 'ABNORMAL' if p_abnormal >= threshold else 'normal'
+    label = f'p(abnormal) {p_abnormal:.3f}: {call} (threshold {threshold:.3f})'
     y = 0
     for line in _wrap(label, out.shape[1] - 8, font, fs, th):     # a narrow image gets the score on several lines
         (w, h), _ = cv2.getTextSize(line, font, fs, th)
@@ -277,23 +295,23 @@ def draw_overlay(img: np.ndarray, boxes: pd.DataFrame, p_abnormal: float, thresh
 # %% ../nbs/40_inference.ipynb #ff3de6f8
 def _write_overlay(rec, boxes, threshold, out_dir, min_score):
     import cv2
-    from spinexr.dicom import to_stored_coords
-    man = pd.DataFrame([dict(image_id=rec['image_id'], height=rec['image'].shape[0], width=rec['image'].shape[1],
-                             orig_height=rec['orig_height'], orig_width=rec['orig_width'])])
-    b = to_stored_coords(boxes, man) if len(boxes) else boxes
+    (h, w), oh, ow = rec['image'].shape, rec['orig_height'], rec['orig_width']
+    sizes = {rec['image_id']: dict(height=h, width=w, orig_height=oh, orig_width=ow)}
+    b = to_stored_coords(boxes, sizes) if len(boxes) else boxes
     with atomic_path(out_dir/'overlays'/f"{rec['image_id']}.png") as tmp:
         ov = draw_overlay(rec['image'], b, rec['p_abnormal'], threshold, min_score, rec['warnings'])
         if not cv2.imwrite(str(tmp), ov): raise OSError(f'cannot write {tmp}')
 
 def predict_files(model_dir, inputs, out_dir, batch: int = 8, min_score: float = 0.25, overlays: bool = True,
                   predictor: Predictor | None = None, progress: bool = False) -> dict:
-    "Predict every input file with a model bundle; write predictions.json/.csv, scores.csv, failures.csv and overlays to `out_dir`."
+    "Predict every input with a bundle; write predictions.json/.csv, scores.csv, failures.csv, overlays to `out_dir`."
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     paths = find_inputs(inputs)
     if not paths: raise InputError('no input files (DICOM, PNG or JPEG) found', ', '.join(map(str, inputs)))
-    if out_dir.exists() and not out_dir.is_dir(): raise InputError('is a file, not a folder for the predictions', out_dir)
-    pred = predictor or Predictor(model_dir)      # the inputs are found and checked first: loading the models takes seconds
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError('is a file, not a folder for the predictions', out_dir)
+    pred = predictor or Predictor(model_dir)      # inputs found and checked first: loading the models takes seconds
     t_loaded = time.perf_counter()
     ids = image_ids(paths)
     records, all_boxes, failures = [], [], []
@@ -305,23 +323,30 @@ def predict_files(model_dir, inputs, out_dir, batch: int = 8, min_score: float =
         recs, boxes, fails = pred.predict(paths[k:k + batch], ids[k:k + batch])
         t = time.perf_counter()
         for r in recs:
-            if overlays: _write_overlay(r, boxes[boxes.image_id == r['image_id']], pred.ensemble.threshold, out_dir, min_score)
+            if overlays:
+                _write_overlay(r, boxes[boxes.image_id == r['image_id']], pred.ensemble.threshold, out_dir, min_score)
             del r['image']
         pred._tick('write', t)
         records += recs; all_boxes.append(boxes); failures += fails
-    boxes = pd.concat(all_boxes, ignore_index=True) if all_boxes else pd.DataFrame(columns=['image_id', 'lesion_type', 'score', *BOX_COLUMNS])
+    boxes = pd.concat(all_boxes,
+                      ignore_index=True) if all_boxes else pd.DataFrame(columns=['image_id', 'lesion_type', 'score',
+                                                                                 *BOX_COLUMNS])
     t = time.perf_counter()
     by_image = {i: g for i, g in boxes.groupby('image_id')}
     for r in records:
         g = by_image.get(r['image_id'], boxes.iloc[:0]).sort_values('score', ascending=False)
-        r['boxes'] = [dict(lesion_type=b.lesion_type, score=round(float(b.score), 5), **{c: round(float(getattr(b, c)), 2) for c in BOX_COLUMNS})
+        r['boxes'] = [dict(lesion_type=b.lesion_type, score=round(float(b.score), 5),
+                           **{c: round(float(getattr(b, c)), 2) for c in BOX_COLUMNS})
                       for b in g.itertuples()]
     ens = pred.ensemble
-    save_json(dict(model_dir=str(Path(model_dir).absolute()), trained_on=pred.bundle['trained_on'], warnings=pred.warnings,
-                   threshold=ens.threshold, keep_score=pred.keep_score, ensemble=dict(names=ens.names, weights=ens.weights, how=ens.how),
+    save_json(dict(model_dir=str(Path(model_dir).absolute()), trained_on=pred.bundle['trained_on'],
+                   warnings=pred.warnings,
+                   threshold=ens.threshold, keep_score=pred.keep_score,
+                   ensemble=dict(names=ens.names, weights=ens.weights, how=ens.how),
                    images=records, failures=failures), out_dir/'predictions.json')
     write_csv(boxes[['image_id', 'lesion_type', 'score', *BOX_COLUMNS]], out_dir/'predictions.csv')
-    write_csv(pd.DataFrame([dict(image_id=r['image_id'], source=r['source'], p_abnormal=r['p_abnormal'], abnormal=r['abnormal'],
+    write_csv(pd.DataFrame([dict(image_id=r['image_id'], source=r['source'], p_abnormal=r['p_abnormal'],
+                                 abnormal=r['abnormal'],
                                  warnings=' | '.join(r['warnings'])) for r in records],
                            columns=['image_id', 'source', 'p_abnormal', 'abnormal', 'warnings']), out_dir/'scores.csv')
     write_csv(pd.DataFrame(failures, columns=['source', 'image_id', 'error']), out_dir/'failures.csv')
@@ -331,7 +356,8 @@ def predict_files(model_dir, inputs, out_dir, batch: int = 8, min_score: float =
     return dict(n_inputs=len(paths), n_predicted=len(records), n_failed=len(failures), n_boxes=len(boxes),
                 n_abnormal=sum(r['abnormal'] for r in records), load_seconds=round(t_loaded - t_start, 2),
                 seconds=round(total, 2), seconds_per_image=round((total - (t_loaded - t_start)) / n, 4),
-                stage_seconds={k: round(v, 2) for k, v in pred.timing.items()}, failures=failures, warnings=pred.warnings,
+                stage_seconds={k: round(v, 2) for k, v in pred.timing.items()}, failures=failures,
+                warnings=pred.warnings,
                 image_warnings=[(r['source'], w) for r in records for w in r['warnings'] if w not in pred.warnings])
 
 # %% ../nbs/40_inference.ipynb #a9d77d36
@@ -339,24 +365,29 @@ def timing_table(summary: dict) -> pd.DataFrame:
     "Seconds per stage, their share of the total, and per image, from a `predict_files` summary."
     st = pd.Series(summary['stage_seconds'], dtype=float)
     n = max(summary['n_predicted'], 1)
-    return pd.DataFrame(dict(seconds=st.round(2), share=(st / st.sum()).round(3), per_image=(st / n).round(4))).rename_axis('stage')
+    return pd.DataFrame(dict(seconds=st.round(2), share=(st / st.sum()).round(3),
+                             per_image=(st / n).round(4))).rename_axis('stage')
 
 # %% ../nbs/40_inference.ipynb #1025ae0d
 @call_parse
-def spinexr_predict(model_dir: str,                          # a model bundle (spinexr_demo writes one as DIR/model)
-                    inputs: Param('DICOM/PNG/JPEG files or folders', str, nargs='+'),
-                    out: str = 'predictions',                # where to write predictions.json/.csv, scores.csv, failures.csv, overlays/
-                    batch: int = 8,                          # images per batch
-                    min_score: float = 0.25,                 # boxes drawn on overlays from this score (all are kept in the predictions)
-                    no_overlays: bool = False):              # do not write overlays
-    "Predict new radiographs with a model bundle: abnormality score and fused lesion boxes in original pixels. Exit 1 if any input failed."
+def spinexr_predict(
+    model_dir: str,                          # a model bundle (spinexr_demo writes one as DIR/model)
+    inputs: Param('DICOM/PNG/JPEG files or folders', str, nargs='+'),
+    out: str = 'predictions',                # where to write predictions.json/.csv, scores.csv, failures.csv, overlays/
+    batch: int = 8,                          # images per batch
+    min_score: float = 0.25,                 # boxes drawn on overlays from this score (all are kept in the predictions)
+    no_overlays: bool = False):              # do not write overlays
+    "Predict radiographs with a bundle: abnormality score, fused lesion boxes in original pixels; exit 1 if any fail."
     with cli_errors('spinexr_predict'):
-        s = predict_files(model_dir, inputs, out, batch=batch, min_score=min_score, overlays=not no_overlays, progress=live_progress())
+        s = predict_files(model_dir, inputs, out, batch=batch, min_score=min_score, overlays=not no_overlays,
+                          progress=live_progress())
     for f in s['failures']: print(f"spinexr_predict: skipped {f['source']}: {f['error']}", file=sys.stderr)
     for w in s['warnings']: print(f'spinexr_predict: warning: {w}', file=sys.stderr)
     for src, w in s['image_warnings']: print(f'spinexr_predict: warning: {src}: {w}', file=sys.stderr)
     st = s['stage_seconds']; tot = sum(st.values()) or 1
-    print(f"spinexr_predict: {s['n_predicted']} of {s['n_inputs']} images predicted into {out} ({s['n_abnormal']} abnormal, "
-          f"{s['n_boxes']} boxes), {s['n_failed']} failed; {s['seconds_per_image']:.3f} s per image "
-          f"({', '.join(f'{k} {100 * v / tot:.0f}%' for k, v in st.items())}), models loaded in {s['load_seconds']:.1f} s")
+    shares = ', '.join(f'{k} {100 * v / tot:.0f}%' for k, v in st.items())
+    print(f"spinexr_predict: {s['n_predicted']} of {s['n_inputs']} images predicted into {out} "
+          f"({s['n_abnormal']} abnormal, {s['n_boxes']} boxes), {s['n_failed']} failed; "
+          f"{s['seconds_per_image']:.3f} s per image ({shares}), "
+          f"models loaded in {s['load_seconds']:.1f} s")
     sys.exit(1 if s['n_failed'] else 0)

@@ -27,9 +27,12 @@ CLS_METRICS = ('auroc', 'sensitivity', 'specificity', 'f1', 'precision', 'accura
 def _check_scores(y, p) -> tuple[np.ndarray, np.ndarray]:
     "Labels as a 0/1 int array and probabilities as floats in [0, 1], of the same length, with both labels present."
     y, p = np.asarray(y), np.asarray(p, dtype=float)
-    if y.ndim != 1 or y.shape != p.shape: raise ValueError(f'labels {y.shape} and probabilities {p.shape} must be 1-d and of the same length')
-    if not np.isin(y, (0, 1)).all(): raise ValueError(f'labels must be 0 or 1, got {sorted(set(np.unique(y).tolist()) - {0, 1})[:5]}')
-    if not (np.isfinite(p).all() and (p >= 0).all() and (p <= 1).all()): raise ValueError('probabilities must be finite numbers in [0, 1]')
+    if y.ndim != 1 or y.shape != p.shape:
+        raise ValueError(f'labels {y.shape} and probabilities {p.shape} must be 1-d and of the same length')
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError(f'labels must be 0 or 1, got {sorted(set(np.unique(y).tolist()) - {0, 1})[:5]}')
+    if not (np.isfinite(p).all() and (p >= 0).all() and (p <= 1).all()):
+        raise ValueError('probabilities must be finite numbers in [0, 1]')
     if len(np.unique(y)) < 2: raise ValueError('both normal (0) and abnormal (1) images are needed')
     return y.astype(np.int64), p
 
@@ -41,7 +44,7 @@ def _rates(tp, fp, tn, fn) -> dict:
                     precision=tp / (tp + fp), accuracy=(tp + tn) / (tp + fp + tn + fn))
 
 def cls_metrics(y, p, threshold: float) -> dict:
-    "AUROC, and sensitivity, specificity, F1, precision, accuracy with confusion counts, calling `p >= threshold` abnormal."
+    "AUROC; sensitivity, specificity, F1, precision, accuracy and confusion counts, calling `p >= threshold` abnormal."
     from sklearn.metrics import roc_auc_score
     y, p = _check_scores(y, p)
     hit = p >= threshold
@@ -64,6 +67,7 @@ def operating_points(y, p) -> pd.DataFrame:
     return df.assign(sensitivity=r['sensitivity'], specificity=r['specificity'],
                      youden=r['sensitivity'] + r['specificity'] - 1, f1=r['f1'])
 
+# %% ../nbs/05_metrics.ipynb #0f208f3a
 def youden_threshold(y, p) -> float:
     "The threshold maximising Youden's J (sensitivity + specificity - 1); ties go to the highest threshold."
     ops = operating_points(y, p)
@@ -83,7 +87,7 @@ def pick_threshold(y, p, rule: str = 'youden') -> float:
 
 # %% ../nbs/05_metrics.ipynb #1fc38a50
 def _resample_counts(n_items: int, n: int, seed: int = 0, groups=None, max_elems: int = 1_000_000):
-    "Yield bootstrap resamples as (m, n_items) count matrices (how often each item is drawn), in blocks; `groups` resamples clusters."
+    "Bootstrap resamples in blocks: (m, n_items) matrices of how often each item is drawn; `groups` resamples clusters."
     rng = np.random.default_rng(seed)
     codes = None if groups is None else pd.factorize(np.asarray(groups), use_na_sentinel=False)[0]
     G = n_items if codes is None else int(codes.max()) + 1
@@ -95,7 +99,7 @@ def _resample_counts(n_items: int, n: int, seed: int = 0, groups=None, max_elems
         yield C if codes is None else C[:, codes]
 
 def bootstrap_samples(y, p, threshold: float, n: int = 10_000, seed: int = 0, groups=None) -> pd.DataFrame:
-    "The metrics of `n` bootstrap resamples (one row each), with the threshold held fixed; `groups` resamples clusters (e.g. studies)."
+    "The metrics of `n` bootstrap resamples (a row each), threshold fixed; `groups` resamples clusters (e.g. studies)."
     y, p = _check_scores(y, p)
     if groups is not None and len(groups) != len(y): raise ValueError(f'{len(groups)} groups for {len(y)} images')
     if n < 1: raise ValueError(f'n must be at least 1, got {n}')
@@ -113,23 +117,26 @@ def bootstrap_samples(y, p, threshold: float, n: int = 10_000, seed: int = 0, gr
         C = np.take(C, order, axis=1).astype(float)             # columns in score order
         n1, n0, tp, fp = (C @ V).T
         Z = np.zeros((len(C), len(ps) + 1))
-        np.cumsum(C * (1 - ys), axis=1, out=Z[:, 1:])            # Z[:, k]: drawn normal images among the k lowest scores
+        # Z[:, k]: drawn normal images among the k lowest scores
+        np.cumsum(C * (1 - ys), axis=1, out=Z[:, 1:])
         with np.errstate(divide='ignore', invalid='ignore'):
             auroc = 0.5 * (C[:, pos] * (Z[:, lo] + Z[:, hi])).sum(axis=1) / (n1 * n0)
         out.append(pd.DataFrame(dict(auroc=auroc, **_rates(tp, fp, n0 - fp, n1 - tp))))
     return pd.concat(out, ignore_index=True)[list(CLS_METRICS)]
 
+# %% ../nbs/05_metrics.ipynb #3bdb7c49
 def bootstrap_ci(y, p, threshold: float, n: int = 10_000, seed: int = 0, level: float = 0.95, groups=None) -> dict:
     "Percentile bootstrap intervals {metric: (low, high)} for AUROC and the threshold metrics, threshold held fixed."
     s = bootstrap_samples(y, p, threshold, n, seed, groups)
     a = (1 - level) / 2
     with np.errstate(all='ignore'):
-        q = {k: np.nanquantile(s[k].to_numpy(), [a, 1 - a]) if s[k].notna().any() else (np.nan, np.nan) for k in CLS_METRICS}
+        q = {k: np.nanquantile(s[k].to_numpy(), [a, 1 - a]) if s[k].notna().any() else (np.nan, np.nan)
+             for k in CLS_METRICS}
     return {k: (float(lo), float(hi)) for k, (lo, hi) in q.items()}
 
 # %% ../nbs/05_metrics.ipynb #5fecc017
 def roc_figure(y, p, threshold: float | None = None, ax=None, label: str | None = None, ci=None, marker: str = 'o'):
-    "Plot the ROC curve with AUROC (and its CI) in the legend and the operating point at `threshold` marked; returns the axis."
+    "Plot the ROC curve, AUROC (and its CI) in the legend, the operating point at `threshold` marked; returns the axis."
     from sklearn.metrics import roc_curve
     y, p = _check_scores(y, p)
     if ax is None:
@@ -140,7 +147,8 @@ def roc_figure(y, p, threshold: float | None = None, ax=None, label: str | None 
     txt = f"AUROC {m['auroc']:.3f}" + (f' (95% CI {ci[0]:.3f}-{ci[1]:.3f})' if ci is not None else '')
     line, = ax.plot(fpr, tpr, lw=1.5, label=f'{label}: {txt}' if label else txt)
     if threshold is not None:
-        ax.plot(1 - m['specificity'], m['sensitivity'], marker, ms=8, mfc='none', mew=1.5, color=line.get_color(), clip_on=False, zorder=5,
+        ax.plot(1 - m['specificity'], m['sensitivity'], marker, ms=8, mfc='none', mew=1.5, color=line.get_color(),
+                clip_on=False, zorder=5,
                 label=f"p >= {threshold:.3g}: sens {m['sensitivity']:.3f}, spec {m['specificity']:.3f}")
     ax.plot([0, 1], [0, 1], ':', color='grey', lw=0.8)
     ax.set(xlim=(0, 1), ylim=(0, 1.01), aspect='equal', xlabel='1 - specificity (false-positive rate)',
@@ -158,7 +166,7 @@ def xyxy_to_xywh(boxes) -> np.ndarray:
 
 # %% ../nbs/05_metrics.ipynb #9e8bd282
 def _fail(mask, path, msg, lines: bool):
-    "Raise an `InputError` for the first row where `mask` holds (CSV line if `lines`, else index label), counting the others."
+    "Raise an `InputError` for the first row where `mask` holds (CSV line if `lines`, else index), counting the rest."
     mask = pd.Series(mask)
     bad = np.flatnonzero(mask.to_numpy(dtype=bool))
     if not len(bad): return
@@ -173,28 +181,29 @@ def _numbers(df, cols, path, lines, lo=None, hi=None):
         num = pd.to_numeric(raw, errors='coerce').astype(float)
         _fail(raw.isna(), path, lambda i: f'{c} is empty', lines)
         _fail(~np.isfinite(num), path, lambda i: f'{c} {raw[i]!r} is not a finite number', lines)
-        if lo is not None: _fail((num < lo) | (num > hi), path, lambda i: f'{c} {num[i]} is outside [{lo}, {hi}]', lines)
+        if lo is not None:
+            _fail((num < lo) | (num > hi), path, lambda i: f'{c} {num[i]} is outside [{lo}, {hi}]', lines)
         df[c] = num
-
-def _columns(df, cols, path):
-    missing = [c for c in cols if c not in df.columns]
-    if missing: raise InputError(f'missing columns {missing}; expected {list(cols)}', path)
 
 def check_det_predictions(preds: pd.DataFrame, image_ids=None, path='predictions', lines: bool = False) -> pd.DataFrame:
     "Validated box predictions (columns `DET_COLUMNS`, numbers as floats); `image_ids`: the images they may refer to."
-    _columns(preds, DET_COLUMNS, path)
+    check_columns(preds, DET_COLUMNS, path)
     df = preds[list(DET_COLUMNS)].copy()
     df['image_id'] = df.image_id.astype(object).where(df.image_id.notna(), '').astype(str).str.strip()
     df['lesion_type'] = df.lesion_type.astype(object).where(df.lesion_type.notna(), '').astype(str).str.strip()
     _fail(df.image_id.eq(''), path, lambda i: 'empty image_id', lines)
-    _fail(df.lesion_type.eq(NO_FINDING), path, lambda i: f'"{NO_FINDING}" is not a box class; an image without boxes simply has no rows', lines)
-    _fail(~df.lesion_type.isin(DET_CLASSES), path, lambda i: f'unknown lesion_type {df.lesion_type[i]!r}; expected one of {list(DET_CLASSES)}', lines)
+    _fail(df.lesion_type.eq(NO_FINDING), path,
+          lambda i: f'"{NO_FINDING}" is not a box class; an image without boxes simply has no rows', lines)
+    _fail(~df.lesion_type.isin(DET_CLASSES), path,
+          lambda i: f'unknown lesion_type {df.lesion_type[i]!r}; expected one of {list(DET_CLASSES)}', lines)
     _numbers(df, ['score'], path, lines, 0, 1)
     _numbers(df, BOX_COLUMNS, path, lines)
     _fail((df.xmin >= df.xmax) | (df.ymin >= df.ymax), path,
-          lambda i: f'inverted or empty box: xmin={df.xmin[i]}, xmax={df.xmax[i]}, ymin={df.ymin[i]}, ymax={df.ymax[i]}', lines)
+          lambda i: (f'inverted or empty box: xmin={df.xmin[i]}, xmax={df.xmax[i]}, ymin={df.ymin[i]}, '
+                     f'ymax={df.ymax[i]}'), lines)
     if image_ids is not None:
-        _fail(~df.image_id.isin(set(image_ids)), path, lambda i: f'image {df.image_id[i]} is not in the ground truth', lines)
+        _fail(~df.image_id.isin(set(image_ids)), path, lambda i: f'image {df.image_id[i]} is not in the ground truth',
+              lines)
     return df
 
 # %% ../nbs/05_metrics.ipynb #e3c939f0
@@ -207,22 +216,24 @@ def _coco_anns(df, img_id, scores: bool) -> list:
             for k, (i, c, b, s) in enumerate(zip(imgs, cats, xywh, sc))]
 
 def coco_eval(gt: pd.DataFrame, preds: pd.DataFrame, max_dets: int = 100):
-    "Run pycocotools' COCOeval (bbox, IoU 0.5, 101 recall points, area 'all', `max_dets`) over every image in `gt`; returns it accumulated."
+    "COCOeval run (bbox, IoU 0.5, 101 recall points, area 'all', `max_dets`) over every image in `gt`, accumulated."
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
-    _columns(gt, ('image_id', 'lesion_type') + BOX_COLUMNS, 'ground truth')
+    check_columns(gt, ('image_id', 'lesion_type') + BOX_COLUMNS, 'ground truth')
     unknown = set(gt.lesion_type) - set(LESION_TYPES)
     if unknown: raise ValueError(f'unknown lesion types in the ground truth: {sorted(unknown)}')
     images = sorted(gt.image_id.unique())
     img_id = {k: i + 1 for i, k in enumerate(images)}
     preds = check_det_predictions(preds, images)
     preds = (preds.assign(_img=preds.image_id.map(img_id), _cls=preds.lesion_type.map(CLASS_ID))
-             .sort_values(['_img', '_cls', 'score', *BOX_COLUMNS], ascending=[True, True, False, True, True, True, True], kind='mergesort'))
+             .sort_values(['_img', '_cls', 'score', *BOX_COLUMNS],
+                          ascending=[True, True, False, True, True, True, True], kind='mergesort'))
     boxes = gt[gt.lesion_type.ne(NO_FINDING)]
     cats = [dict(id=CLASS_ID[c] + 1, name=c) for c in DET_CLASSES]
     with contextlib.redirect_stdout(io.StringIO()):
         G, D = COCO(), COCO()
-        G.dataset = dict(images=[dict(id=i) for i in img_id.values()], annotations=_coco_anns(boxes, img_id, False), categories=cats)
+        G.dataset = dict(images=[dict(id=i) for i in img_id.values()], annotations=_coco_anns(boxes, img_id, False),
+                         categories=cats)
         D.dataset = dict(images=G.dataset['images'], annotations=_coco_anns(preds, img_id, True), categories=cats)
         G.createIndex(); D.createIndex()
         E = COCOeval(G, D, iouType='bbox')
@@ -233,8 +244,9 @@ def coco_eval(gt: pd.DataFrame, preds: pd.DataFrame, max_dets: int = 100):
     E.n_beyond_max_dets = int((preds.groupby(['_img', '_cls']).size() - max_dets).clip(lower=0).sum())
     return E
 
+# %% ../nbs/05_metrics.ipynb #dff6b2f7
 def det_ap50(gt: pd.DataFrame, preds: pd.DataFrame) -> dict:
-    "The official detection metric: per-class AP@0.5 (None for a class without ground truth), their mean, counts and PR curves."
+    "The official detection metric: AP@0.5 per class (None for a class without ground truth), mean, counts, PR curves."
     preds = check_det_predictions(preds, gt.image_id.unique())
     E = coco_eval(gt, preds)
     prec = E.eval['precision'][0, :, :, 0, 0]                      # (101 recall points, 7 classes)
@@ -249,7 +261,8 @@ def det_ap50(gt: pd.DataFrame, preds: pd.DataFrame) -> dict:
                 n_images=int(gt.image_id.nunique()), n_normal_images=len(normal),
                 n_pred_on_normal=int(preds.image_id.isin(normal).sum()),
                 n_beyond_max_dets=E.n_beyond_max_dets,
-                pr=pd.DataFrame(np.where(prec > -1, prec, np.nan), index=pd.Index(E.params.recThrs, name='recall'), columns=list(DET_CLASSES)))
+                pr=pd.DataFrame(np.where(prec > -1, prec, np.nan), index=pd.Index(E.params.recThrs, name='recall'),
+                                columns=list(DET_CLASSES)))
 
 # %% ../nbs/05_metrics.ipynb #04e80f63
 def ap_table(res: dict) -> pd.DataFrame:
@@ -259,20 +272,25 @@ def ap_table(res: dict) -> pd.DataFrame:
     t['in_mean'] = t.ap50.notna()
     return t
 
+# %% ../nbs/05_metrics.ipynb #56d009ee
 def pr_figure(res: dict, ax=None, title: str | None = None, legend: bool = True):
-    "The interpolated precision-recall curve of each class with ground truth, as COCOeval computes it; returns the axis."
+    "The interpolated precision-recall curve of each class with ground truth, as COCOeval has it; returns the axis."
     if ax is None:
         import matplotlib.pyplot as plt
         _, ax = plt.subplots(figsize=(5.5, 4.5))
     for c in res['classes_in_mean']:
         zero = res['ap50'][c] == 0          # a curve on the x-axis: drawn thick and dashed, and said so in the legend
-        ax.plot(res['pr'].index, res['pr'][c], color=CLASS_COLORS[c], lw=3 if zero else 1.4, ls='--' if zero else '-', clip_on=False,
+        ax.plot(res['pr'].index, res['pr'][c], color=CLASS_COLORS[c], lw=3 if zero else 1.4, ls='--' if zero else '-',
+                clip_on=False,
                 label=f"{c} (n={res['n_gt'][c]}): AP {res['ap50'][c]:.3f}" + (' (on the x-axis)' if zero else ''))
     absent = [c for c in DET_CLASSES if res['ap50'][c] is None]
     if absent: ax.plot([], [], ' ', label='absent: ' + ', '.join(absent))
     ax.set(xlim=(0, 1), ylim=(-0.02, 1.02), xlabel='recall', ylabel='precision (interpolated)',
-           title=title or (f"AP@0.5 per class; mAP {res['map50']:.3f}" if res['map50'] is not None else 'AP@0.5 per class'))
-    if legend: ax.legend(loc='upper left', bbox_to_anchor=(1.02, 1), fontsize=7, frameon=False)   # beside the plot: the axis labels stay clear
+           title=title or (f"AP@0.5 per class; mAP {res['map50']:.3f}" if res['map50'] is not None
+                           else 'AP@0.5 per class'))
+    if legend:
+        # beside the plot: the axis labels stay clear
+        ax.legend(loc='upper left', bbox_to_anchor=(1.02, 1), fontsize=7, frameon=False)
     return ax
 
 # %% ../nbs/05_metrics.ipynb #97828124
@@ -280,26 +298,32 @@ def _prob_series(image_probs) -> pd.Series:
     "Image probabilities as a Series indexed by image_id, checked: unique ids, values in [0, 1]."
     s = image_probs.set_index('image_id')['prob'] if isinstance(image_probs, pd.DataFrame) else pd.Series(image_probs)
     s = s.astype(float)
-    if s.index.duplicated().any(): raise ValueError(f'image {s.index[s.index.duplicated()][0]} has several probabilities')
-    if not (np.isfinite(s) & s.between(0, 1)).all(): raise ValueError('image probabilities must be finite numbers in [0, 1]')
+    if s.index.duplicated().any():
+        raise ValueError(f'image {s.index[s.index.duplicated()][0]} has several probabilities')
+    if not (np.isfinite(s) & s.between(0, 1)).all():
+        raise ValueError('image probabilities must be finite numbers in [0, 1]')
     return s
 
 def _known_images(boxes, probs):
     missing = ~boxes.image_id.isin(probs.index)
-    if missing.any(): raise ValueError(f'{int(missing.sum())} boxes on images without a probability, e.g. {boxes.image_id[missing].iloc[0]}')
+    if missing.any():
+        raise ValueError(f'{int(missing.sum())} boxes on images without a probability, e.g. '
+                         f'{boxes.image_id[missing].iloc[0]}')
 
 def fusion_rule(boxes: pd.DataFrame, image_probs, threshold: float, keep_score: float = 0.5) -> pd.DataFrame:
-    "The paper's decision rule: keep every box of an image with p >= threshold, else only boxes scoring >= `keep_score`."
+    "The paper's decision rule: all boxes of an image with p >= threshold, else only those scoring >= `keep_score`."
     probs = _prob_series(image_probs)
     _known_images(boxes, probs)
     keep = boxes.image_id.map(probs).ge(threshold) | boxes.score.ge(keep_score)
     return boxes[keep.to_numpy()].reset_index(drop=True)
 
+# %% ../nbs/05_metrics.ipynb #0e4e1fb3
 def reverse_fusion(image_probs, boxes: pd.DataFrame) -> pd.DataFrame:
-    "Re-score images: `prob` becomes the mean of the classifier's probability (kept as `prob_cls`) and the image's highest box score (0 if none)."
+    "Re-score images: `prob` is the mean of the classifier's (kept as `prob_cls`) and the top box score (0 if none)."
     probs = _prob_series(image_probs)
     _known_images(boxes, probs)
-    out = (image_probs.copy() if isinstance(image_probs, pd.DataFrame) else probs.rename('prob').rename_axis('image_id').reset_index())
+    out = (image_probs.copy() if isinstance(image_probs, pd.DataFrame)
+           else probs.rename('prob').rename_axis('image_id').reset_index())
     top = boxes.groupby('image_id').score.max()
     out['prob_cls'] = out.image_id.map(probs).to_numpy()
     out['box_max'] = out.image_id.map(top).fillna(0.0).astype(float).to_numpy()
@@ -309,36 +333,32 @@ def reverse_fusion(image_probs, boxes: pd.DataFrame) -> pd.DataFrame:
 # %% ../nbs/05_metrics.ipynb #5d4ce1c9
 CLS_COLUMNS = ('image_id', 'label', 'prob')
 
-def _read_csv(path, cols) -> pd.DataFrame:
-    path = Path(path)
-    try: df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[''])
-    except FileNotFoundError: raise InputError('file not found', path) from None
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise InputError(f'not a readable CSV ({e})', path) from None
-    _columns(df, cols, path)
-    return df
-
 def read_cls_predictions(path) -> pd.DataFrame:
     "Read and validate a classification CSV (image_id, label 0/1, prob in [0, 1]; one row per image)."
-    df = _read_csv(path, CLS_COLUMNS)[list(CLS_COLUMNS)]
+    df = read_csv_checked(path, CLS_COLUMNS)[list(CLS_COLUMNS)]
     if df.empty: raise InputError('no rows', path)
     df['image_id'] = df.image_id.fillna('').str.strip()
     _fail(df.image_id.eq(''), path, lambda i: 'empty image_id', True)
     first = df.drop_duplicates('image_id').reset_index().set_index('image_id')['index']
-    _fail(df.image_id.duplicated(), path, lambda i: f'image {df.image_id[i]} appears again (first at row {first[df.image_id[i]] + 2})', True)
+    _fail(df.image_id.duplicated(), path,
+          lambda i: f'image {df.image_id[i]} appears again (first at row {first[df.image_id[i]] + 2})', True)
     lab = pd.to_numeric(df.label, errors='coerce')
     _fail(~lab.isin([0, 1]), path, lambda i: f'label {df.label[i]!r} is not 0 or 1', True)
     df['label'] = lab.astype(int)
     _numbers(df, ['prob'], path, True, 0, 1)
-    if df.label.nunique() < 2: raise InputError(f'all images have label {df.label.iloc[0]}; AUROC needs both normal (0) and abnormal (1) images', path)
+    if df.label.nunique() < 2:
+        raise InputError(f'all images have label {df.label.iloc[0]}; AUROC needs both normal (0) and abnormal (1) '
+                         f'images', path)
     return df
 
+# %% ../nbs/05_metrics.ipynb #108e9f27
 def read_det_predictions(path, image_ids=None) -> pd.DataFrame:
-    "Read and validate a detection CSV (image_id, lesion_type, score, xmin, ymin, xmax, ymax), each image among `image_ids`."
-    return check_det_predictions(_read_csv(path, DET_COLUMNS), image_ids, path=Path(path), lines=True)
+    "Read and check a detection CSV (image_id, lesion_type, score, xmin, ymin, xmax, ymax), images among `image_ids`."
+    return check_det_predictions(read_csv_checked(path, DET_COLUMNS), image_ids, path=Path(path), lines=True)
 
 # %% ../nbs/05_metrics.ipynb #f3e507d6
-def eval_cls(pred_csv, threshold: float | None = None, val=None, rule: str = 'youden', n_boot: int = 10_000, seed: int = 0) -> dict:
+def eval_cls(pred_csv, threshold: float | None = None, val=None, rule: str = 'youden', n_boot: int = 10_000,
+             seed: int = 0) -> dict:
     "Score a classification CSV with the published protocol: AUROC and threshold metrics with bootstrap 95% CIs."
     if threshold is not None and val is not None: raise InputError('give --threshold or --val, not both')
     if rule not in THRESHOLD_RULES: raise InputError(f'rule must be one of {list(THRESHOLD_RULES)}, got {rule!r}')
@@ -347,12 +367,14 @@ def eval_cls(pred_csv, threshold: float | None = None, val=None, rule: str = 'yo
     y, p = df.label.to_numpy(), df.prob.to_numpy()
     extra = {}
     if threshold is not None:
-        if not (math.isfinite(threshold) and 0 <= threshold <= 1): raise InputError(f'threshold must be in [0, 1], got {threshold}')
+        if not (math.isfinite(threshold) and 0 <= threshold <= 1):
+            raise InputError(f'threshold must be in [0, 1], got {threshold}')
         source, optimistic = 'given', False
     elif val is not None:
         v = read_cls_predictions(val)
         both = sorted(set(v.image_id) & set(df.image_id))
-        if both: raise InputError(f'{len(both)} images are in both the validation and the scored CSV, e.g. {both[0]}', val)
+        if both:
+            raise InputError(f'{len(both)} images are in both the validation and the scored CSV, e.g. {both[0]}', val)
         threshold = pick_threshold(v.label.to_numpy(), v.prob.to_numpy(), rule)
         source, optimistic = f'{rule} on {Path(val).name}', False
         extra['val'] = cls_metrics(v.label.to_numpy(), v.prob.to_numpy(), threshold)
@@ -366,17 +388,19 @@ def eval_cls(pred_csv, threshold: float | None = None, val=None, rule: str = 'yo
                 ci={k: list(ci[k]) for k in CLS_METRICS}, ci_level=0.95, n_boot=n_boot, seed=seed,
                 **{k: m[k] for k in ('n', 'n_pos', 'n_neg', 'tp', 'fp', 'tn', 'fn')}, **extra)
 
+# %% ../nbs/05_metrics.ipynb #c0d7e7ef
 def _header(path) -> set:
     "The column names of a CSV file (none if it cannot be read: the checked readers then say why)."
     try: return set(pd.read_csv(path, nrows=0).columns.str.strip())
     except Exception: return set()
 
 def eval_det(gt_csv, pred_csv) -> dict:
-    "Score a detection CSV against a release-format annotation CSV: AP@0.5 per class and mAP over every image in GT_CSV."
+    "Score a detection CSV against a release-format annotation CSV: AP@0.5 per class and mAP over all images in GT_CSV."
     g, p = _header(gt_csv), _header(pred_csv)
     if 'score' in g and 'score' not in p and set(ANNOTATION_COLUMNS) <= p:
-        raise InputError(f'{gt_csv} and {pred_csv} look swapped: the first has a score column (predictions), the second the '
-                         "release's annotation columns; give the ground truth first: spinexr_eval_det GT_CSV PRED_CSV")
+        raise InputError(f'{gt_csv} and {pred_csv} look swapped: the first has a score column (predictions), the '
+                         "second the release's annotation columns; give the ground truth first: "
+                         'spinexr_eval_det GT_CSV PRED_CSV')
     gt = read_annotations(gt_csv)
     preds = read_det_predictions(pred_csv, set(gt.image_id))
     res = det_ap50(gt, preds)
@@ -388,24 +412,32 @@ def cls_report(r: dict) -> str:
     f = lambda v: '   n/a' if v is None or not math.isfinite(v) else f'{v:.4f}'
     lines = [f"{r['pred_csv']}: {r['n']} images ({r['n_pos']} abnormal, {r['n_neg']} normal)",
              f"threshold {r['threshold']:.6g} ({r['threshold_source']}); p >= threshold is abnormal"]
-    if r['optimistic']: lines.append('WARNING: the threshold was tuned on the data it is scored on; pass --val or --threshold for a reportable figure')
+    if r['optimistic']:
+        lines.append('WARNING: the threshold was tuned on the data it is scored on; pass --val or --threshold for a '
+                     'reportable figure')
     lines.append(f"{'metric':<12} {'value':>7}   95% CI ({r['n_boot']:,} bootstrap resamples, threshold fixed)")
     for k in CLS_METRICS: lines.append(f"{k:<12} {f(r[k]):>7}   {f(r['ci'][k][0])} - {f(r['ci'][k][1])}")
     lines.append(f"TP {r['tp']}  FP {r['fp']}  TN {r['tn']}  FN {r['fn']}")
-    if 'val' in r: lines.append(f"validation: {r['val']['n']} images, AUROC {f(r['val']['auroc'])}, sensitivity {f(r['val']['sensitivity'])}, specificity {f(r['val']['specificity'])}")
+    if 'val' in r:
+        lines.append(f"validation: {r['val']['n']} images, AUROC {f(r['val']['auroc'])}, sensitivity "
+                     f"{f(r['val']['sensitivity'])}, specificity {f(r['val']['specificity'])}")
     return '\n'.join(lines)
 
+# %% ../nbs/05_metrics.ipynb #d3b860b6
 def det_report(r: dict) -> str:
     "The detection results of `eval_det` as a text table."
     t = ap_table(r)
-    lines = [f"{r['gt_csv']}: {r['n_images']} images evaluated ({r['n_normal_images']} normal; their {r['n_pred_on_normal']} boxes count as false positives)",
+    lines = [f"{r['gt_csv']}: {r['n_images']} images evaluated ({r['n_normal_images']} normal; their "
+             f"{r['n_pred_on_normal']} boxes count as false positives)",
              f"{'class':<22} {'n_gt':>6} {'n_pred':>7} {'AP50':>8}"]
     for c, row in t.iterrows():
         ap = f'{row.ap50:.4f}' if row.in_mean else 'absent'
         lines.append(f"{c:<22} {row.n_gt:>6} {row.n_pred:>7} {ap:>8}")
     label, m = f"mAP@0.5 ({len(r['classes_in_mean'])} classes)", r['map50']
     lines.append(f"{label:<37} {'n/a' if m is None else f'{m:.4f}':>8}")
-    if r['n_beyond_max_dets']: lines.append(f"note: {r['n_beyond_max_dets']} boxes beyond 100 per image and class were not scored (COCO maxDets)")
+    if r['n_beyond_max_dets']:
+        lines.append(f"note: {r['n_beyond_max_dets']} boxes beyond 100 per image and class were not scored (COCO "
+                     f"maxDets)")
     return '\n'.join(lines)
 
 def _save_figure(draw, path):
@@ -418,29 +450,32 @@ def _save_figure(draw, path):
 
 # %% ../nbs/05_metrics.ipynb #e5ed49c0
 @call_parse
-def spinexr_eval_cls(pred_csv: str,            # CSV with columns image_id, label (0/1), prob (in [0, 1]), one row per image
-                     threshold: float = None,  # decision threshold, p >= T is abnormal (default: chosen on --val; with neither, on PRED_CSV itself, flagged optimistic)
-                     val: str = None,          # validation CSV of the same form: choose the threshold on it
-                     rule: str = 'youden',     # how the threshold is chosen: youden or f1
-                     out: str = None,          # write the results as JSON here
-                     fig: str = None,          # write the ROC figure (PNG) here
-                     n_boot: int = 10000,      # bootstrap resamples for the 95% CIs
-                     seed: int = 0):           # bootstrap seed
-    "Score image-level predictions with the published protocol: AUROC, sensitivity, specificity, F1 at a threshold, bootstrap 95% CIs."
+def spinexr_eval_cls(
+    pred_csv: str,            # CSV with columns image_id, label (0/1), prob (in [0, 1]), one row per image
+    threshold: float = None,  # p >= T is abnormal (default: chosen on --val, else on PRED_CSV itself: optimistic)
+    val: str = None,          # validation CSV of the same form: choose the threshold on it
+    rule: str = 'youden',     # how the threshold is chosen: youden or f1
+    out: str = None,          # write the results as JSON here
+    fig: str = None,          # write the ROC figure (PNG) here
+    n_boot: int = 10000,      # bootstrap resamples for the 95% CIs
+    seed: int = 0):           # bootstrap seed
+    "Score image-level predictions with the published protocol: AUROC, sensitivity, specificity, F1, bootstrap 95% CIs."
     with cli_errors('spinexr_eval_cls'):
         r = eval_cls(pred_csv, threshold, val, rule, n_boot, seed)
         print(cls_report(r))
         if out: save_json(r, out)
         if fig:
             df = read_cls_predictions(pred_csv)
-            _save_figure(lambda ax: roc_figure(df.label, df.prob, r['threshold'], ax, Path(pred_csv).stem, r['ci']['auroc']), fig)
+            _save_figure(lambda ax: roc_figure(df.label, df.prob, r['threshold'], ax, Path(pred_csv).stem,
+                                               r['ci']['auroc']), fig)
 
 @call_parse
-def spinexr_eval_det(gt_csv: str,     # ground truth in the release's annotation format; every image in it is evaluated
-                     pred_csv: str,   # CSV with columns image_id, lesion_type, score, xmin, ymin, xmax, ymax (one row per box)
-                     out: str = None, # write the results as JSON here
-                     fig: str = None):# write the precision-recall figure (PNG) here
-    "Score box predictions with the official protocol: COCO AP@0.5 per class and mAP over all images, normal ones included."
+def spinexr_eval_det(
+    gt_csv: str,      # ground truth in the release's annotation format; every image in it is evaluated
+    pred_csv: str,    # CSV with columns image_id, lesion_type, score, xmin, ymin, xmax, ymax (one row per box)
+    out: str = None,  # write the results as JSON here
+    fig: str = None): # write the precision-recall figure (PNG) here
+    "Score box predictions with the official protocol: COCO AP@0.5 per class and mAP over all images, normal included."
     with cli_errors('spinexr_eval_det'):
         r = eval_det(gt_csv, pred_csv)
         print(det_report(r))

@@ -45,6 +45,7 @@ def _soft(d, edge):
     "A soft inside-mask from a signed distance: 1 inside, 0 outside, a ramp `edge` pixels wide."
     return 1 / (1 + np.exp(np.clip(d / edge, -30, 30)))
 
+# %% ../nbs/02_phantom.ipynb #1ee5e73e
 def _ellipse_extent(rx, ry, angle):
     "Half-width and half-height of the bounding box of an ellipse rotated by `angle`."
     c, s = math.cos(angle), math.sin(angle)
@@ -93,6 +94,7 @@ class Vertebra:
         u, v = sx * self.hw, sy * hh
         return self.cx + c * u - s * v, self.cy + s * u + c * v
 
+# %% ../nbs/02_phantom.ipynb #cb978d11
 @dataclass
 class Spine:
     "The layout of one radiograph: image size, view, collimated field and vertebrae."
@@ -118,6 +120,7 @@ def _layout(rng, H, W, view) -> Spine:
         verts.append(Vertebra(cx, cy, hw * rng.uniform(0.95, 1.05), hh * rng.uniform(0.95, 1.05), math.atan(slope)))
     return Spine(H, W, view, field, verts, unit=H / 2500)
 
+# %% ../nbs/02_phantom.ipynb #cd784358
 def _background(rng, sp: Spine) -> np.ndarray:
     "Soft tissue: a body profile across the image, an exposure gradient, low-frequency mottle."
     import cv2
@@ -144,6 +147,7 @@ def _draw_vertebra(img, v: Vertebra, u: float):
         endplate = (np.abs(q / scale) > 0.6 * v.hh) & (np.abs(p) < v.hw)
         img[sl] += v.sclerosis * endplate * np.exp(-(d / (4 * rim_w)) ** 2)
 
+# %% ../nbs/02_phantom.ipynb #ede0ee15
 def _foramen(sp: Spine, i: int):
     "Centre and radii of the foramen between vertebrae i and i+1 (lateral views), behind the column."
     a, b = sp.vertebrae[i], sp.vertebrae[i + 1]
@@ -188,7 +192,8 @@ def _osteophyte(rng, img, sp, used, c):
     used.add((i, sx, sy))
     v = sp.vertebrae[i]
     px, py = v.corner(sx, sy)
-    L = v.hh * rng.uniform(0.6, 0.85) * math.sqrt(max(c, 0.25))  # at c = 1, boxes of about 100 x 60 px at 2500 px, like the release's
+    # at c = 1, boxes of about 100 x 60 px at 2500 px, like the release's
+    L = v.hh * rng.uniform(0.6, 0.85) * math.sqrt(max(c, 0.25))
     cx, cy = px + sx * 0.3 * L, py + sy * 0.1 * L
     ang = v.angle + sx * sy * math.radians(rng.uniform(20, 40))
     box = _ellipse(img, cx, cy, 0.62 * L, 0.26 * L, ang, 0.42 * c, 1.2 * sp.unit)
@@ -204,7 +209,8 @@ def _implant(rng, img, sp, c):
     rod_x = [v.cx + (1.25 * v.hw if sp.view != 'AP' else 0.62 * v.hw) for v in vs]
     for side in ((1,) if sp.view != 'AP' else (-1, 1)):
         xs = rod_x if side == 1 else [2 * v.cx - x for v, x in zip(vs, rod_x)]
-        boxes.append(_capsule(img, (xs[0], vs[0].cy - 0.5 * vs[0].hh), (xs[-1], vs[-1].cy + 0.5 * vs[-1].hh), 9 * u, value))
+        boxes.append(_capsule(img, (xs[0], vs[0].cy - 0.5 * vs[0].hh), (xs[-1], vs[-1].cy + 0.5 * vs[-1].hh),
+                              9 * u, value))
         for v, x in zip(vs, xs):
             tip = (v.cx - 0.35 * v.hw * (1 if sp.view != 'AP' else -side), v.cy)
             boxes.append(_capsule(img, (x, v.cy), tip if sp.view != 'AP' else (x, v.cy + 1), 7 * u, value))
@@ -220,7 +226,8 @@ def _other(rng, img, sp, c):
     else:                   # blastic: dense mottled blob
         box = _ellipse(img, cx, cy, r, 0.8 * r, rng.uniform(0, math.pi), 0.25 * c, 2 * sp.unit)
         for _ in range(4):
-            _ellipse(img, cx + rng.uniform(-0.5, 0.5) * r, cy + rng.uniform(-0.4, 0.4) * r, 0.25 * r, 0.25 * r, 0.0, 0.2 * c, 1.5 * sp.unit)
+            _ellipse(img, cx + rng.uniform(-0.5, 0.5) * r, cy + rng.uniform(-0.4, 0.4) * r, 0.25 * r, 0.25 * r,
+                     0.0, 0.2 * c, 1.5 * sp.unit)
     return _pad(box, 3 * sp.unit)
 
 # %% ../nbs/02_phantom.ipynb #ce8512f8
@@ -294,7 +301,8 @@ def draw_radiograph(rng, H: int, W: int, view: str = 'lateral', lesions=(), cons
             _ellipse(img, (x0 + x1) / 2, (y0 + y1) / 2, 0.45 * (x1 - x0), 0.35 * (y1 - y0), 0.0, 0.12 * c, 3 * sp.unit)
         if name == 'Foraminal stenosis':    # bony overgrowth into the foramen
             x0, y0, x1, y1 = b
-            _ellipse(img, (x0 + x1) / 2, y0 + 0.3 * (y1 - y0), 0.3 * (x1 - x0), 0.22 * (y1 - y0), 0.3, 0.28 * c, 2 * sp.unit)
+            _ellipse(img, (x0 + x1) / 2, y0 + 0.3 * (y1 - y0), 0.3 * (x1 - x0), 0.22 * (y1 - y0), 0.3, 0.28 * c,
+                     2 * sp.unit)
     used = set()
     for name in lesions:
         box = None
@@ -312,7 +320,8 @@ def _ellipse_box(f):
     return (cx - rx, cy - ry, cx + rx, cy + ry)
 
 def _clip_box(b, W, H):
-    return (float(np.clip(b[0], 0, W)), float(np.clip(b[1], 0, H)), float(np.clip(b[2], 0, W)), float(np.clip(b[3], 0, H)))
+    return (float(np.clip(b[0], 0, W)), float(np.clip(b[1], 0, H)),
+            float(np.clip(b[2], 0, W)), float(np.clip(b[3], 0, H)))
 
 # %% ../nbs/02_phantom.ipynb #42ff5ec2
 PREVALENCE = {  # class: (chance an abnormal image has it, most boxes of it in one image)
@@ -342,6 +351,7 @@ class PhantomConfig:
         if self.n_studies < 2: raise InputError('a phantom needs at least 2 studies (one train, one test)')
         if self.size is not None and self.size < 64: raise InputError(f'size must be at least 64 px, got {self.size}')
 
+# %% ../nbs/02_phantom.ipynb #0730b698
 def _hex(rng): return rng.bytes(16).hex()
 
 def plan_phantom(cfg: PhantomConfig) -> pd.DataFrame:
@@ -361,7 +371,8 @@ def plan_phantom(cfg: PhantomConfig) -> pd.DataFrame:
                     if rng.random() < p: lesions += [name] * int(rng.integers(1, most + 1))
                 lesions = lesions or ['Osteophytes']
             rows.append(dict(study_id=study, series_id=_hex(rng), image_id=_hex(rng), rad_id=rad,
-                             split='test' if s in test else 'train', height=L, width=int(round(L / rng.uniform(1.25, 2.0))),
+                             split='test' if s in test else 'train', height=L,
+                             width=int(round(L / rng.uniform(1.25, 2.0))),
                              view=str(rng.choice(['lateral', 'AP'], p=[0.6, 0.4])),
                              photometric='MONOCHROME1' if rng.random() < cfg.mono1_frac else 'MONOCHROME2',
                              lesions=tuple(lesions)))
@@ -378,6 +389,7 @@ def _stored_values(rng, img, field, photometric):
     if photometric == 'MONOCHROME1': arr, wc = (4095 - arr).astype(np.uint16), 4095 - wc
     return arr, round(float(wc), 1), round(float(ww), 1)
 
+# %% ../nbs/02_phantom.ipynb #b5042d6e
 def write_dicom(path, arr: np.ndarray, ids: dict, photometric='MONOCHROME2', syntax='jpeg2000',
                 window=None, spacing=0.14, view='lateral') -> Path:
     "Write a 12-bit grayscale radiograph as a DICOM file (atomically) with the release's tags."
@@ -389,8 +401,10 @@ def write_dicom(path, arr: np.ndarray, ids: dict, photometric='MONOCHROME2', syn
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', UserWarning)  # hex ids are not valid UIDs, as in the release
         ds.SOPClassUID = '1.2.840.10008.5.1.4.1.1.1.1'  # Digital X-Ray Image Storage - For Presentation
-        ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID = ids['image_id'], ids['study_id'], ids['series_id']
-        ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+        ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID = (
+            ids['image_id'], ids['study_id'], ids['series_id'])
+        ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = (
+            ds.SOPClassUID, ds.SOPInstanceUID)
         ds.Modality, ds.BodyPartExamined, ds.ViewPosition = 'DX', 'SPINE', 'LL' if view == 'lateral' else 'AP'
         ds.Manufacturer = 'spinexr phantom'
         ds.PixelSpacing = [round(spacing, 6)] * 2
@@ -422,12 +436,15 @@ def _annotation_rows(plan, boxes) -> pd.DataFrame:
             rows.append(dict(ids, lesion_type=name, xmin=x0, ymin=y0, xmax=x1, ymax=y1))
     return pd.DataFrame(rows).reindex(columns=list(ANNOTATION_COLUMNS) + ['split'])
 
+# %% ../nbs/02_phantom.ipynb #b3d5428f
 PHANTOM_STAMP = 'phantom.json'   # what make_phantom writes first and completes last
 
 def is_phantom(root) -> bool:
-    "Whether the release at `root` is a phantom (`make_phantom` wrote it): what a model trained on it learnt is not medicine."
+    ("Whether the release at `root` is a phantom (`make_phantom` wrote it): "
+     "what a model trained on it learnt is not medicine.")
     return (Path(root)/PHANTOM_STAMP).is_file()
 
+# %% ../nbs/02_phantom.ipynb #35e16d98
 def make_phantom(out, cfg: PhantomConfig | None = None, workers: int | None = None, progress=True) -> dict:
     "Write a phantom VinDr-SpineXR release to `out`; returns a summary with the drawing speed."
     from tqdm import tqdm
@@ -466,15 +483,16 @@ class _Serial:
 
 # %% ../nbs/02_phantom.ipynb #dfc51aed
 @call_parse
-def spinexr_phantom(out: str,                 # folder to write the release into (empty, or a phantom with the same settings)
-                    n_studies: int = 40,      # number of studies (1-3 images each)
-                    seed: int = 0,            # the same seed gives the same release
-                    size: int = None,         # long side in pixels (default: 1500-3000 like the release)
-                    syntax: str = 'jpeg2000', # transfer syntax: jpeg2000, jpegls, rle or explicit
-                    mono1_frac: float = 0.1,  # share of MONOCHROME1 images
-                    conspicuity: float = 1.0, # lesion contrast (lower is harder)
-                    test_frac: float = 0.2,   # share of studies in the test split
-                    workers: int = None):     # processes (default: all cores)
+def spinexr_phantom(
+    out: str,                 # folder to write the release into (empty, or a phantom with the same settings)
+    n_studies: int = 40,      # number of studies (1-3 images each)
+    seed: int = 0,            # the same seed gives the same release
+    size: int = None,         # long side in pixels (default: 1500-3000 like the release)
+    syntax: str = 'jpeg2000', # transfer syntax: jpeg2000, jpegls, rle or explicit
+    mono1_frac: float = 0.1,  # share of MONOCHROME1 images
+    conspicuity: float = 1.0, # lesion contrast (lower is harder)
+    test_frac: float = 0.2,   # share of studies in the test split
+    workers: int = None):     # processes (default: all cores)
     "Write a synthetic VinDr-SpineXR release (DICOM images and annotation CSVs) to OUT."
     with cli_errors('spinexr_phantom'):
         cfg = PhantomConfig(n_studies=n_studies, seed=seed, size=size, syntax=syntax, mono1_frac=mono1_frac,

@@ -40,6 +40,7 @@ def sha256_file(path) -> str:
         for b in iter(lambda: f.read(1 << 20), b''): h.update(b)
     return h.hexdigest()
 
+# %% ../nbs/06_weights.ipynb #8a2fc89d
 def read_state_dict(path) -> dict:
     "A state_dict from a `.safetensors` file or a PyTorch file of tensors (never unpickling code)."
     path = Path(path)
@@ -47,21 +48,27 @@ def read_state_dict(path) -> dict:
     if path.suffix != '.safetensors': return load_weights(path)
     from safetensors.torch import load_file
     try: return load_file(str(path))
-    except Exception as e: raise InputError(f'not a readable safetensors file ({type(e).__name__}: {str(e)[:160]})', path) from None
+    except Exception as e:
+        raise InputError(f'not a readable safetensors file ({type(e).__name__}: {str(e)[:160]})', path) from None
 
 # %% ../nbs/06_weights.ipynb #cc04f428
 def yolo_checkpoint_state(path) -> tuple:
-    "(state_dict, architecture yaml, class names) of an ultralytics checkpoint, read with its allow-listing safe loader."
+    ("(state_dict, architecture yaml, class names) of an ultralytics checkpoint, "
+     "read with its allow-listing safe loader.")
     if not Path(path).is_file(): raise InputError('weights file not found', path)
     offline_env()
     with keep_threads():
         from ultralytics.nn.tasks import _SafeLoad, torch_safe_load
-        if not _SafeLoad.SUPPORTED: raise InputError('this torch cannot load ultralytics checkpoints safely (weights_only); upgrade torch', path)
+        if not _SafeLoad.SUPPORTED:
+            raise InputError('this torch cannot load ultralytics checkpoints safely (weights_only); upgrade torch',
+                             path)
         try: ckpt, _ = torch_safe_load(str(path), safe_only=True)
         except (TypeError, ValueError, OSError) as e:
-            raise InputError(f'not an ultralytics checkpoint that loads safely ({str(e).splitlines()[0][:200]})', path) from None
+            raise InputError(f'not an ultralytics checkpoint that loads safely ({str(e).splitlines()[0][:200]})',
+                             path) from None
     model = ckpt.get('ema') or ckpt.get('model') if isinstance(ckpt, dict) else None
-    if model is None or not hasattr(model, 'yaml'): raise InputError('not an ultralytics checkpoint: no model in it', path)
+    if model is None or not hasattr(model, 'yaml'):
+        raise InputError('not an ultralytics checkpoint: no model in it', path)
     names = getattr(model, 'names', {})
     return ({k: v.float() for k, v in model.float().state_dict().items()}, dict(model.yaml),
             [names[i] for i in range(len(names))] if isinstance(names, dict) else list(names))
@@ -109,15 +116,18 @@ def record(self: WeightStore, name: str) -> dict:
     rec = self.entries().get(name)
     if rec is None: raise InputError(missing_weights_message(name, self))
     if not (self.root/rec['file']).is_file():
-        raise InputError(f'the manifest lists "{name}" but its file is missing; {missing_weights_message(name, self)}', self.root/rec['file'])
+        raise InputError(f'the manifest lists "{name}" but its file is missing; {missing_weights_message(name, self)}',
+                         self.root/rec['file'])
     return rec
 
+# %% ../nbs/06_weights.ipynb #aa1576b2
 @patch
 def load(self: WeightStore, name: str) -> tuple:
     "(state_dict, record) of `name`: `weights_only` and SHA-256 checked."
     rec = self.record(name)
     return load_weights(self.root/rec['file'], rec['sha256']), rec
 
+# %% ../nbs/06_weights.ipynb #482590d7
 @patch
 def verify(self: WeightStore) -> pd.DataFrame:
     "One row per entry: name, file, size, sha256 and whether the file still matches its hash."
@@ -125,7 +135,8 @@ def verify(self: WeightStore) -> pd.DataFrame:
     for name, rec in self.entries().items():
         p = self.root/rec['file']
         ok = p.is_file() and p.stat().st_size == rec['size'] and sha256_file(p) == rec['sha256']
-        rows.append(dict(name=name, file=rec['file'], size_mb=round(rec['size'] / 2**20, 1), sha256=rec['sha256'], ok=ok))
+        rows.append(dict(name=name, file=rec['file'], size_mb=round(rec['size'] / 2**20, 1), sha256=rec['sha256'],
+                         ok=ok))
     return pd.DataFrame(rows, columns=['name', 'file', 'size_mb', 'sha256', 'ok'])
 
 # %% ../nbs/06_weights.ipynb #589f1865
@@ -133,14 +144,16 @@ def verify(self: WeightStore) -> pd.DataFrame:
 def import_store(self: WeightStore, src) -> list:
     "Copy every entry of the store at `src` into this one, hashes verified; returns (name, error or None) per entry."
     src = WeightStore(src)
-    if not src.manifest_path.exists(): raise InputError(f'no {src.manifest_path.name}: not a spinexr weights folder', src.root)
+    if not src.manifest_path.exists():
+        raise InputError(f'no {src.manifest_path.name}: not a spinexr weights folder', src.root)
     if src.root.resolve() == self.root.resolve(): raise InputError('the source is this store itself', src.root)
     done = []
     for name, rec in src.entries().items():
         f = src.root/rec.get('file', '')
         if name not in WEIGHTS: done.append((name, f'unknown weights name {name!r}')); continue
         if not f.is_file(): done.append((name, f'{f} is missing')); continue
-        if sha256_file(f) != rec.get('sha256'): done.append((name, f'{f}: SHA-256 does not match the manifest (damaged copy)')); continue
+        if sha256_file(f) != rec.get('sha256'):
+            done.append((name, f'{f}: SHA-256 does not match the manifest (damaged copy)')); continue
         with atomic_path(self.root/f'{name}.pt') as tmp: shutil.copyfile(f, tmp)
         self._save_entries({**self.entries(), name: {**rec, 'file': f'{name}.pt'}})
         done.append((name, None))
@@ -154,7 +167,8 @@ def _timm_state(name: str, path) -> dict:
     model = timm.create_model(name, pretrained=False)
     try: model.load_state_dict(state)
     except RuntimeError as e:
-        raise InputError(f'these are not {name} weights: they do not fit its architecture ({str(e).splitlines()[0][:160]})', path) from None
+        raise InputError(f'these are not {name} weights: they do not fit its architecture '
+                         f'({str(e).splitlines()[0][:160]})', path) from None
     return model.state_dict()
 
 def _yolo_state(name: str, path) -> tuple:
@@ -227,7 +241,8 @@ def fetch(self: WeightStore, names=FETCH_DEFAULT) -> list:
     unknown = [n for n in names if n not in WEIGHTS]
     if unknown: raise InputError(f'unknown weights names {unknown}; known: {", ".join(WEIGHTS)}')
     import huggingface_hub.constants as hc
-    for url in dict.fromkeys(hc.ENDPOINT if WEIGHTS[n]['kind'] == 'timm' else 'https://github.com' for n in names): _probe(url)
+    for url in dict.fromkeys(hc.ENDPOINT if WEIGHTS[n]['kind'] == 'timm' else 'https://github.com' for n in names):
+        _probe(url)
     offline_env()
     done = []
     for n in names:
@@ -242,11 +257,12 @@ def _report(done: list, verb: str) -> int:
     return sum(err is not None for _, err in done)
 
 @call_parse
-def spinexr_weights(command: Param('fetch, import or list', str, choices=['fetch', 'import', 'list']),
-                    src: Param('import: a weights folder, or one file with --name', str, nargs='?', opt=False) = None,
-                    only: Param(f'fetch: these names (default: {" ".join(FETCH_DEFAULT)})', str, nargs='+') = None,
-                    name: str = None,     # import: the name of a single file (densenet121, tf_efficientnetv2_s, resnet50, yolo11n/s/m/l/x)
-                    store: str = None):   # the store folder (default: $SPINEXR_WEIGHTS, else the spinexr cache's weights/)
+def spinexr_weights(
+    command: Param('fetch, import or list', str, choices=['fetch', 'import', 'list']),
+    src: Param('import: a weights folder, or one file with --name', str, nargs='?', opt=False) = None,
+    only: Param(f'fetch: these names (default: {" ".join(FETCH_DEFAULT)})', str, nargs='+') = None,
+    name: str = None,  # import: the name of a single file (densenet121, tf_efficientnetv2_s, resnet50, yolo11n/s/m/l/x)
+    store: str = None):  # the store folder (default: $SPINEXR_WEIGHTS, else the spinexr cache's weights/)
     "Fill, import into or check the store of pretrained weights that training loads by name."
     with cli_errors('spinexr_weights'):
         ws = WeightStore(store)

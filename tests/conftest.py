@@ -1,9 +1,9 @@
-import json, os, sys
+import json, os, shutil, subprocess, sys
 from collections import Counter
 from pathlib import Path
 import pytest
 
-BIN = Path(sys.executable).parent
+BIN = Path(sys.executable).parent    # the console commands of the package under test are installed here
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
@@ -17,8 +17,55 @@ def tree_digest(root: Path) -> dict:
             for p in sorted(root.rglob('*')) if p.is_file()}
 
 def command(name: str) -> str:
-    "Path of a console command installed beside this Python."
+    "Path of a console command installed beside this Python (`run_cli` runs it; tests that must `Popen` call this)."
     return str(BIN/name)
+
+_command = command   # for run_cli, whose first parameter is named `command`
+
+def run_cli(command: str, *args, timeout: float = 300, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    "Run the console command `command` (beside this Python) with `args`, each str()-ed; its output captured as text."
+    return subprocess.run([_command(command), *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env=env, **kw)
+
+def run_prep(*args, timeout: float = 300) -> subprocess.CompletedProcess:
+    "`spinexr_prep ARGS --quiet`."
+    return run_cli('spinexr_prep', *args, '--quiet', timeout=timeout)
+
+# --- shared phantom releases and prep trees ----------------------------------------------------------------
+# Session-scoped (one per pytest-xdist worker): tests only read them. A test that changes a release works on a copy
+# in its tmp_path (`release_copy`, or shutil.copytree); the source data is never modified.
+
+@pytest.fixture(scope='session')
+def phantom_release(tmp_path_factory):
+    """`phantom_release(name='phantom', **cfg)`: the phantom release of `PhantomConfig(**cfg)` in a folder `name`, made
+    once per session; read it only."""
+    from spinexr.phantom import PhantomConfig, make_phantom
+    made = {}
+    def get(name: str = 'phantom', **cfg) -> Path:
+        key = (name, *sorted(cfg.items()))
+        if key not in made:
+            root = tmp_path_factory.mktemp('release')/name
+            make_phantom(root, PhantomConfig(**cfg), workers=2, progress=False)
+            made[key] = root
+        return made[key]
+    return get
+
+@pytest.fixture(scope='session')
+def release(phantom_release) -> Path:
+    "A small phantom release: 8 studies at 400 px, JPEG 2000 as the real one, a third MONOCHROME1."
+    return phantom_release(n_studies=8, seed=5, size=400, mono1_frac=0.35)
+
+@pytest.fixture
+def release_copy(release, tmp_path) -> Path:
+    "A copy of `release` in this test's tmp_path, for a test that changes it."
+    return Path(shutil.copytree(release, tmp_path/'rel'))
+
+@pytest.fixture(scope='session')
+def prepared(tmp_path_factory):
+    "`prepared(**kw)`: `spinexr.prep.prepared_phantom(**kw)`, the prep tree of a phantom, made once per session."
+    from spinexr.prep import prepared_phantom
+    root = tmp_path_factory.mktemp('prepared')
+    return lambda **kw: prepared_phantom(root=root, **kw)
 
 CHROMIUM = '/usr/bin/chromium'       # Debian's, driven by Playwright (no `playwright install`)
 CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
@@ -29,7 +76,7 @@ SHOTS = Path(__file__).resolve().parents[1]/'screenshots'   # ignored by git
 APT_LINE = 'apt-get install -y chromium'
 
 def require_system(path: str, package: str):
-    "Skip the test when the system program `path` is not installed, saying how to install it; in CI (`CI` set) fail it."
+    "Skip the test when the system program `path` is not installed, saying how to install it; in CI (`CI` set), fail."
     if Path(path).exists(): return
     msg = f"{path} not found: install Debian's {package} ({APT_LINE})"
     if os.environ.get('CI'): pytest.fail(msg)
@@ -68,5 +115,6 @@ def pytest_terminal_summary(terminalreporter):
     for c in parts: tally.update(c['tally']); rss.update(c['rss'])
     if not tally: return
     mib = ', '.join(f'{v:.1f} MiB for {n} images' for n, v in sorted(rss.items(), key=lambda kv: int(kv[0])))
-    terminalreporter.write_line(f"reliability: {tally['bad-input kinds']} bad-input kinds tried, {tally['faults injected']} faults injected, "
-                                f"{tally['files lost']} files lost" + (f'; spinexr_prep peak RSS {mib}' if mib else ''))
+    terminalreporter.write_line(f"reliability: {tally['bad-input kinds']} bad-input kinds tried, "
+                                f"{tally['faults injected']} faults injected, {tally['files lost']} files lost"
+                                + (f'; spinexr_prep peak RSS {mib}' if mib else ''))

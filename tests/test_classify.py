@@ -1,26 +1,24 @@
 """The classifier command end to end on a tiny phantom: run directory, DDP on CPU, bad input.
 Damaged and unsafe model files, kill -9, reproducibility: tests/test_reliability.py."""
-import json, os, subprocess, sys
-from pathlib import Path
+import json, os
 
 import pandas as pd
 import pytest
 import torch
 
-from conftest import command, BIN
+from conftest import command, run_cli
 from spinexr.classify import load_classifier
-from spinexr.dicom import prepared_phantom
 
 TINY = ['--arch', 'resnet50', '--size', '64', '--epochs', '1', '--bs', '8', '--no_pretrained']
 
 @pytest.fixture(scope='module')
-def prep(tmp_path_factory):
-    return prepared_phantom(n_studies=40, size=256, prep_size=96, root=tmp_path_factory.mktemp('cache'))
+def prep(prepared):
+    return prepared(n_studies=40, size=256, prep_size=96)
 
 def train(prep, out, *extra, launcher=(), env=None):
-    r = subprocess.run([*launcher, command('spinexr_train_cls'), str(prep), str(out), *TINY, *extra],
-                       capture_output=True, text=True, timeout=900, env=env)
-    return r
+    "spinexr_train_cls at a tiny scale; `launcher`: a console command and its arguments that start it (torchrun)."
+    cmd = (*launcher, command('spinexr_train_cls')) if launcher else ('spinexr_train_cls',)
+    return run_cli(*cmd, prep, out, *TINY, *extra, timeout=900, env=env)
 
 def test_run_directory(prep, tmp_path):
     r = train(prep, tmp_path/'run')
@@ -44,7 +42,7 @@ def test_run_directory(prep, tmp_path):
 
 def test_ddp_on_cpu_with_two_gloo_processes(prep, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS='1')
-    r = train(prep, tmp_path/'ddp', launcher=[str(BIN/'torchrun'), '--nproc_per_node', '2'], env=env)
+    r = train(prep, tmp_path/'ddp', launcher=['torchrun', '--nproc_per_node', '2'], env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count('test AUROC') == 1          # only rank 0 reports and writes
     assert (tmp_path/'ddp'/'model.pt').exists() and (tmp_path/'ddp'/'metrics.json').exists()
@@ -55,10 +53,9 @@ def test_ddp_on_cpu_with_two_gloo_processes(prep, tmp_path):
     (['--weights', '/nonexistent/w.pth'], 'weights file not found'),
 ])
 def test_bad_settings(prep, tmp_path, args, message):
-    r = subprocess.run([command('spinexr_train_cls'), str(prep), str(tmp_path/'run'), *TINY, *args],
-                       capture_output=True, text=True, timeout=300)
+    r = run_cli('spinexr_train_cls', prep, tmp_path/'run', *TINY, *args, timeout=300)
     assert r.returncode == 1 and message in r.stderr and 'Traceback' not in r.stderr
 
 def test_not_a_prep_tree(tmp_path):
-    r = subprocess.run([command('spinexr_train_cls'), str(tmp_path), str(tmp_path/'run'), *TINY], capture_output=True, text=True)
+    r = run_cli('spinexr_train_cls', tmp_path, tmp_path/'run', *TINY)
     assert r.returncode == 1 and 'no labels.csv' in r.stderr and 'Traceback' not in r.stderr

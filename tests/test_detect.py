@@ -1,22 +1,21 @@
 "The detector command end to end on a tiny phantom: run directory without pickles, official scoring, bad input."
-import json, subprocess
-from pathlib import Path
+import json, shutil
 
 import pandas as pd
 import pytest
 
-from conftest import command
+from conftest import run_cli
 from spinexr.core import DET_CLASSES, InputError
 from spinexr.detect import load_detector
-from spinexr.dicom import prepared_phantom
+from spinexr.prep import PrepTree
 
 @pytest.fixture(scope='module')
-def run(tmp_path_factory):
-    prep = prepared_phantom(n_studies=30, size=256, prep_size=128, root=tmp_path_factory.mktemp('cache'))
+def run(prepared, tmp_path_factory):
+    prep = prepared(n_studies=30, size=256, prep_size=128)
     out = tmp_path_factory.mktemp('det')/'run'
-    r = subprocess.run([command('spinexr_train_det'), '--data', str(prep), '--out', str(out), '--model', 'yolo11n.yaml', '--imgsz', '128',
-                        '--epochs', '1', '--batch', '8', '--workers', '0', '--repeat_factor', '0.1', '--focal_gamma', '2', '--no_pretrained'],
-                       capture_output=True, text=True, timeout=900)
+    r = run_cli('spinexr_train_det', '--data', prep, '--out', out, '--model', 'yolo11n.yaml', '--imgsz', 128,
+                '--epochs', 1, '--batch', 8, '--workers', 0, '--repeat_factor', 0.1, '--focal_gamma', 2,
+                '--no_pretrained', timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     return prep, out, r.stdout
 
@@ -26,7 +25,7 @@ def test_run_directory(run):
     names = {p.name for p in out.iterdir()}
     assert {'config.json', 'data.yaml', 'train.txt', 'history.csv', 'detector.json', 'detector.pt', 'metrics.json',
             'preds_val.csv', 'preds_test.csv'} <= names
-    assert not any(p.suffix == '.pt' and p.name != 'detector.pt' for p in out.rglob('*'))   # no ultralytics pickles left
+    assert not any(p.suffix == '.pt' and p.name != 'detector.pt' for p in out.rglob('*'))  # no ultralytics pickles left
     m = json.loads((out/'metrics.json').read_text())
     assert set(m) == {'val', 'test', 'ultralytics_test'}
     assert set(m['test']['ap50']) == set(DET_CLASSES) and 0 <= m['test']['map50'] <= 1
@@ -35,20 +34,17 @@ def test_run_directory(run):
 
 def test_predictions_score_with_the_eval_command(run, tmp_path):
     prep, out, _ = run
-    from spinexr.detect import prep_ground_truth
-    gt = prep_ground_truth(prep, 'test')
+    gt = PrepTree(prep).ground_truth('test')
     labels = pd.read_csv(prep/'labels.csv')
     assert set(gt.image_id) == set(labels.image_id[labels.split == 'test'])      # normal images included
     rel = prep.parent/'release'/'annotations'/'test.csv'
-    r = subprocess.run([command('spinexr_eval_det'), str(rel), str(out/'preds_test.csv'), '--out', str(tmp_path/'d.json')],
-                       capture_output=True, text=True, timeout=300)
+    r = run_cli('spinexr_eval_det', rel, out/'preds_test.csv', '--out', tmp_path/'d.json', timeout=300)
     assert r.returncode == 0, r.stderr
     d = json.loads((tmp_path/'d.json').read_text())
     m = json.loads((out/'metrics.json').read_text())['test']
     assert abs(d['map50'] - m['map50']) < 1e-6    # scored against the release's own CSV: same figure
 
 def test_damaged_detector(run, tmp_path):
-    import shutil
     _, out, _ = run
     shutil.copytree(out, tmp_path/'copy')
     pt = tmp_path/'copy'/'detector.pt'
@@ -59,9 +55,9 @@ def test_damaged_detector(run, tmp_path):
                                           (['--weights', '/nonexistent.pt'], 'weights file not found')])
 def test_bad_settings(run, tmp_path, args, message):
     prep = run[0]
-    r = subprocess.run([command('spinexr_train_det'), '--data', str(prep), '--out', str(tmp_path/'x'), *args], capture_output=True, text=True, timeout=300)
+    r = run_cli('spinexr_train_det', '--data', prep, '--out', tmp_path/'x', *args, timeout=300)
     assert r.returncode == 1 and message in r.stderr and 'Traceback' not in r.stderr
 
 def test_not_a_prep_tree(tmp_path):
-    r = subprocess.run([command('spinexr_train_det'), '--data', str(tmp_path), '--out', str(tmp_path/'run')], capture_output=True, text=True, timeout=300)
+    r = run_cli('spinexr_train_det', '--data', tmp_path, '--out', tmp_path/'run', timeout=300)
     assert r.returncode == 1 and 'no labels.csv' in r.stderr

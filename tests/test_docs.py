@@ -2,15 +2,16 @@
 driven by Playwright) opens every page over http://127.0.0.1 and checks that it rendered.
 
 CI builds the site once with `spinexr_docs` and points `SPINEXR_DOCS_DIR` at it; without it the site is built here.
-A missing chromium skips the browser tests with the apt line that installs it (fails them in CI); `SPINEXR_SKIP_BROWSER=1` skips them."""
-import functools, http.server, json, os, re, subprocess, threading, time
+A missing chromium skips the browser tests with the apt line that installs it (fails them in CI);
+`SPINEXR_SKIP_BROWSER=1` skips them."""
+import functools, http.server, json, os, re, threading, time
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 from execnb.nbio import mk_cell, new_nb, read_nb, write_nb
 
-from conftest import CHROMIUM, CHROMIUM_ARGS, SHOTS, command, require_system
+from conftest import CHROMIUM, CHROMIUM_ARGS, SHOTS, require_system, run_cli
 from spinexr.docs import doc_notebooks, page_name
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,8 +28,7 @@ def _title(nb_path) -> str:
 PAGES = [(page_name(p).replace('.md', '.html'), _title(p)) for p in doc_notebooks(ROOT/'nbs')]
 
 def run_docs(*args, cwd=ROOT, timeout=1800):
-    return subprocess.run([command('spinexr_docs'), *map(str, args)], capture_output=True, text=True, cwd=cwd,
-                          timeout=timeout)
+    return run_cli('spinexr_docs', *args, cwd=cwd, timeout=timeout)
 
 # --- the site ---------------------------------------------------------------------------------------------
 
@@ -103,12 +103,15 @@ def test_page_renders(browser, server, page, title):
         want = 'spinexr' if page == 'index.html' else f'{title} - spinexr'
         assert v.page.title() == want
         assert v.page.inner_text('article h1').strip().rstrip('¶').strip() == title
-        broken = v.page.evaluate('Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)')
+        broken = v.page.evaluate('Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0))'
+                                 '.map(i => i.src)')
         assert broken == [], f'{page}: broken images {broken}'
         # formulas were turned into MathML at build time: no TeX source left for a script to typeset
-        tex = v.page.evaluate("Array.from(document.querySelectorAll('.arithmatex')).filter(e => !e.querySelector('math')).map(e => e.textContent)")
+        tex = v.page.evaluate("Array.from(document.querySelectorAll('.arithmatex'))"
+                              ".filter(e => !e.querySelector('math')).map(e => e.textContent)")
         assert tex == [], f'{page}: formulas not rendered: {tex[:3]}'
-        n = v.page.evaluate("fetch('search/search_index.json').then(r => r.ok ? r.json() : null).then(j => j && j.docs.length)")
+        n = v.page.evaluate("fetch('search/search_index.json').then(r => r.ok ? r.json() : null)"
+                            ".then(j => j && j.docs.length)")
         assert n and n >= len(PAGES), f'{page}: search index not fetched'
         assert v.foreign_hosts() == set(), f'{page}: requests left 127.0.0.1: {v.foreign_hosts()}'
         assert v.failed == [] and v.errors == [], f'{page}: {v.failed} {v.errors}'
@@ -119,14 +122,17 @@ def test_page_renders(browser, server, page, title):
 def test_sidebar_in_notebook_order(browser, server):
     v = Visit(browser, server + 'index.html')
     try:
-        links = v.page.evaluate("Array.from(document.querySelectorAll('nav.md-nav--primary > ul > li > a.md-nav__link')).map(a => [a.getAttribute('href'), a.textContent.trim()])")
+        links = v.page.evaluate("Array.from(document.querySelectorAll("
+                                "'nav.md-nav--primary > ul > li > a.md-nav__link'))"
+                                ".map(a => [a.getAttribute('href'), a.textContent.trim()])")
         assert [tuple(l) for l in links] == PAGES
     finally: v.close()
 
 def test_index_has_the_readme_figure(browser, server):
     v = Visit(browser, server + 'index.html')
     try:
-        sizes = v.page.evaluate("Array.from(document.querySelectorAll('article img')).map(i => [i.naturalWidth, i.naturalHeight])")
+        sizes = v.page.evaluate("Array.from(document.querySelectorAll('article img'))"
+                                ".map(i => [i.naturalWidth, i.naturalHeight])")
         assert sizes and all(w > 200 and h > 200 for w, h in sizes), sizes
         v.page.screenshot(path=str(SHOTS/'docs-index-full.png'), full_page=True)
     finally: v.close()
@@ -142,8 +148,10 @@ def test_show_doc_signatures(browser, server):
 def test_methodology_links_its_notebooks(browser, server):
     v = Visit(browser, server + 'methodology.html')
     try:
-        hrefs = set(v.page.evaluate("Array.from(document.querySelectorAll('article a')).map(a => a.getAttribute('href'))"))
-        for nb, page in (('03_dicom', 'dicom.html'), ('05_metrics', 'metrics.html'), ('01_annotations', 'annotations.html')):
+        hrefs = set(v.page.evaluate("Array.from(document.querySelectorAll('article a'))"
+                                    ".map(a => a.getAttribute('href'))"))
+        for nb, page in (('03_dicom', 'dicom.html'), ('05_metrics', 'metrics.html'),
+                         ('01_annotations', 'annotations.html')):
             if (ROOT/'nbs'/f'{nb}.ipynb').exists(): assert page in hrefs, f'no link to {page}'
         assert not any(h.endswith('.ipynb') for h in hrefs if h), 'a link to a notebook file was left'
         assert v.page.evaluate("document.querySelectorAll('article math').length") > 20
@@ -156,7 +164,8 @@ def test_search_finds_a_page(browser, server):
         v.page.click('input.md-search__input')
         v.page.keyboard.type('Youden', delay=20)
         v.page.wait_for_selector('.md-search-result__item a', timeout=15000)
-        hrefs = v.page.evaluate("Array.from(document.querySelectorAll('.md-search-result__item a')).map(a => a.getAttribute('href'))")
+        hrefs = v.page.evaluate("Array.from(document.querySelectorAll('.md-search-result__item a'))"
+                                ".map(a => a.getAttribute('href'))")
         assert any('methodology.html' in h for h in hrefs), hrefs
         assert any(u.endswith('/search/search_index.json') for u in v.requests), 'the search worker fetched no index'
         assert v.foreign_hosts() == set() and v.failed == []
@@ -190,7 +199,8 @@ def test_failing_notebook_fails_the_build(tmp_path):
 def test_hung_notebook_is_stopped_with_its_children(tmp_path):
     pid_file = tmp_path/'child.pid'
     nbs = small_nbs(tmp_path/'nbs', ('10_hang.ipynb', [
-        mk_cell(f'import subprocess, time\np = subprocess.Popen(["sleep", "300"])\nopen({str(pid_file)!r}, "w").write(str(p.pid))'),
+        mk_cell(f'import subprocess, time\np = subprocess.Popen(["sleep", "300"])\n'
+                f'open({str(pid_file)!r}, "w").write(str(p.pid))'),
         mk_cell('time.sleep(300)')]))
     t0 = time.time()
     r = run_docs('--nbs', nbs, '--out', tmp_path/'site', '--timeout', 20)

@@ -1,12 +1,12 @@
 """Integration tests of the foundation: console commands, the phantom release and its split.
 Determinism and the loader's bad rows: tests/test_reliability.py."""
-import configparser, subprocess
+import configparser
 from pathlib import Path
 
 import pydicom
 import pytest
 
-from conftest import command
+from conftest import run_cli
 from spinexr.annotations import load_release, image_table, split_train_val
 from spinexr.core import LESION_TYPES
 
@@ -19,12 +19,12 @@ def console_scripts():
 
 @pytest.mark.parametrize('name', console_scripts())
 def test_every_command_has_help(name):
-    r = subprocess.run([command(name), '--help'], capture_output=True, text=True, timeout=120)
+    r = run_cli(name, '--help', timeout=120)
     assert r.returncode == 0, r.stderr
     assert 'usage:' in r.stdout and len(r.stdout.splitlines()) > 3
 
 def run_phantom(out, *args):
-    r = subprocess.run([command('spinexr_phantom'), str(out), *args], capture_output=True, text=True, timeout=300)
+    r = run_cli('spinexr_phantom', out, *args, timeout=300)
     assert r.returncode == 0, r.stderr
     return r.stdout
 
@@ -54,7 +54,7 @@ def test_phantom_reads_as_a_release(phantoms):
 
 def test_phantom_refuses_a_folder_it_did_not_write(tmp_path):
     (tmp_path/'mine.txt').write_text('keep')
-    r = subprocess.run([command('spinexr_phantom'), str(tmp_path), '--size', '128'], capture_output=True, text=True)
+    r = run_cli('spinexr_phantom', tmp_path, '--size', 128)
     assert r.returncode != 0 and 'not a phantom' in r.stderr
     assert (tmp_path/'mine.txt').read_text() == 'keep'
 

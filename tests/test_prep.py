@@ -1,36 +1,21 @@
-"""Integration tests of `spinexr_prep`: a phantom release, a plain folder, a missing image and bad arguments, a crashing worker.
-Bad files among good ones, kill -9 and resume: tests/test_reliability.py."""
-import hashlib, json, os, shutil, subprocess, sys
+"""Integration tests of `spinexr_prep`: a phantom release, a plain folder, a missing image and bad arguments, a
+crashing worker. Bad files among good ones, kill -9 and resume: tests/test_reliability.py."""
+import json, os, shutil
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 import pydicom
-import pytest
 import yaml
 
 import spinexr.dicom as dicom
+import spinexr.prep as prep
 from spinexr.annotations import load_release
 from spinexr.core import BOX_COLUMNS, DET_CLASSES, NO_FINDING, SPLITS
-from spinexr.phantom import PhantomConfig, make_phantom
-from conftest import tree_digest
+from conftest import run_prep, tree_digest
 
-BIN = Path(sys.executable).parent
-PREP = str(BIN/'spinexr_prep')
-
-
-def run_prep(*args, timeout=120):
-    return subprocess.run([PREP, *map(str, args), '--quiet'], capture_output=True, text=True, timeout=timeout)
-
-
-
-@pytest.fixture(scope='module')
-def release(tmp_path_factory):
-    "A small phantom release: 8 studies, 400 px, a third MONOCHROME1."
-    root = tmp_path_factory.mktemp('release')/'phantom'
-    make_phantom(root, PhantomConfig(n_studies=8, seed=5, size=400, mono1_frac=0.35), workers=2, progress=False)
-    return root
+# `release` (conftest): a small phantom release, 8 studies at 400 px, a third MONOCHROME1
 
 
 def test_release_tree(release, tmp_path):
@@ -51,7 +36,8 @@ def test_release_tree(release, tmp_path):
         assert png.dtype == np.uint8 and png.shape == (r.height, r.width) and max(png.shape) == 256
         assert abs(r.width / r.height - r.orig_width / r.orig_height) < 2 / 256  # aspect ratio kept
     r = man.iloc[0]                                                           # the PNG is read_dicom's image
-    assert (cv2.imread(str(out/'images'/f'{r.image_id}.png'), cv2.IMREAD_UNCHANGED) == dicom.to_uint8(dicom.read_dicom(r.source, 256)[0])).all()
+    png = cv2.imread(str(out/'images'/f'{r.image_id}.png'), cv2.IMREAD_UNCHANGED)
+    assert (png == dicom.to_uint8(dicom.read_dicom(r.source, 256)[0])).all()
     # labels: every image once, train/val/test with test exactly the release's test split
     labels = pd.read_csv(out/'labels.csv', dtype={'image_id': str})
     assert sorted(labels.image_id) == list(man.image_id) and set(labels.split) <= set(SPLITS)
@@ -65,13 +51,16 @@ def test_release_tree(release, tmp_path):
     assert len(boxes) == len(lesions) and (boxes.lesion_type == lesions.lesion_type).all()
     m = man.set_index('image_id')
     sx, sy = boxes.image_id.map(m.width / m.orig_width), boxes.image_id.map(m.height / m.orig_height)
-    np.testing.assert_allclose(boxes.xmin, lesions.xmin * sx, rtol=1e-9); np.testing.assert_allclose(boxes.ymax, lesions.ymax * sy, rtol=1e-9)
-    np.testing.assert_allclose(dicom.to_original_coords(boxes, out/'manifest.csv')[list(BOX_COLUMNS)], lesions[list(BOX_COLUMNS)], rtol=1e-9)
+    np.testing.assert_allclose(boxes.xmin, lesions.xmin * sx, rtol=1e-9)
+    np.testing.assert_allclose(boxes.ymax, lesions.ymax * sy, rtol=1e-9)
+    np.testing.assert_allclose(dicom.to_original_coords(boxes, out/'manifest.csv')[list(BOX_COLUMNS)],
+                               lesions[list(BOX_COLUMNS)], rtol=1e-9)
     assert (boxes.class_id == boxes.lesion_type.map({c: i for i, c in enumerate(DET_CLASSES)})).all()
     # YOLO: data.yaml, one label file per image with normalised boxes, images hard-linked to the PNGs
     data = yaml.safe_load((out/'yolo'/'data.yaml').read_text())
     assert data['names'] == list(DET_CLASSES) and data['nc'] == 7 and data['channels'] == 1
-    assert Path(data['path']) == (out/'yolo').absolute() and (data['train'], data['val'], data['test']) == ('images/train', 'images/val', 'images/test')
+    assert Path(data['path']) == (out/'yolo').absolute()
+    assert (data['train'], data['val'], data['test']) == ('images/train', 'images/val', 'images/test')
     n_labels = 0
     for split in SPLITS:
         ids = set(labels[labels.split == split].image_id)
@@ -82,7 +71,8 @@ def test_release_tree(release, tmp_path):
             assert len(lines) == (boxes.image_id == iid).sum()
             for line in lines:
                 c, *v = line.split()
-                assert 0 <= int(c) < 7 and all(0 <= float(x) <= 1 for x in v) and float(v[2]) > 0 and float(v[3]) > 0
+                assert 0 <= int(c) < 7 and all(0 <= float(x) <= 1 for x in v)
+                assert float(v[2]) > 0 and float(v[3]) > 0
                 n_labels += 1
     assert n_labels == len(boxes) > 0
 
@@ -90,7 +80,7 @@ def test_release_tree(release, tmp_path):
 def test_plain_folder(release, tmp_path):
     src = tmp_path/'dicoms'; (src/'a'/'b').mkdir(parents=True)
     files = sorted((release/'train_images').glob('*.dicom'))[:5]
-    names = ['x1.dcm', 'a/x2.DCM', 'a/b/x3.dicom', 'a/b/x4', 'a/x5.IMA']     # no suffix and .IMA: found by the DICM marker
+    names = ['x1.dcm', 'a/x2.DCM', 'a/b/x3.dicom', 'a/b/x4', 'a/x5.IMA']   # no suffix, .IMA: found by the DICM marker
     for f, n in zip(files, names): shutil.copy(f, src/n)
     (src/'a'/'notes.txt').write_text('not an image'); (src/'.hidden.dcm').write_bytes(b'')
     before = tree_digest(src)
@@ -98,7 +88,8 @@ def test_plain_folder(release, tmp_path):
     assert res.returncode == 0, res.stderr
     assert tree_digest(src) == before
     out = tmp_path/'out'
-    assert sorted(p.name for p in out.iterdir() if not p.name.startswith('.')) == ['failures.csv', 'images', 'manifest.csv', 'prep.json']
+    listed = sorted(p.name for p in out.iterdir() if not p.name.startswith('.'))
+    assert listed == ['failures.csv', 'images', 'manifest.csv', 'prep.json']
     man = pd.read_csv(out/'manifest.csv', dtype={'image_id': str, 'split': str}, keep_default_na=False)
     assert list(man.image_id) == ['x1', 'x2', 'x3', 'x4', 'x5'] and (man.split == '').all()
     study = {pydicom.dcmread(f).SOPInstanceUID: pydicom.dcmread(f).StudyInstanceUID for f in files}
@@ -107,8 +98,8 @@ def test_plain_folder(release, tmp_path):
     assert json.loads((out/'prep.json').read_text())['n_other_files'] == 1
 
 
-def test_release_missing_image_and_bad_args(release, tmp_path):
-    src = tmp_path/'rel'; shutil.copytree(release, src)
+def test_release_missing_image_and_bad_args(release_copy, tmp_path):
+    src = release_copy
     gone = sorted((src/'test_images').glob('*.dicom'))[0]; gone.unlink()
     res = run_prep(src, tmp_path/'out', '--size', 128)
     assert res.returncode == 1
@@ -125,22 +116,23 @@ def test_release_missing_image_and_bad_args(release, tmp_path):
 
 def crash_on_marked(job):
     "A converter whose worker process dies on files named crash*: stands in for a segfault in a native decoder."
-    if Path(job['path']).name.startswith('crash'): os._exit(11)
-    return dicom.convert_one(job)
+    if Path(job.path).name.startswith('crash'): os._exit(11)
+    return prep.convert_one(job)
 
 
 def test_worker_crash_is_isolated(release, tmp_path):
     src = tmp_path/'src'; src.mkdir()
     files = sorted((release/'train_images').glob('*.dicom'))[:6]
     for i, f in enumerate(files): shutil.copy(f, src/(f'crash{i}.dcm' if i == 2 else f'ok{i}.dcm'))
-    s = dicom.prep(src, tmp_path/'out', size=96, workers=2, progress=False, convert=crash_on_marked)
+    s = prep.prep(src, tmp_path/'out', size=96, workers=2, progress=False, convert=crash_on_marked)
     assert (s['n_images'], s['n_failed']) == (5, 1)
     fail = pd.read_csv(tmp_path/'out'/'failures.csv')
-    assert list(fail.path.map(lambda p: Path(p).name)) == ['crash2.dcm'] and 'worker process died' in fail.error[0]
+    assert list(fail.path.map(lambda p: Path(p).name)) == ['crash2.dcm']
+    assert 'worker process died' in fail.error[0]
 
 
 def test_fast_decoder_fallback(release, monkeypatch):
-    "If Pillow's reduced JPEG 2000 decode fails at every level, pydicom decodes in full: the result is the full decode resized."
+    "If Pillow's reduced JPEG 2000 decode fails at every level, pydicom decodes in full: the full decode, resized."
     f = sorted((release/'train_images').glob('*.dicom'))[0]
     fast, info = dicom.read_dicom(f, 100)
     assert info['decoder'].startswith('pillow-j2k 1/')

@@ -14,33 +14,34 @@ import yaml
 from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate, get_frame
 
-from conftest import command, tree_digest
+from conftest import command, run_cli, run_prep, tree_digest
 import spinexr.dicom as dicom
+import spinexr.prep as prep
 from spinexr.annotations import image_table, load_release, read_annotations, split_train_val
 from spinexr.core import NO_FINDING, InputError, keep_threads, load_json, offline_env, save_json
-from spinexr.phantom import PhantomConfig, make_phantom, write_dicom
+from spinexr.phantom import write_dicom
 
-PREP = command('spinexr_prep')
+PREP = command('spinexr_prep')                  # started with Popen by the kill tests
 TALLY, RSS_MIB = Counter(), {}
 
 # ---------------------------------------------------------------------------------------------------- helpers
 
-_MEASURED = ("import json, resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+_MEASURED = ("import json, resource, subprocess, sys; "
+             "r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
              "print(json.dumps(dict(rc=r.returncode, out=r.stdout, err=r.stderr, "
              "kb=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)))")
 
 def run_measured(*args, timeout=300) -> dict:
-    "Run a command from a fresh Python: its exit status, output and peak RSS in KiB (its own or a worker's, the largest)."
-    r = subprocess.run([sys.executable, '-c', _MEASURED, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    """Run a command from a fresh Python: its exit status, output and peak RSS in KiB (its own or a worker's,
+    the largest)."""
+    r = run_cli(Path(sys.executable).name, '-c', _MEASURED, *args, timeout=timeout)    # this Python, afresh
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 
-def run_prep(*args, timeout=300):
-    return subprocess.run([PREP, *map(str, args), '--quiet'], capture_output=True, text=True, timeout=timeout)
-
 def subset_release(release: Path, n: int, dst: Path) -> Path:
     "A release of the first `n` images of `release` (by image_id): its CSV rows, its DICOMs hard-linked."
-    raw = {s: pd.read_csv(release/'annotations'/f'{s}.csv', dtype=str, keep_default_na=False) for s in ('train', 'test')}
+    raw = {s: pd.read_csv(release/'annotations'/f'{s}.csv', dtype=str, keep_default_na=False)
+           for s in ('train', 'test')}
     keep = set(sorted(pd.concat(raw.values()).image_id.unique())[:n])
     (dst/'annotations').mkdir(parents=True)
     for s, df in raw.items():
@@ -48,7 +49,8 @@ def subset_release(release: Path, n: int, dst: Path) -> Path:
         assert len(part), f'no {s} image among the first {n}'
         part.to_csv(dst/'annotations'/f'{s}.csv', index=False)
         (dst/f'{s}_images').mkdir()
-        for iid in sorted(set(part.image_id)): os.link(release/f'{s}_images'/f'{iid}.dicom', dst/f'{s}_images'/f'{iid}.dicom')
+        for iid in sorted(set(part.image_id)):
+            os.link(release/f'{s}_images'/f'{iid}.dicom', dst/f'{s}_images'/f'{iid}.dicom')
     return dst
 
 def output_files(out: Path) -> dict:
@@ -61,24 +63,28 @@ def output_files(out: Path) -> dict:
     return files
 
 def _normalised(rel: Path, data: bytes) -> bytes:
-    if rel.name == 'data.yaml': return yaml.safe_dump({k: v for k, v in yaml.safe_load(data).items() if k != 'path'}).encode()
+    if rel.name == 'data.yaml':
+        return yaml.safe_dump({k: v for k, v in yaml.safe_load(data).items() if k != 'path'}).encode()
     return data
 
 def incomplete_prep_files(out: Path, expected: dict) -> list:
-    "Files under a final name in OUT that are not complete: outputs not equal to the clean run's, records or summary not valid JSON."
+    """Files under a final name in OUT that are not complete: outputs not equal to the clean run's, records or summary
+    not valid JSON."""
     bad = []
     for dirpath, dirnames, filenames in os.walk(out):                     # (os.walk skips folders removed meanwhile)
         for name in filenames:
             p = Path(dirpath)/name
             rel = p.relative_to(out)
-            if any(part.startswith('.') and part != '.records' for part in rel.parts): continue  # temporaries, lock, half-built trees
+            # temporaries, lock, half-built trees
+            if any(part.startswith('.') and part != '.records' for part in rel.parts): continue
             try: data = p.read_bytes()
-            except FileNotFoundError: continue                              # replaced or removed between listing and reading
+            except FileNotFoundError: continue                 # replaced or removed between listing and reading
             if rel.parts[0] == '.records' or rel.name == 'prep.json':
                 try: json.loads(data)
                 except ValueError: bad.append(f'{rel}: not valid JSON ({len(data)} bytes)')
             elif str(rel) not in expected: bad.append(f'{rel}: not an output of the clean run')
-            elif _normalised(rel, data) != expected[str(rel)]: bad.append(f'{rel}: differs from the clean run ({len(data)} bytes)')
+            elif _normalised(rel, data) != expected[str(rel)]:
+                bad.append(f'{rel}: differs from the clean run ({len(data)} bytes)')
     return bad
 
 def n_records(out: Path) -> int:
@@ -86,7 +92,8 @@ def n_records(out: Path) -> int:
     return sum(1 for p in d.iterdir() if not p.name.startswith('.')) if d.is_dir() else 0
 
 class Watcher(threading.Thread):
-    "Scan a folder over and over while other processes write into it; collect every file found incomplete under its final name."
+    """Scan a folder over and over while other processes write into it; collect every file found incomplete under
+    its final name."""
     def __init__(self, check):
         super().__init__(daemon=True)
         self.check, self.stopped, self.bad, self.scans = check, threading.Event(), [], 0
@@ -134,19 +141,17 @@ def torch_bytes(obj) -> bytes:
 # ---------------------------------------------------------------------------------------------------- data
 
 @pytest.fixture(scope='module')
-def release(tmp_path_factory):
-    "A phantom release of 214 images at 256 px, a third MONOCHROME1."
-    root = tmp_path_factory.mktemp('release')/'phantom'
-    make_phantom(root, PhantomConfig(n_studies=100, seed=0, size=256, mono1_frac=0.3), workers=2, progress=False)
-    return root
+def big_release(phantom_release):
+    "A phantom release of 214 images at 256 px, a third MONOCHROME1 (read only: tests copy or hard-link from it)."
+    return phantom_release(n_studies=100, seed=0, size=256, mono1_frac=0.3)
 
 @pytest.fixture(scope='module')
-def prep_runs(release, tmp_path_factory):
+def prep_runs(big_release, tmp_path_factory):
     "Clean spinexr_prep runs over the first 50 and the first 200 images, with their peak RSS."
     d = tmp_path_factory.mktemp('prep_runs')
     runs = {}
     for n in (50, 200):
-        rel = subset_release(release, n, d/f'release{n}')
+        rel = subset_release(big_release, n, d/f'release{n}')
         r = run_measured(PREP, rel, d/f'out{n}', '--size', 128, '--workers', 2, '--quiet')
         assert r['rc'] == 0, r['err']
         assert f'spinexr_prep: {n} images' in r['out']
@@ -161,60 +166,72 @@ def bad_dicoms(src: Path, good: list) -> list:
     def add(name, kind, reason): cases.append((name, kind, reason))
     raw, ids = good[0].read_bytes(), dict(image_id='1.2.3', study_id='1.2.4', series_id='1.2.5')
     arr = pydicom.dcmread(good[0]).pixel_array
-    (src/'zero.dicom').write_bytes(b'');                              add('zero.dicom', 'zero bytes', 'empty file (0 bytes)')
-    (src/'text.dicom').write_text('this is not a DICOM file\n' * 10);  add('text.dicom', 'text file named .dicom', 'not a DICOM file')
-    (src/'truncated.dicom').write_bytes(raw[:len(raw) // 2]);          add('truncated.dicom', 'truncated file', 'truncated file')
+    (src/'zero.dicom').write_bytes(b'')
+    add('zero.dicom', 'zero bytes', 'empty file (0 bytes)')
+    (src/'text.dicom').write_text('this is not a DICOM file\n' * 10)
+    add('text.dicom', 'text file named .dicom', 'not a DICOM file')
+    (src/'truncated.dicom').write_bytes(raw[:len(raw) // 2])
+    add('truncated.dicom', 'truncated file', 'truncated file')
     ds = pydicom.dcmread(good[1]); cs = get_frame(ds.PixelData, 0, number_of_frames=1)
     ds.PixelData = encapsulate([cs[:len(cs) * 3 // 4]]); ds.save_as(src/'cut_j2k.dicom')
     add('cut_j2k.dicom', 'truncated JPEG 2000 stream', 'truncated JPEG 2000 codestream')
     ds = pydicom.dcmread(good[2]); del ds.PixelData; ds.save_as(src/'nopixels.dcm')
     add('nopixels.dcm', 'no PixelData', 'no Pixel Data element')
     shutil.copy(get_testdata_file('SC_rgb_small_odd.dcm'), src/'rgb.dcm');  add('rgb.dcm', 'RGB image', 'colour image')
-    write_dicom(src/'frames.dcm', np.stack([arr, arr]), ids, syntax='explicit'); add('frames.dcm', 'multi-frame image', '2 frames')
+    write_dicom(src/'frames.dcm', np.stack([arr, arr]), ids, syntax='explicit')
+    add('frames.dcm', 'multi-frame image', '2 frames')
     write_dicom(src/'one_pixel.dcm', np.full((1, 1), 1000, np.uint16), ids, syntax='explicit')
     add('one_pixel.dcm', '1x1 image', 'image of 1 x 1 pixels: too small to be a radiograph')
     for syntax in ('explicit', 'jpeg2000', 'rle', 'jpegls'):           # a 60000 x 60000 header over a 256 px image
         f = write_dicom(src/f'huge_{syntax}.dcm', arr, ids, syntax=syntax)
         ds = pydicom.dcmread(f); ds.Rows = ds.Columns = 60000; ds.save_as(f)
         add(f.name, 'declared size far larger than the data', 'the header declares 60000 x 60000 pixels')
-    ds = pydicom.dcmread(good[3]); ds.file_meta.TransferSyntaxUID = '1.2.840.10008.1.2.4.100'; ds.save_as(src/'mpeg2.dcm')
-    add('mpeg2.dcm', 'unsupported transfer syntax', 'transfer syntax 1.2.840.10008.1.2.4.100 (MPEG2 Main Profile / Main Level) cannot be decoded')
-    ds = pydicom.dcmread(good[3]); ds.file_meta.TransferSyntaxUID = '1.2.826.0.1.3680043.2.1143.99'; ds.save_as(src/'private_ts.dcm')
+    ds = pydicom.dcmread(good[3]); ds.file_meta.TransferSyntaxUID = '1.2.840.10008.1.2.4.100'
+    ds.save_as(src/'mpeg2.dcm')
+    add('mpeg2.dcm', 'unsupported transfer syntax',
+        'transfer syntax 1.2.840.10008.1.2.4.100 (MPEG2 Main Profile / Main Level) cannot be decoded')
+    ds = pydicom.dcmread(good[3]); ds.file_meta.TransferSyntaxUID = '1.2.826.0.1.3680043.2.1143.99'
+    ds.save_as(src/'private_ts.dcm')
     add('private_ts.dcm', 'unsupported transfer syntax', 'transfer syntax 1.2.826.0.1.3680043.2.1143.99')
     (src/'sub').mkdir(); (src/'other').mkdir()
     shutil.copy(good[0], src/'sub'/'dup.dcm'); shutil.copy(good[1], src/'other'/'dup.dcm')
     for n in ('sub/dup.dcm', 'other/dup.dcm'): add(n, 'two files, one image id', "image id 'dup' is shared by 2 files")
-    shutil.copy(good[2], src/'bad name.dcm'); add('bad name.dcm', 'unusable file name', "file name 'bad name' cannot be used as an image id")
+    shutil.copy(good[2], src/'bad name.dcm')
+    add('bad name.dcm', 'unusable file name', "file name 'bad name' cannot be used as an image id")
     return cases
 
-def test_bad_dicoms_among_good_ones(release, tmp_path):
+def test_bad_dicoms_among_good_ones(big_release, tmp_path):
     src = tmp_path/'mixed'; src.mkdir()
-    good = sorted((release/'train_images').glob('*.dicom'))[:6]
+    good = sorted((big_release/'train_images').glob('*.dicom'))[:6]
     for f in good: shutil.copy(f, src/f.name)
     cases = bad_dicoms(src, good)
     kinds = sorted({k for _, k, _ in cases})
     TALLY['bad-input kinds'] += len(kinds); TALLY['faults injected'] += len(cases)
     before = tree_digest(src)
     r = run_measured(PREP, src, tmp_path/'out', '--size', 128, '--quiet')
-    print(f'{len(cases)} bad files of {len(kinds)} kinds among {len(good)} good ones: exit {r["rc"]}, peak RSS {r["kb"] / 1024:.0f} MiB')
+    print(f'{len(cases)} bad files of {len(kinds)} kinds among {len(good)} good ones: exit {r["rc"]}, '
+          f'peak RSS {r["kb"] / 1024:.0f} MiB')
     assert r['rc'] == 1, r['err']                                           # documented: 1 when any file failed
-    assert r['out'].count('\n') == 1 and f'{len(cases)} FAILED' in r['out'] and f'{len(good)} images' in r['out'], r['out']
+    assert r['out'].count('\n') == 1 and f'{len(cases)} FAILED' in r['out'], r['out']
+    assert f'{len(good)} images' in r['out'], r['out']
     assert tree_digest(src) == before                                       # nothing under SRC is modified
-    assert r['kb'] < 500 * 1024                                             # no decoder allocated a declared 60000 x 60000 image
+    assert r['kb'] < 500 * 1024                         # no decoder allocated a declared 60000 x 60000 image
     fail = pd.read_csv(tmp_path/'out'/'failures.csv')
     reason = {Path(p).relative_to(src).as_posix(): e for p, e in zip(fail.path, fail.error)}
     assert sorted(reason) == sorted(n for n, _, _ in cases)                  # each bad file listed once ...
-    for name, kind, expected in cases: assert reason[name].startswith(expected), (kind, name, reason[name])  # ... with its reason
+    for name, kind, expected in cases:                                      # ... with its reason
+        assert reason[name].startswith(expected), (kind, name, reason[name])
     man = pd.read_csv(tmp_path/'out'/'manifest.csv', dtype={'image_id': str})
     pngs = {p.stem for p in (tmp_path/'out'/'images').glob('*.png')}
     lost = sum(f.stem not in set(man.image_id) or f.stem not in pngs for f in good)
     TALLY['files lost'] += lost
     assert lost == 0 and len(man) == len(good)                              # every good file still converted
 
-def test_read_dicom_names_the_file_and_the_reason(release, tmp_path):
-    "The same files one by one through read_dicom, which spinexr_predict calls too: a DicomError naming the file, with the reason."
+def test_read_dicom_names_the_file_and_the_reason(big_release, tmp_path):
+    """The same files one by one through read_dicom, which spinexr_predict calls too: a DicomError naming the file,
+    with the reason."""
     src = tmp_path/'src'; src.mkdir()
-    good = sorted((release/'train_images').glob('*.dicom'))[:4]
+    good = sorted((big_release/'train_images').glob('*.dicom'))[:4]
     for name, kind, expected in bad_dicoms(src, good):
         if '/' in name or ' ' in name: continue                             # folder-level problems: not one file's
         with pytest.raises(dicom.DicomError) as e: dicom.read_dicom(src/name, 128)
@@ -237,8 +254,8 @@ CSV_CASES = [  # (kind, row: a 'No finding' row or a lesion row (None: no row), 
 ]
 
 @pytest.fixture(scope='module')
-def small_release(release, tmp_path_factory):
-    rel = subset_release(release, 16, tmp_path_factory.mktemp('small')/'release')
+def small_release(big_release, tmp_path_factory):
+    rel = subset_release(big_release, 16, tmp_path_factory.mktemp('small')/'release')
     kinds = set(pd.read_csv(rel/'annotations'/'train.csv').lesion_type)
     assert NO_FINDING in kinds and len(kinds) > 1                            # both kinds of rows to corrupt
     return rel
@@ -253,7 +270,7 @@ def test_bad_csv_names_the_row_and_writes_nothing(small_release, tmp_path, kind,
         line = int(np.flatnonzero((df.lesion_type == NO_FINDING) == normal)[0]) + 2   # the header is line 1
         df.loc[line - 2, col] = value
     df.to_csv(csv, index=False)
-    shutil.copy(next((rel/'train_images').iterdir()), tmp_path/'x.dicom')   # what train_images/../../x.dicom would reach
+    shutil.copy(next((rel/'train_images').iterdir()), tmp_path/'x.dicom')  # what train_images/../../x.dicom reaches
     TALLY['bad-input kinds'] += 1; TALLY['faults injected'] += 1
     before = tree_digest(tmp_path)
     with pytest.raises(InputError) as e: read_annotations(csv)
@@ -288,7 +305,7 @@ def test_prep_kill9_at_random_points_then_resume(prep_runs, tmp_path):
     watcher.stop()
     print(f'seed {seed}: killed at {points}; then resumed; {watcher.scans} scans of OUT while it ran')
     assert res.returncode == 0, res.stderr
-    assert watcher.bad == [], watcher.bad[:5]                                 # no partial file ever under its final name
+    assert watcher.bad == [], watcher.bad[:5]                             # no partial file ever under its final name
     got = output_files(out)
     lost = sum(got.get(k) != v for k, v in expected.items())
     TALLY['files lost'] += lost
@@ -298,41 +315,44 @@ def test_prep_kill9_at_random_points_then_resume(prep_runs, tmp_path):
     assert not [p for p in out.rglob('*') if '.tmp' in p.name or p.name == '.yolo.old']  # nothing temporary left
     assert tree_digest(rel) == before
 
-def test_prep_stopped_at_its_first_write_leaves_a_folder_it_resumes(release, tmp_path, monkeypatch):
+def test_prep_stopped_at_its_first_write_leaves_a_folder_it_resumes(big_release, tmp_path, monkeypatch):
     "Killed between creating OUT and taking the lock: the folder must still be one a re-run accepts."
     src = tmp_path/'src'; src.mkdir()
-    for f in sorted((release/'train_images').glob('*.dicom'))[:3]: shutil.copy(f, src/f.name)
+    for f in sorted((big_release/'train_images').glob('*.dicom'))[:3]: shutil.copy(f, src/f.name)
     class Killed(BaseException): pass
     def killed(out, timeout=30): raise Killed()
     with monkeypatch.context() as m:
-        m.setattr(dicom, '_locked', killed)
-        with pytest.raises(Killed): dicom.prep(src, tmp_path/'out', size=64, workers=1, progress=False)
+        m.setattr(prep, '_locked', killed)
+        with pytest.raises(Killed): prep.prep(src, tmp_path/'out', size=64, workers=1, progress=False)
     TALLY['faults injected'] += 1
     assert not (tmp_path/'out').exists() or not any((tmp_path/'out').iterdir())
-    s = dicom.prep(src, tmp_path/'out', size=64, workers=1, progress=False)
+    s = prep.prep(src, tmp_path/'out', size=64, workers=1, progress=False)
     assert (s['n_images'], s['n_failed']) == (3, 0)
 
 # ---------------------------------------------------------------------------------------------------- classifier
 
 CLS_ARGS = ['--arch', 'densenet121', '--size', '32', '--epochs', '3', '--bs', '8', '--no_pretrained']
 def cls_env() -> dict:
-    return dict(os.environ, SPINEXR_THREADS='1')  # one thread: the same arithmetic in every run, and no oversubscription
+    # one thread: the same arithmetic in every run, and no oversubscription
+    return dict(os.environ, SPINEXR_THREADS='1')
 
-def train_cls(prep, out):
-    return subprocess.run([command('spinexr_train_cls'), str(prep), str(out), *CLS_ARGS], capture_output=True, text=True,
-                          timeout=600, env=cls_env())
+def train_cls(prep_dir, out):
+    return run_cli('spinexr_train_cls', prep_dir, out, *CLS_ARGS, timeout=600, env=cls_env())
 
 def run_file(name: str, data: bytes) -> bytes:
     "A classifier run's file without what measures time (train_seconds, the time column of the log)."
-    if name == 'metrics.json': return json.dumps({k: v for k, v in json.loads(data).items() if k != 'train_seconds'}).encode()
+    if name == 'metrics.json':
+        return json.dumps({k: v for k, v in json.loads(data).items() if k != 'train_seconds'}).encode()
     if name == 'history.csv': return pd.read_csv(io.BytesIO(data)).drop(columns='time').to_csv(index=False).encode()
     return data
 
 def run_files(run: Path) -> dict:
-    return {p.name: run_file(p.name, p.read_bytes()) for p in sorted(run.iterdir()) if p.is_file() and not p.name.startswith('.')}
+    return {p.name: run_file(p.name, p.read_bytes()) for p in sorted(run.iterdir())
+            if p.is_file() and not p.name.startswith('.')}
 
 class RunFilesCheck:
-    "Each version (inode, size, mtime) of each file under a final name in `run` checked once: its bytes must be one of `allowed`."
+    """Each version (inode, size, mtime) of each file under a final name in `run` checked once: its bytes must be one
+    of `allowed`."""
     def __init__(self, run: Path, allowed: dict): self.run, self.allowed, self.seen = run, allowed, {}
     def __call__(self) -> list:
         bad = []
@@ -350,8 +370,8 @@ class RunFilesCheck:
         return bad
 
 @pytest.fixture(scope='module')
-def cls_prep(tmp_path_factory):
-    return dicom.prepared_phantom(n_studies=20, size=256, prep_size=64, root=tmp_path_factory.mktemp('cls'))
+def cls_prep(prepared):
+    return prepared(n_studies=20, size=256, prep_size=64)
 
 @pytest.fixture(scope='module')
 def cls_run(cls_prep, tmp_path_factory):
@@ -365,10 +385,11 @@ def test_classifier_is_reproducible(cls_prep, cls_run, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = run_files(cls_run), run_files(tmp_path/'again')
     assert json.loads(a['metrics.json']) == json.loads(b['metrics.json'])   # identical metrics ...
-    assert a == b                                                           # ... and identical weights, predictions, log
+    assert a == b                                                     # ... and identical weights, predictions, log
 
 def check_run_dir(run: Path, expected: dict) -> list:
-    "A classifier run directory after a kill: each file complete and from this run (equal to the clean run's), model.pt loadable."
+    """A classifier run directory after a kill: each file complete and from this run (equal to the clean run's),
+    model.pt loadable."""
     from spinexr.classify import load_classifier
     got = run_files(run)
     assert got.pop('notes.txt') == b'mine'                                  # the user's own file is kept
@@ -381,21 +402,26 @@ def check_run_dir(run: Path, expected: dict) -> list:
 def test_classifier_kill9_then_rerun(cls_prep, cls_run, tmp_path):
     psutil = pytest.importorskip('psutil')
     run, expected = tmp_path/'run', run_files(cls_run)
-    shutil.copytree(cls_run, run)                                           # an earlier, complete run into the same folder
+    shutil.copytree(cls_run, run)                                     # an earlier, complete run into the same folder
     m = load_json(run/'metrics.json'); m['auroc_of_an_older_model'] = 0.5; save_json(m, run/'metrics.json')
     (run/'notes.txt').write_text('mine')
     older = run_files(run)
-    watcher = Watcher(RunFilesCheck(run, {k: {expected.get(k), v} for k, v in older.items()} | {k: {v} for k, v in expected.items() if k not in older}))
+    allowed = ({k: {expected.get(k), v} for k, v in older.items()}
+               | {k: {v} for k, v in expected.items() if k not in older})
+    watcher = Watcher(RunFilesCheck(run, allowed))
     watcher.start()
     seed = int(np.random.default_rng().integers(2 ** 31)); rng = np.random.default_rng(seed)
     fit_s = load_json(cls_run/'metrics.json')['train_seconds']
     cmd = [command('spinexr_train_cls'), cls_prep, run, *CLS_ARGS]
-    k1 = kill_when(cmd, lambda: (run/'.checkpoints'/'history.csv').exists(), rng.uniform(0, 0.5 * fit_s), psutil, env=cls_env())
-    left1 = check_run_dir(run, expected)                                    # (the older run's metrics.json would fail this)
+    k1 = kill_when(cmd, lambda: (run/'.checkpoints'/'history.csv').exists(), rng.uniform(0, 0.5 * fit_s), psutil,
+                   env=cls_env())
+    left1 = check_run_dir(run, expected)                          # (the older run's metrics.json would fail this)
     assert k1['killed']
-    k2 = kill_when(cmd, lambda: (run/'model.pt').exists(), rng.uniform(0, 0.5), psutil, env=cls_env())  # while writing the outputs
+    k2 = kill_when(cmd, lambda: (run/'model.pt').exists(), rng.uniform(0, 0.5), psutil,
+                   env=cls_env())                                                  # while writing the outputs
     left2 = check_run_dir(run, expected)
-    print(f'seed {seed}: killed mid-training after {k1["seconds"]} s (left {left1}), then while writing after {k2["seconds"]} s (left {left2}); '
+    print(f'seed {seed}: killed mid-training after {k1["seconds"]} s (left {left1}), '
+          f'then while writing after {k2["seconds"]} s (left {left2}); '
           f'{watcher.scans} scans of the run directory')
     r = train_cls(cls_prep, run)
     watcher.stop()
@@ -407,7 +433,7 @@ def test_classifier_kill9_then_rerun(cls_prep, cls_run, tmp_path):
     assert lost == 0 and got == dict(expected, **{'notes.txt': b'mine'})     # the same run as one never interrupted
     assert sorted(p.name for p in run.iterdir() if p.name.startswith('.')) == []   # no checkpoints or temporaries left
 
-# ---------------------------------------------------------------------------------------------------- unsafe model files
+# ------------------------------------------------------------------------------------------------ unsafe model files
 
 def check_refused(load, run: Path, fname: str, cases: dict, marker: Path):
     "Each damaged `fname` in `run` is an InputError naming the file, and the payload in a file never runs."
@@ -424,7 +450,8 @@ def weight_damage(good: bytes, marker: Path, key: str) -> dict:
     flipped = bytearray(good); flipped[len(good) * 2 // 3] ^= 0x01
     return {'truncated': (good[:len(good) // 2], 'not a readable PyTorch weights file: truncated or corrupt'),
             'zero bytes': (b'', 'not a readable PyTorch weights file'),
-            'pickle payload in a torch archive': (payload_bytes(marker, True, key), 'refused: the file holds Python objects'),
+            'pickle payload in a torch archive': (payload_bytes(marker, True, key),
+                                                  'refused: the file holds Python objects'),
             'bare pickle payload': (payload_bytes(marker, False), 'refused: the file holds Python objects'),
             'one flipped bit in a tensor': (bytes(flipped), 'the weights changed after training'),
             'other weights': (torch_bytes({key: torch.zeros(2)}), 'the weights changed after training')}
@@ -444,45 +471,53 @@ def test_unsafe_classifier_files(cls_run, tmp_path):
     cases = {**weight_damage(good, marker, 'features.conv0.weight'),
              'a list, not a state_dict': (torch_bytes([torch.zeros(2)]), 'not a state_dict')}
     check_refused(load_classifier, run, 'model.pt', cases, marker)
-    cfg = load_json(run/'config.json'); cfg['weights_sha256'] = None; save_json(cfg, run/'config.json')  # a run without a checksum
-    check_refused(load_classifier, run, 'model.pt', {'other architecture': (cases['other weights'][0], 'not a valid densenet121 checkpoint')}, marker)
+    cfg = load_json(run/'config.json'); cfg['weights_sha256'] = None                     # a run without a checksum
+    save_json(cfg, run/'config.json')
+    check_refused(load_classifier, run, 'model.pt',
+                  {'other architecture': (cases['other weights'][0], 'not a valid densenet121 checkpoint')}, marker)
     (run/'model.pt').write_bytes(good)
-    cfg['eval'] = '__import__("os")'; save_json(cfg, run/'config.json')    # a tampered config.json: refused, naming the setting
+    cfg['eval'] = '__import__("os")'                          # a tampered config.json: refused, naming the setting
+    save_json(cfg, run/'config.json')
     with pytest.raises(InputError, match=r"config.json: unknown settings \['eval'\]"): load_classifier(run)
     TALLY['bad-input kinds'] += len(cases) + 2; TALLY['faults injected'] += 1
 
 @pytest.mark.filterwarnings('ignore:Detected pickle protocol')
 def test_unsafe_detector_files(tmp_path):
-    "detector.pt (from 20_detect) goes through the same damage; its loader must refuse each without unpickling (that it loads a good one, tests/test_detect.py shows)."
+    """detector.pt (from 20_detect) goes through the same damage; its loader must refuse each without unpickling
+    (that it loads a good one, tests/test_detect.py shows)."""
     offline_env()
     with keep_threads():                                                    # ultralytics lowers torch's threads
         from ultralytics.nn.tasks import DetectionModel
         from spinexr.detect import load_detector, save_detector
         run, marker = tmp_path/'det', tmp_path/'payload_ran'
         run.mkdir()
-        save_detector(SimpleNamespace(model=DetectionModel('yolo11n.yaml', ch=1, nc=7, verbose=False)), run)  # as a YOLO wrapper holds it
+        model = DetectionModel('yolo11n.yaml', ch=1, nc=7, verbose=False)
+        save_detector(SimpleNamespace(model=model), run)                                    # as a YOLO wrapper holds it
         cases = weight_damage((run/'detector.pt').read_bytes(), marker, 'model.0.conv.weight')
         check_refused(load_detector, run, 'detector.pt', cases, marker)
-        spec = load_json(run/'detector.json'); spec['weights_sha256'] = None; save_json(spec, run/'detector.json')  # no checksum
-        check_refused(load_detector, run, 'detector.pt', {'other architecture': (cases['other weights'][0], 'weights do not fit the architecture')}, marker)
+        spec = load_json(run/'detector.json'); spec['weights_sha256'] = None                          # no checksum
+        save_json(spec, run/'detector.json')
+        check_refused(load_detector, run, 'detector.pt',
+                      {'other architecture': (cases['other weights'][0], 'weights do not fit the architecture')},
+                      marker)
     TALLY['bad-input kinds'] += len(cases) + 1
 
-# ---------------------------------------------------------------------------------------------------- reproducibility, memory
+# ------------------------------------------------------------------------------------------- reproducibility, memory
 
 def test_phantom_is_deterministic(tmp_path):
     "The same seed gives the same release byte for byte, whatever the number of workers; another seed another."
     def phantom(out, *args):
-        r = subprocess.run([command('spinexr_phantom'), str(out), '--n_studies', '12', '--size', '256', *args],
-                           capture_output=True, text=True, timeout=300)
+        r = run_cli('spinexr_phantom', out, '--n_studies', 12, '--size', 256, *args, timeout=300)
         assert r.returncode == 0, r.stderr
         return {p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
                 for p in sorted(out.rglob('*')) if p.is_file() and p.name != 'phantom.json'}
-    a, b, c = phantom(tmp_path/'a', '--seed', '1'), phantom(tmp_path/'b', '--seed', '1', '--workers', '1'), phantom(tmp_path/'c', '--seed', '2')
+    a, b = phantom(tmp_path/'a', '--seed', '1'), phantom(tmp_path/'b', '--seed', '1', '--workers', '1')
+    c = phantom(tmp_path/'c', '--seed', '2')
     assert a == b and len(a) > 12
     assert a['annotations/train.csv'] != c['annotations/train.csv']
 
-def test_split_is_deterministic(release, prep_runs):
-    imgs = image_table(load_release(release))
+def test_split_is_deterministic(big_release, prep_runs):
+    imgs = image_table(load_release(big_release))
     a, b, c = (split_train_val(imgs, 0.15, seed=s) for s in (3, 3, 4))
     pd.testing.assert_frame_equal(a, b)
     assert not a.split.equals(c.split) and set(a.split) == {'train', 'val', 'test'}

@@ -1,19 +1,19 @@
 """The weights store end to end, as a user meets it: an empty store, a full-scale command that stops before training,
-the same command training after `spinexr_weights import` of locally made files, and a damaged file refused. No network."""
-import json, os, subprocess, sys, time
+the same command training after `spinexr_weights import` of locally made files, and a damaged file refused.
+No network."""
+import json, os, time
+from functools import partial
 from pathlib import Path
 
 import pytest
 
-from conftest import command
-from spinexr.dicom import prepared_phantom
+from conftest import run_cli
 
-def run(*args, env=None, timeout=900):
-    return subprocess.run([command(args[0]), *map(str, args[1:])], capture_output=True, text=True, timeout=timeout, env=env)
+run = partial(run_cli, timeout=900)      # the commands train: allow them the time (env= passes through)
 
 @pytest.fixture(scope='module')
-def prep(tmp_path_factory):
-    return prepared_phantom(n_studies=30, size=256, prep_size=128, root=tmp_path_factory.mktemp('cache'))
+def prep(prepared):
+    return prepared(n_studies=30, size=256, prep_size=128)
 
 @pytest.fixture(scope='module')
 def carried(tmp_path_factory):
@@ -45,7 +45,8 @@ def test_empty_store_stops_before_training(prep, tmp_path, env):
         t0 = time.time()
         r = run(cmd, '--data', prep, '--out', tmp_path/cmd, *args, env=env)
         assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr[-2000:]
-        for hint in (f'spinexr_weights fetch --only {name}', 'spinexr_weights import', '--no_pretrained'): assert hint in r.stderr
+        for hint in (f'spinexr_weights fetch --only {name}', 'spinexr_weights import', '--no_pretrained'):
+            assert hint in r.stderr
         assert time.time() - t0 < 60 and not (tmp_path/cmd).exists()       # in seconds, and nothing left behind
 
 def test_import_then_train(prep, carried, tmp_path, env):
@@ -58,12 +59,14 @@ def test_import_then_train(prep, carried, tmp_path, env):
     assert r.returncode == 0, r.stderr[-2000:]
     cfg = json.loads((tmp_path/'cls'/'config.json').read_text())
     assert cfg['used_pretrained'] is True and cfg['pretrained_sha256'] == manifest['resnet50']['sha256']
-    assert (cfg['lr'], cfg['wd'], cfg['schedule'], cfg['size'], cfg['epochs']) == (3e-4, 1e-2, 'one_cycle', 64, 1)  # recipe + the flags given
+    # the recipe, and the flags given
+    assert (cfg['lr'], cfg['wd'], cfg['schedule'], cfg['size'], cfg['epochs']) == (3e-4, 1e-2, 'one_cycle', 64, 1)
     r = run('spinexr_train_det', '--data', prep, '--out', tmp_path/'det', *DET, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     det = json.loads((tmp_path/'det'/'config.json').read_text())
     n, total = map(int, det['pretrained_tensors'].split('/'))
-    assert det['used_pretrained'] and det['pretrained_sha256'] == manifest['yolo11n']['sha256'] and 0.85 * total < n < total
+    assert det['used_pretrained'] and det['pretrained_sha256'] == manifest['yolo11n']['sha256']
+    assert 0.85 * total < n < total
     assert not (tmp_path/'det'/'.start.pt').exists()
 
 def test_damaged_store_file_is_refused(prep, carried, tmp_path, env):
@@ -77,7 +80,8 @@ def test_damaged_store_file_is_refused(prep, carried, tmp_path, env):
 
 def test_fetch_offline_fails_fast(tmp_path, env):
     t0 = time.time()
-    r = run('spinexr_weights', 'fetch', '--only', 'densenet121', env={**env, 'HF_ENDPOINT': 'http://127.0.0.1:9'})   # a closed local port
+    offline = {**env, 'HF_ENDPOINT': 'http://127.0.0.1:9'}                # a closed local port
+    r = run('spinexr_weights', 'fetch', '--only', 'densenet121', env=offline)
     assert r.returncode == 1 and 'looks offline' in r.stderr and 'spinexr_weights import' in r.stderr
     assert time.time() - t0 < 30 and not Path(env['SPINEXR_WEIGHTS']).exists()
 
