@@ -50,9 +50,9 @@ def training_record(prep_dir, **extra) -> dict:
     s = PrepTree(prep_dir).summary()
     if not s.get('release'):
         raise InputError('not the prep tree of a release (no labels): models are trained on a release', prep_dir)
-    return dict(data='phantom' if s.get('phantom') else 'release', root=Path(s['src']).name,
-                images=s.get('split_counts', {}), date=time.strftime('%Y-%m-%d'), spinexr=package_versions()['spinexr'],
-                command=None, **extra)
+    return {**dict(data='phantom' if s.get('phantom') else 'release', root=Path(s['src']).name,
+                   images=s.get('split_counts', {}), date=time.strftime('%Y-%m-%d'),
+                   spinexr=package_versions()['spinexr'], command=None), **extra}
 
 def make_bundle(out, cls_runs, det_run, ens: Ensemble, prep_dir, keep_score: float = 0.5,
                 trained_on: dict | None = None) -> Path:
