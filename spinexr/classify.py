@@ -276,6 +276,8 @@ def _score(test_csv, val_csv) -> dict:
     r = eval_cls(test_csv, val=val_csv)
     return {k: r[k] for k in _HEADLINE if k in r}
 
+
+# %% ../nbs/10_classify.ipynb #6850a4a4
 def _broadcast_cpu(self, t, rank):
     "fastai's `DistributedDL._broadcast` for the gloo backend (its own moves the tensor to CUDA, for NCCL)."
     import torch

@@ -304,6 +304,12 @@ CLASS_COLUMNS = dict(boxes=('boxes', 'boxes of the class'), images=('images', 'i
                      box_ratio=('box imbalance', 'boxes of the most frequent class per box of this one'),
                      image_ratio=('image imbalance', 'the same, counted in images'))
 
+def _named(df: pd.DataFrame, columns: dict) -> tuple:
+    "`df` with its columns renamed for a reader, and the (name, meaning) glossary of those columns."
+    return df.rename(columns={k: v[0] for k, v in columns.items()}), [columns[c] for c in df.columns if c in columns]
+
+
+# %% ../nbs/50_demo.ipynb #796c1db4
 def _img(fig) -> str:
     import matplotlib.pyplot as plt
     buf = io.BytesIO()
@@ -311,26 +317,24 @@ def _img(fig) -> str:
     plt.close(fig)
     return f'<img alt="figure" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 
+def _number(v: float) -> str: return f'{v:,.0f}' if abs(v) >= 100 else f'{v:.2f}'
+
 def _table(df: pd.DataFrame, index: bool = True, classes: str = '') -> str:
     "A table in the report's style: the index a first column (not a row of its own, as in pandas), 2 decimals."
-    return (df.reset_index() if index else df).to_html(index=False, border=0, classes=f't {classes}'.strip(),
-                                                       escape=True, na_rep='',
-                                                       float_format=lambda v: f'{v:,.0f}' if abs(v) >= 100
-                                                           else f'{v:.2f}')
+    t = df.reset_index() if index else df
+    return t.to_html(index=False, border=0, classes=f't {classes}'.strip(), escape=True, na_rep='',
+                     float_format=_number)
 
-def _named(df: pd.DataFrame, columns: dict) -> tuple:
-    "`df` with its columns renamed for a reader, and the (name, meaning) glossary of those columns."
-    return df.rename(columns={k: v[0] for k, v in columns.items()}), [columns[c] for c in df.columns if c in columns]
 
+# %% ../nbs/50_demo.ipynb #25715f53
 def _pr_pair(fus):
     import matplotlib.pyplot as plt
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True)
     pr_figure({**fus['detection'], 'pr': fus['pr']}, a, title='detector', legend=False)
     pr_figure({**fus['detection_fused'], 'pr': fus['pr_fused']}, b, title='detector + fusion rule', legend=False)
     b.set_ylabel('')
-    for ax in (a, b):
-        ax.legend(loc='upper center', bbox_to_anchor=(0.5, -0.16), fontsize=8,
-                  frameon=False)   # under each panel, clear of its axis label
+    for ax in (a, b):     # the legend under each panel, clear of its axis label
+        ax.legend(loc='upper center', bbox_to_anchor=(0.5, -0.16), fontsize=8, frameon=False)
     fig.tight_layout()
     return fig
 
