@@ -277,7 +277,7 @@ def _score(test_csv, val_csv) -> dict:
     return {k: r[k] for k in _HEADLINE if k in r}
 
 
-# %% ../nbs/10_classify.ipynb #6850a4a4
+# %% ../nbs/10_classify.ipynb #cde7580f
 def _broadcast_cpu(self, t, rank):
     "fastai's `DistributedDL._broadcast` for the gloo backend (its own moves the tensor to CUDA, for NCCL)."
     import torch

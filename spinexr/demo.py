@@ -309,7 +309,7 @@ def _named(df: pd.DataFrame, columns: dict) -> tuple:
     return df.rename(columns={k: v[0] for k, v in columns.items()}), [columns[c] for c in df.columns if c in columns]
 
 
-# %% ../nbs/50_demo.ipynb #796c1db4
+# %% ../nbs/50_demo.ipynb #18053e93
 def _img(fig) -> str:
     import matplotlib.pyplot as plt
     buf = io.BytesIO()
@@ -326,7 +326,7 @@ def _table(df: pd.DataFrame, index: bool = True, classes: str = '') -> str:
                      float_format=_number)
 
 
-# %% ../nbs/50_demo.ipynb #25715f53
+# %% ../nbs/50_demo.ipynb #69a2e696
 def _pr_pair(fus):
     import matplotlib.pyplot as plt
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True)
