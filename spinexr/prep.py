@@ -66,9 +66,11 @@ def labels(self: PrepTree) -> pd.DataFrame:
     bad = ~df.split.isin(SPLITS)
     if bad.any():
         raise InputError(f'split {df.split[bad].iloc[0]!r} is not one of {SPLITS}', path, int(bad.idxmax()) + 2)
-    bad = ~df.abnormal.isin([0, 1])
-    if bad.any(): raise InputError(f'abnormal {df.abnormal[bad].iloc[0]!r} is not 0 or 1', path, int(bad.idxmax()) + 2)
-    df['abnormal'] = df.abnormal.astype(int)
+    abnormal = pd.to_numeric(df.abnormal, errors='coerce')
+    bad = ~abnormal.isin([0, 1])         # the message quotes the file's text, as the other CSV readers do
+    if bad.any():
+        raise InputError(f'abnormal {str(df.abnormal[bad].iloc[0])!r} is not 0 or 1', path, int(bad.idxmax()) + 2)
+    df['abnormal'] = abnormal.astype(int)
     return df
 
 @patch
