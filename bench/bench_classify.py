@@ -9,7 +9,6 @@ import argparse, os, time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from spinexr.core import cpu_count, set_threads, write_csv

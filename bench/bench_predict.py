@@ -7,7 +7,6 @@ MODEL_DIR is a bundle (spinexr_demo writes DIR/model); DICOM_DIR holds DICOMs th
 (e.g. a phantom made with another seed: spinexr_phantom /tmp/unseen --n_studies 20 --seed 77 --size 1024).
 """
 import argparse, tempfile, time
-from pathlib import Path
 
 from spinexr.inference import Predictor, find_inputs, predict_files
 

@@ -11,7 +11,7 @@ and measures, in the same run and on the same files:
 Goals: >= 3x the baseline per process, >= 1.7x from 1 to 2 workers, flat memory.
 """
 from __future__ import annotations
-import argparse, json, os, shutil, subprocess, sys, tempfile, threading, time
+import argparse, json, os, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 
 import cv2

@@ -13,7 +13,7 @@
 Each part stops when the budget (seconds, whole script) is spent; results go to OUT/gpu_check.json and are printed.
 `--smoke` runs the same code at toy sizes on any machine (CPU included), to check the script itself.
 """
-import argparse, json, os, shutil, subprocess, sys, time
+import argparse, json, os, subprocess, sys, time
 from pathlib import Path
 
 import torch

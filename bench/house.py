@@ -7,7 +7,8 @@ demonstration or a figure that runs it (nbdev's `show_doc` cells do not count)."
 import ast, json, sys
 from pathlib import Path
 
-LIMIT = 120
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]/'tests'))
+from test_style import LINE_LIMIT as LIMIT      # settings.ini's line_limit, read in one place
 
 def cells(nb: Path) -> list:
     "(exported?, source) of each code cell of a notebook."

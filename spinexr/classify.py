@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_classify.ipynb #a85788ff
 from __future__ import annotations
-import shutil, sys, time, warnings
+import shutil, sys, time
 from dataclasses import dataclass
 from typing import ClassVar
 from pathlib import Path

@@ -391,7 +391,7 @@ def check_release(root) -> Path:
     "`root` if it is a VinDr-SpineXR release (valid annotations, DICOMs in both image folders); else an error."
     root = Path(root)
     if not root.is_dir(): raise InputError(f'--data {root}: no such folder')
-    try: ann = load_release(root)
+    try: load_release(root)                  # read and checked, all of it
     except InputError as e: raise InputError(f'--data {root} is not a VinDr-SpineXR release root: {e}') from None
     for split in ('train', 'test'):
         d = images_dir(root, split)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from fastcore.script import Param, call_parse
+from fastcore.script import call_parse
 
 from .core import *
 from .metrics import det_ap50

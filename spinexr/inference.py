@@ -134,8 +134,8 @@ def find_inputs(inputs) -> list:
     "The files to predict: files as given, folders searched for DICOMs and PNG/JPEG images (sorted, no repeats)."
     missing = [str(i) for i in inputs if not Path(i).exists()]
     if missing:
-        raise InputError(f"no such file or folder: {', '.join(missing[:3])}" + (f' and {len(missing) - 3} more'
-                                                                                if len(missing) > 3 else ''))
+        more = f' and {len(missing) - 3} more' if len(missing) > 3 else ''
+        raise InputError(f"no such file or folder: {', '.join(missing[:3])}{more}")
     out = []
     for i in inputs:
         p = Path(i)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_metrics.ipynb #20e3aa25
 from __future__ import annotations
-import contextlib, io, math, sys
+import contextlib, io, math
 from pathlib import Path
 
 import numpy as np

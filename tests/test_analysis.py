@@ -9,7 +9,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from spinexr.analysis import (box_stats, class_table, cooccurrence, header_table, plot_box_sizes, plot_class_counts,
+from spinexr.analysis import (class_table, cooccurrence, header_table, plot_box_sizes, plot_class_counts,
                               plot_cooccurrence, plot_image_sizes, release_summary, show_examples, split_table)
 from spinexr.annotations import image_table, images_dir, load_release
 from spinexr.core import DET_CLASSES, NO_FINDING

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from conftest import CHROMIUM, CHROMIUM_ARGS, SHOTS, require_system, run_cli
 
-from spinexr.core import DET_CLASSES, BOX_COLUMNS, InputError
+from spinexr.core import DET_CLASSES
 from spinexr.inference import bundle_sha256, read_bundle
 
 @pytest.fixture(scope='module')
