@@ -22,19 +22,23 @@ from .detect import DetConfig, load_detector, predict_boxes
 from .ensemble import Ensemble
 
 # %% auto #0
-__all__ = ['BUNDLE_FORMAT', 'BUNDLE_VERSION', 'IMAGE_SUFFIXES', 'STAGES', 'package_versions', 'training_record', 'make_bundle',
-           'read_bundle', 'bundle_warnings', 'bundle_sha256', 'find_inputs', 'image_ids', 'read_input',
-           'classifier_inputs', 'Predictor', 'draw_overlay', 'predict_files', 'timing_table', 'spinexr_predict']
+__all__ = ['BUNDLE_FORMAT', 'BUNDLE_VERSION', 'BUNDLE_PACKAGES', 'COLOUR_LEVELS', 'COLOUR_SHARE', 'MIN_GREY_SPREAD',
+           'MIN_GREY_LEVELS', 'IMAGE_SUFFIXES', 'STAGES', 'package_versions', 'training_record', 'validation_record',
+           'make_bundle', 'read_bundle', 'bundle_warnings', 'bundle_sha256', 'colour_problem', 'radiograph_problem',
+           'find_inputs', 'image_ids', 'dicom_facts', 'read_input', 'classifier_inputs', 'Predictor', 'draw_overlay',
+           'overlay_png', 'image_record', 'predict_files', 'tiny_bundle', 'timing_table', 'spinexr_predict']
 
 # %% ../nbs/40_inference.ipynb #237fe24c
 BUNDLE_FORMAT, BUNDLE_VERSION = 'spinexr-bundle', 2   # 2: bundle.json records `trained_on`
 
-def package_versions() -> dict:
-    "Versions of the packages a bundle's results depend on."
+BUNDLE_PACKAGES = ('spinexr', 'torch', 'timm', 'fastai', 'ultralytics', 'pydicom', 'pylibjpeg-openjpeg', 'numpy',
+                   'opencv-python-headless')
+
+def package_versions(packages=BUNDLE_PACKAGES) -> dict:
+    "Versions of `packages` (default: those a bundle's results depend on); None for one not installed."
     from importlib.metadata import version, PackageNotFoundError
     out = {}
-    for p in ('spinexr', 'torch', 'timm', 'fastai', 'ultralytics', 'pydicom', 'pylibjpeg-openjpeg', 'numpy',
-              'opencv-python-headless'):
+    for p in packages:
         try: out[p] = version(p)
         except PackageNotFoundError: out[p] = None
     return out
@@ -54,6 +58,17 @@ def training_record(prep_dir, **extra) -> dict:
                    images=s.get('split_counts', {}), date=time.strftime('%Y-%m-%d'),
                    spinexr=package_versions()['spinexr'], command=None), **extra}
 
+def _run_metrics(run) -> dict:
+    f = Path(run)/'metrics.json'
+    return load_json(f) if f.is_file() else {}
+
+def validation_record(cls_metrics: dict, det_metrics: dict, ens: Ensemble) -> dict:
+    "The validation figures a bundle's card shows: each classifier's AUROC, the ensemble's, the detector's mAP50."
+    auroc = lambda m: m.get('val_auroc_tta') if m.get('tta') else m.get('val_auroc')
+    return dict(ensemble_auroc=ens.val_auroc, threshold=ens.threshold, threshold_rule=ens.rule,
+                classifier_auroc={a: auroc(m) for a, m in cls_metrics.items()},
+                detector_map50=det_metrics.get('val', {}).get('map50'))
+
 def make_bundle(out, cls_runs, det_run, ens: Ensemble, prep_dir, keep_score: float = 0.5,
                 trained_on: dict | None = None) -> Path:
     "Pack classifier runs, a detector run and an ensemble, trained on `prep_dir`, into the bundle `out` (atomically)."
@@ -66,10 +81,11 @@ def make_bundle(out, cls_runs, det_run, ens: Ensemble, prep_dir, keep_score: flo
     try:
         for r, a in zip(cls_runs, archs): _copy_files(r, tmp/'classifiers'/a, ('config.json', 'model.pt'))
         _copy_files(Path(det_run), tmp/'detector', ('config.json', 'detector.json', 'detector.pt'))
-        tta = {a: bool(load_json(r/'metrics.json').get('tta', False)) if (r/'metrics.json').exists() else False
-               for r, a in zip(cls_runs, archs)}
+        run_metrics = {a: _run_metrics(r) for r, a in zip(cls_runs, archs)}
+        tta = {a: bool(m.get('tta', False)) for a, m in run_metrics.items()}
         bundle = dict(format=BUNDLE_FORMAT, version=BUNDLE_VERSION, prep_size=int(prep_size), ensemble=asdict(ens),
                       fusion=dict(keep_score=float(keep_score)), classifiers=ens.names, tta=tta, trained_on=record,
+                      validation=validation_record(run_metrics, _run_metrics(det_run), ens),
                       versions=package_versions(), created=time.strftime('%Y-%m-%dT%H:%M:%S%z'))
         save_json(bundle, tmp/'bundle.json')
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -127,6 +143,28 @@ def bundle_sha256(model_dir) -> str:
         h.update(f'{f.relative_to(model_dir).as_posix()}\t{sha256_file(f)}\n'.encode())
     return h.hexdigest()
 
+# %% ../nbs/40_inference.ipynb #2305a846
+COLOUR_LEVELS, COLOUR_SHARE = 16, 0.01     # a pixel is coloured when its channels differ by more than 16 levels
+MIN_GREY_SPREAD, MIN_GREY_LEVELS = 16, 16  # a radiograph's middle 98% spans far more grey levels than this
+
+def colour_problem(img: np.ndarray) -> str | None:
+    "Why a 3- or 4-channel 8-bit image is a colour picture rather than a grey one saved in colour; None if grey."
+    c = img[..., :3].astype(np.int16)
+    share = float(((c.max(-1) - c.min(-1)) > COLOUR_LEVELS).mean())
+    if share <= COLOUR_SHARE: return None
+    return (f'a colour image ({share:.0%} of its pixels are coloured): a radiograph is grey; '
+            'photographs and screenshots are not read')
+
+def radiograph_problem(img: np.ndarray) -> str | None:
+    "Why an 8-bit grey image is too far from a radiograph's tonal spread for the models; None if it is plausible."
+    lo, hi = np.percentile(img, (1, 99))
+    if hi - lo < MIN_GREY_SPREAD:
+        return (f'almost uniform (the middle 98% of its pixels span {hi - lo:.0f} grey levels, a radiograph '
+                f'far more): no radiograph to read')
+    levels = len(np.unique(img))
+    if levels < MIN_GREY_LEVELS: return f'only {levels} grey levels: a drawing or a mask, not a radiograph'
+    return None
+
 # %% ../nbs/40_inference.ipynb #ae701fce
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
 
@@ -160,26 +198,44 @@ def _is_dicom(p: Path) -> bool:
     "By suffix; a file with another suffix by its DICM marker (`03_dicom`'s test)."
     return p.suffix.lower() in DICOM_SUFFIXES or (p.suffix.lower() not in IMAGE_SUFFIXES and has_dicm_marker(p))
 
+def dicom_facts(info: dict) -> dict:
+    "What a DICOM's header said, from `read_dicom`'s info: ids, Modality, body part, size, spacing, window used."
+    sp = [info['spacing_row_mm'], info['spacing_col_mm']]
+    return dict(study_uid=info['study_id'], series_uid=info['series_id'], sop_uid=info['sop_uid'],
+                modality=info['modality'], body_part=info['body_part'], view=info['view'],
+                photometric=info['photometric'], bits_stored=info['bits_stored'],
+                transfer_syntax=info['transfer_syntax'],
+                pixel_spacing_mm=None if any(np.isnan(sp)) else [round(float(v), 6) for v in sp],
+                window=info['window'], decoder=info['decoder'])
+
+def _plausible(img: np.ndarray, path) -> np.ndarray:
+    problem = radiograph_problem(img)
+    if problem: raise InputError(problem, path)
+    return img
+
 def read_input(path, size: int) -> tuple:
-    "An input as an 8-bit image of long side `size`, and its info (original and stored size, kind, warnings)."
+    "An input as an 8-bit image of long side `size`, and its info (original and stored size, kind, header, warnings)."
     import cv2
     path = Path(path)
     if _is_dicom(path):
         img, info = read_dicom(path, size)
-        return to_uint8(img), dict(orig_height=info['orig_height'], orig_width=info['orig_width'],
-                                   height=info['height'], width=info['width'], kind='dicom',
-                                   warnings=radiograph_warnings(info))
+        return _plausible(to_uint8(img), path), dict(orig_height=info['orig_height'], orig_width=info['orig_width'],
+                                                     height=info['height'], width=info['width'], kind='dicom',
+                                                     dicom=dicom_facts(info), warnings=radiograph_warnings(info))
     if not path.is_file(): raise InputError('file not found', path)
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None: raise InputError('not a readable PNG or JPEG image', path)
-    if img.ndim == 3: img = cv2.cvtColor(img, cv2.COLOR_BGRA2GRAY if img.shape[2] == 4 else cv2.COLOR_BGR2GRAY)
     if img.dtype == np.uint16: img = (img.astype(np.float32) / 257 + 0.5).astype(np.uint8)
     if img.dtype != np.uint8: raise InputError(f'unsupported pixel type {img.dtype}', path)
+    if img.ndim == 3:
+        if colour_problem(img): raise InputError(colour_problem(img), path)
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2GRAY if img.shape[2] == 4 else cv2.COLOR_BGR2GRAY)
     if min(img.shape) < 8:
         raise InputError(f'image of {img.shape[1]} x {img.shape[0]} pixels is too small for a radiograph', path)
     H, W = img.shape
     h, w = target_shape(H, W, size)
-    return resize_to(img, (h, w)), dict(orig_height=H, orig_width=W, height=h, width=w, kind='image', warnings=[])
+    return _plausible(resize_to(img, (h, w)), path), dict(orig_height=H, orig_width=W, height=h, width=w,
+                                                          kind='image', dicom=None, warnings=[])
 
 # %% ../nbs/40_inference.ipynb #1b39f242
 def classifier_inputs(images, cfg: ClsConfig):
@@ -210,6 +266,14 @@ class Predictor:
 
     def _tick(self, stage, t0):
         t = time.perf_counter(); self.timing[stage] += t - t0; return t
+
+    def warm_up(self) -> float:
+        "Run the models once on a synthetic image, so that no real one pays for their lazy set-up; its seconds."
+        t0 = time.perf_counter()
+        img = np.tile(np.linspace(0, 255, self.prep_size).astype(np.uint8), (self.prep_size, 1))
+        self.classify([img])
+        predict_boxes(self.detector, [img], self.det_cfg, ids=['warm-up'])
+        return time.perf_counter() - t0
 
     def classify(self, images) -> np.ndarray:
         "Each classifier's probabilities (n_images, n_models), columns in the ensemble's order."
@@ -244,7 +308,7 @@ class Predictor:
         records = [dict(image_id=g[1], source=str(g[0]), p_abnormal=float(pa),
                         abnormal=bool(pa >= self.ensemble.threshold),
                         classifiers={a: float(v) for a, v in zip(self.ensemble.names, row)},
-                        orig_height=int(g[3]['orig_height']), orig_width=int(g[3]['orig_width']),
+                        orig_height=int(g[3]['orig_height']), orig_width=int(g[3]['orig_width']), dicom=g[3]['dicom'],
                         warnings=[*self.warnings, *g[3]['warnings']], image=g[2])
                    for g, pa, row in zip(good, prob, P)]
         return records, boxes, failures
@@ -293,14 +357,23 @@ def draw_overlay(img: np.ndarray, boxes: pd.DataFrame, p_abnormal: float, thresh
     return out
 
 # %% ../nbs/40_inference.ipynb #ff3de6f8
-def _write_overlay(rec, boxes, threshold, out_dir, min_score):
+def overlay_png(rec: dict, boxes: pd.DataFrame, threshold: float, min_score: float = 0.25) -> bytes:
+    "The overlay of a `Predictor` record as PNG bytes; `boxes` (in original pixels) are drawn at the image's size."
     import cv2
     (h, w), oh, ow = rec['image'].shape, rec['orig_height'], rec['orig_width']
     sizes = {rec['image_id']: dict(height=h, width=w, orig_height=oh, orig_width=ow)}
     b = to_stored_coords(boxes, sizes) if len(boxes) else boxes
-    with atomic_path(out_dir/'overlays'/f"{rec['image_id']}.png") as tmp:
-        ov = draw_overlay(rec['image'], b, rec['p_abnormal'], threshold, min_score, rec['warnings'])
-        if not cv2.imwrite(str(tmp), ov): raise OSError(f'cannot write {tmp}')
+    ok, buf = cv2.imencode('.png', draw_overlay(rec['image'], b, rec['p_abnormal'], threshold, min_score,
+                                                rec['warnings']))
+    if not ok: raise OSError('cannot encode the overlay as PNG')
+    return buf.tobytes()
+
+def image_record(rec: dict, boxes: pd.DataFrame) -> dict:
+    "The JSON object of one image in predictions.json: a `Predictor` record without its pixels, with its boxes."
+    g = boxes[boxes.image_id == rec['image_id']].sort_values('score', ascending=False, kind='stable')
+    return {**{k: v for k, v in rec.items() if k != 'image'},
+            'boxes': [dict(lesion_type=b.lesion_type, score=round(float(b.score), 5),
+                           **{c: round(float(getattr(b, c)), 2) for c in BOX_COLUMNS}) for b in g.itertuples()]}
 
 def predict_files(model_dir, inputs, out_dir, batch: int = 8, min_score: float = 0.25, overlays: bool = True,
                   predictor: Predictor | None = None, progress: bool = False) -> dict:
@@ -324,20 +397,15 @@ def predict_files(model_dir, inputs, out_dir, batch: int = 8, min_score: float =
         t = time.perf_counter()
         for r in recs:
             if overlays:
-                _write_overlay(r, boxes[boxes.image_id == r['image_id']], pred.ensemble.threshold, out_dir, min_score)
-            del r['image']
+                png = overlay_png(r, boxes[boxes.image_id == r['image_id']], pred.ensemble.threshold, min_score)
+                with atomic_path(out_dir/'overlays'/f"{r['image_id']}.png") as tmp: tmp.write_bytes(png)
+            records.append(image_record(r, boxes))
         pred._tick('write', t)
-        records += recs; all_boxes.append(boxes); failures += fails
+        all_boxes.append(boxes); failures += fails
     boxes = pd.concat(all_boxes,
                       ignore_index=True) if all_boxes else pd.DataFrame(columns=['image_id', 'lesion_type', 'score',
                                                                                  *BOX_COLUMNS])
     t = time.perf_counter()
-    by_image = {i: g for i, g in boxes.groupby('image_id')}
-    for r in records:
-        g = by_image.get(r['image_id'], boxes.iloc[:0]).sort_values('score', ascending=False)
-        r['boxes'] = [dict(lesion_type=b.lesion_type, score=round(float(b.score), 5),
-                           **{c: round(float(getattr(b, c)), 2) for c in BOX_COLUMNS})
-                      for b in g.itertuples()]
     ens = pred.ensemble
     save_json(dict(model_dir=str(Path(model_dir).absolute()), trained_on=pred.bundle['trained_on'],
                    warnings=pred.warnings,
@@ -359,6 +427,31 @@ def predict_files(model_dir, inputs, out_dir, batch: int = 8, min_score: float =
                 stage_seconds={k: round(v, 2) for k, v in pred.timing.items()}, failures=failures,
                 warnings=pred.warnings,
                 image_warnings=[(r['source'], w) for r in records for w in r['warnings'] if w not in pred.warnings])
+
+# %% ../nbs/40_inference.ipynb #89b34925
+def tiny_bundle(prep_dir, out=None, size: int = 64, imgsz: int = 128) -> Path:
+    ("A bundle trained for one epoch on the prep tree `prep_dir` (for tests and demos: machinery, not a model); "
+     "made once under `out` (default: beside the tree), reused after.")
+    import fcntl
+    from spinexr.classify import ARCHS, recipe, train_classifier
+    from spinexr.detect import train_detector
+    from spinexr.ensemble import fit_ensemble, run_predictions
+    prep_dir = Path(prep_dir)
+    out = Path(out or prep_dir.parent/f"tiny-bundle-{prep_dir.name}-c{size}-d{imgsz}-{package_versions()['spinexr']}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent/f'.{out.name}.lock', 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)          # one process trains; the others wait, then read it
+        if (out/'bundle.json').is_file(): return out
+        work = Path(tempfile.mkdtemp(prefix='.tiny-bundle-', dir=out.parent))
+        try:
+            runs = [work/a for a in ARCHS]
+            for a, r in zip(ARCHS, runs):
+                train_classifier(prep_dir, r, recipe(a, size=size, epochs=1, bs=16, pretrained=False), progress=False)
+            train_detector(prep_dir, work/'det', DetConfig(model='yolo11n.yaml', imgsz=imgsz, epochs=1, batch=16,
+                                                           workers=0, pretrained=False))
+            ens = fit_ensemble({a: run_predictions(r, 'val') for a, r in zip(ARCHS, runs)})
+            return make_bundle(out, runs, work/'det', ens, prep_dir, trained_on=dict(command='tiny_bundle'))
+        finally: shutil.rmtree(work, ignore_errors=True)
 
 # %% ../nbs/40_inference.ipynb #a9d77d36
 def timing_table(summary: dict) -> pd.DataFrame:

@@ -1,4 +1,5 @@
 import json, os, shutil, subprocess, sys
+from urllib.parse import urlparse
 from collections import Counter
 from pathlib import Path
 import pytest
@@ -81,6 +82,34 @@ def require_system(path: str, package: str):
     msg = f"{path} not found: install Debian's {package} ({APT_LINE})"
     if os.environ.get('CI'): pytest.fail(msg)
     pytest.skip(msg)
+
+@pytest.fixture(scope='module')
+def browser():
+    "Debian's chromium, headless, driven by Playwright (one per test module)."
+    if os.environ.get('SPINEXR_SKIP_BROWSER') == '1': pytest.skip('SPINEXR_SKIP_BROWSER=1: browser check skipped')
+    require_system(CHROMIUM, 'chromium')
+    try: from playwright.sync_api import sync_playwright
+    except ImportError: pytest.fail('playwright is not installed (pip install playwright; it drives Debian\'s '
+                                    'chromium, so `playwright install` is not needed)')
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+class Visit:
+    "A page opened in a fresh browser context, with every request, failed response and script error it caused."
+    def __init__(self, browser, url):
+        self.ctx = browser.new_context(viewport={'width': 1280, 'height': 900})
+        self.page, self.requests, self.failed, self.errors = self.ctx.new_page(), [], [], []
+        self.page.on('request', lambda r: self.requests.append(r.url))
+        self.page.on('response', lambda r: r.status >= 400 and self.failed.append(f'{r.status} {r.url}'))
+        self.page.on('requestfailed', lambda r: self.failed.append(f'failed {r.url}'))
+        self.page.on('pageerror', lambda e: self.errors.append(str(e)))
+        self.resp = self.page.goto(url, wait_until='networkidle')
+    def foreign_hosts(self) -> set:
+        return {urlparse(u).hostname for u in self.requests
+                if urlparse(u).scheme in ('http', 'https', 'ws', 'wss') and urlparse(u).hostname != '127.0.0.1'}
+    def close(self): self.ctx.close()
 
 def pytest_configure(config):
     # VinDr-SpineXR's ids (and the phantom's) are 32-hex strings, not valid DICOM UIDs: pydicom warns on each.

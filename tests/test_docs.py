@@ -6,12 +6,11 @@ A missing chromium skips the browser tests with the apt line that installs it (f
 `SPINEXR_SKIP_BROWSER=1` skips them."""
 import functools, http.server, json, os, re, threading, time
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pytest
 from execnb.nbio import mk_cell, new_nb, read_nb, write_nb
 
-from conftest import CHROMIUM, CHROMIUM_ARGS, SHOTS, require_system, run_cli
+from conftest import SHOTS, Visit, run_cli
 from spinexr.docs import doc_notebooks, page_name
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,33 +53,6 @@ def server(site):
     t.start()
     yield f'http://127.0.0.1:{srv.server_address[1]}/'
     srv.shutdown(); srv.server_close()
-
-@pytest.fixture(scope='module')
-def browser():
-    if os.environ.get('SPINEXR_SKIP_BROWSER') == '1': pytest.skip('SPINEXR_SKIP_BROWSER=1: browser check skipped')
-    require_system(CHROMIUM, 'chromium')
-    try: from playwright.sync_api import sync_playwright
-    except ImportError: pytest.fail('playwright is not installed (pip install playwright; it drives Debian\'s '
-                                    'chromium, so `playwright install` is not needed)')
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-class Visit:
-    "A page opened in a fresh browser context, with every request, failed response and script error it caused."
-    def __init__(self, browser, url):
-        self.ctx = browser.new_context(viewport={'width': 1280, 'height': 900})
-        self.page, self.requests, self.failed, self.errors = self.ctx.new_page(), [], [], []
-        self.page.on('request', lambda r: self.requests.append(r.url))
-        self.page.on('response', lambda r: r.status >= 400 and self.failed.append(f'{r.status} {r.url}'))
-        self.page.on('requestfailed', lambda r: self.failed.append(f'failed {r.url}'))
-        self.page.on('pageerror', lambda e: self.errors.append(str(e)))
-        self.resp = self.page.goto(url, wait_until='networkidle')
-    def foreign_hosts(self) -> set:
-        return {urlparse(u).hostname for u in self.requests
-                if urlparse(u).scheme in ('http', 'https', 'ws', 'wss') and urlparse(u).hostname != '127.0.0.1'}
-    def close(self): self.ctx.close()
 
 def test_there_are_pages():
     assert PAGES[0] == ('index.html', 'spinexr') and len(PAGES) >= 3

@@ -1,0 +1,276 @@
+"""`spinexr_serve` as its users meet it: the real server started as a command on a free loopback port, spoken to
+over HTTP (every bad-input kind, the same answers as spinexr_predict, many clients at once) and from Debian's
+chromium (the page, the API docs), with nothing requested off the machine."""
+import asyncio, base64, contextlib, json, os, shutil, socket, subprocess, threading, time
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+from conftest import SHOTS, Visit, command, run_cli
+
+from spinexr.dicom import read_dicom, to_uint8
+from spinexr.inference import bundle_sha256, tiny_bundle
+
+@pytest.fixture(scope='module')
+def bundle(prepared):
+    "A bundle trained for a moment on a phantom (machinery, not a model), made once per session's prep tree."
+    return tiny_bundle(prepared(n_studies=100, size=512, prep_size=256))
+
+@pytest.fixture(scope='module')
+def unseen(phantom_release):
+    "DICOMs the bundle never saw; read only."
+    return sorted(phantom_release(n_studies=6, seed=77, size=512).glob('*_images/*.dicom'))
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+@contextlib.contextmanager
+def serving(bundle, tmp: Path, *args):
+    """`spinexr_serve BUNDLE --port FREE ARGS` running, its temporary files in `tmp`: (base URL, process); stopped
+    after."""
+    port, tmp = free_port(), Path(tmp)
+    tmp.mkdir(parents=True, exist_ok=True)
+    p = subprocess.Popen([command('spinexr_serve'), str(bundle), '--port', str(port), *map(str, args)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, 'TMPDIR': str(tmp)})
+    url = f'http://127.0.0.1:{port}'
+    try:
+        t0 = time.time()
+        while True:
+            if p.poll() is not None: pytest.fail(f'spinexr_serve exited {p.returncode}: {p.stderr.read()[-3000:]}')
+            try:
+                if httpx.get(f'{url}/health', timeout=2).status_code == 200: break
+            except httpx.TransportError: pass
+            assert time.time() - t0 < 180, 'spinexr_serve did not answer /health within 180 s'
+            time.sleep(0.3)
+        yield url, p
+    finally:
+        p.terminate()
+        try: p.wait(30)
+        except subprocess.TimeoutExpired: p.kill(); p.wait()
+
+@pytest.fixture(scope='module')
+def server(bundle, tmp_path_factory):
+    "The server of `bundle` with --max_mb 1, and the folder it keeps its temporary files in."
+    tmp = tmp_path_factory.mktemp('serve_tmp')
+    with serving(bundle, tmp, '--max_mb', 1) as (url, p): yield url, p, tmp
+
+def post(url, name, data, **kw) -> httpx.Response:
+    return httpx.post(f'{url}/predict', files=dict(file=(name, data)), timeout=120, **kw)
+
+def uploads_left(tmp: Path) -> list:
+    return sorted(p.name for p in Path(tmp).glob('spinexr-serve-*'))
+
+def as_png(dicom: Path, path: Path) -> Path:
+    "A DICOM's image as a PNG, as a user might export one."
+    img, _ = read_dicom(dicom)
+    cv2.imwrite(str(path), to_uint8(img))
+    return path
+
+# --- the answers ------------------------------------------------------------------------------------------
+
+def test_answers_equal_spinexr_predicts(server, bundle, unseen, tmp_path):
+    "Each upload's JSON is the record spinexr_predict writes for the same file, and its overlay the same picture."
+    url, _, tmp = server
+    files = [*unseen[:3], as_png(unseen[3], tmp_path/'exported.png')]
+    # --batch 1, as the server predicts one request at a time when idle: a batch's make-up moves the 7th digit
+    r = run_cli('spinexr_predict', bundle, *files, '--out', tmp_path/'p', '--batch', 1, timeout=300)
+    assert r.returncode == 0, r.stderr
+    ref = {i['image_id']: i for i in json.loads((tmp_path/'p'/'predictions.json').read_text())['images']}
+    for f in files:
+        res = post(url, f.name, f.read_bytes())
+        assert res.status_code == 200, res.text
+        got = res.json()
+        assert {k: v for k, v in got.items() if k not in ('overlay', 'threshold', 'source')} == \
+               {k: v for k, v in ref[f.stem].items() if k != 'source'}
+        assert got['source'] == f.name and got['abnormal'] == (got['p_abnormal'] >= got['threshold'])
+        png = np.frombuffer(base64.b64decode(got['overlay'].split(',', 1)[1]), np.uint8)
+        assert np.array_equal(cv2.imdecode(png, cv2.IMREAD_COLOR),
+                              cv2.imread(str(tmp_path/'p'/'overlays'/f'{f.stem}.png'), cv2.IMREAD_COLOR))
+    assert ref['exported']['dicom'] is None and ref[unseen[0].stem]['dicom']['sop_uid'] == unseen[0].stem
+    assert uploads_left(tmp) == []                                   # every upload's folder is removed
+
+def test_health_and_model_card(server, bundle):
+    url, _, _ = server
+    h = httpx.get(f'{url}/health').json()
+    assert h['model_loaded'] and h['bundle']['sha256'] == bundle_sha256(bundle) and h['bundle']['version'] == 2
+    assert h['bundle']['files']['bundle.json'] and h['versions']['uvicorn'] and h['versions']['torch']
+    card = httpx.get(f'{url}/model').json()
+    b = json.loads((Path(bundle)/'bundle.json').read_text())
+    assert card['ensemble']['threshold'] == b['ensemble']['threshold'] and card['trained_on'] == b['trained_on']
+    assert card['validation']['classifier_auroc'] and 'not a diagnostic device' in card['intended_use']
+
+# --- bad input ----------------------------------------------------------------------------------------------
+
+def _chunked(data: bytes, boundary: str, name: str):
+    "A multipart body sent in chunks, without a Content-Length (as a streaming client sends it)."
+    yield (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+           f'Content-Type: application/octet-stream\r\n\r\n').encode()
+    for k in range(0, len(data), 1 << 16): yield data[k:k + (1 << 16)]
+    yield f'\r\n--{boundary}--\r\n'.encode()
+
+def test_every_bad_input_gets_a_4xx_and_the_reason_spinexr_predict_gives(server, bundle, unseen, tmp_path):
+    """The reliability suite's bad DICOMs and the web's own bad requests: each a 4xx JSON answer with its reason (for a
+    file, spinexr_predict's reason for the same file), never a 500; the table is saved beside the screenshots."""
+    from test_reliability import TALLY, bad_dicoms
+    url, p, tmp = server
+    src = tmp_path/'bad'; src.mkdir()
+    good = [Path(shutil.copy(f, src)) for f in unseen[:4]]
+    cases = [(n, k) for n, k, _ in bad_dicoms(src, good) if k not in ('two files, one image id', 'unusable file name')]
+    r = run_cli('spinexr_predict', bundle, src, '--out', tmp_path/'p', '--no_overlays', timeout=600)
+    why = {Path(f['source']).name: f['error'].removeprefix(f"{f['source']}: ")
+           for f in json.loads((tmp_path/'p'/'predictions.json').read_text())['failures']}
+    rows = []
+    def check(kind, res, status, reason):
+        body = res.json()
+        rows.append((kind, res.status_code, body.get('error', '')))
+        assert res.status_code == status and body['status'] == status, (kind, res.status_code, res.text[:300])
+        assert reason in body['error'] and 'Traceback' not in res.text, (kind, body['error'])
+    for name, kind in cases:                          # the DICOM kinds: the same reason as spinexr_predict's
+        status = 400 if kind == 'zero bytes' else 422                 # an empty upload is a bad request
+        check(kind, post(url, name, (src/name).read_bytes()), status, f'{name}: {why[name]}')
+    raw = unseen[0].read_bytes()
+    grey = to_uint8(read_dicom(unseen[0], 256)[0])
+    photo = np.dstack([grey, grey[::-1], np.full_like(grey, 60)])
+    web = [('no file field', httpx.post(f'{url}/predict', data=dict(image='x')), 400, "field 'file'"),
+           ('not a multipart body', httpx.post(f'{url}/predict', json=dict(file='x')), 400, "field 'file'"),
+           ('a text field named file', httpx.post(f'{url}/predict', data=dict(file='x')), 400, "field 'file'"),
+           ('empty file', post(url, 'empty.dcm', b''), 400, 'empty file (0 bytes)'),
+           ('over --max_mb, declared', post(url, 'big.dcm', raw + bytes(1 << 20)), 413, 'larger than 1 MB'),
+           ('over --max_mb, chunked', httpx.post(f'{url}/predict',
+                                                 content=_chunked(raw + bytes(2 << 20), 'b0', 'big.dcm'),
+                                                 headers={'content-type': 'multipart/form-data; boundary=b0'}),
+            413, 'larger than 1 MB'),
+           ('neither DICOM, PNG nor JPEG', post(url, 'notes.txt', b'hello'), 415, 'not a DICOM, PNG or JPEG'),
+           ('broken PNG', post(url, 'broken.png', b'\x89PNG\r\n\x1a\n garbage'), 422, 'not a readable PNG or JPEG'),
+           ('colour photograph', post(url, 'photo.jpg', cv2.imencode('.jpg', photo)[1].tobytes()), 422,
+            'a colour image'),
+           ('blank image', post(url, 'blank.png', cv2.imencode('.png', np.full((300, 200), 9, np.uint8))[1].tobytes()),
+            422, 'almost uniform'),
+           ('binary mask', post(url, 'mask.png', cv2.imencode('.png', (grey > 128).astype(np.uint8) * 255)[1]
+                                .tobytes()),
+            422, 'only 2 grey levels'),
+           ('GET /predict', httpx.get(f'{url}/predict'), 405, 'Method Not Allowed'),
+           ('an unknown address', httpx.get(f'{url}/../etc/passwd'), 404, 'Not Found')]
+    for kind, res, status, reason in web: check(kind, res, status, reason)
+    # a hostile file name is a name, not a path: answered under a safe id, nothing written where it points
+    res = post(url, '../../../../tmp/evil.dcm', raw)
+    assert res.status_code == 200 and res.json()['image_id'] == 'evil' and not Path('/tmp/evil.dcm').exists()
+    assert p.poll() is None and uploads_left(tmp) == []             # still serving; no upload left behind
+    SHOTS.mkdir(exist_ok=True)
+    cell = lambda v: str(v).replace('|', '\\|')
+    (SHOTS/'serve_bad_inputs.md').write_text('| kind | status | reason |\n|---|---|---|\n' + ''.join(
+        f'| {cell(k)} | {s} | {cell(e)} |\n' for k, s, e in rows))
+    TALLY['bad-input kinds'] += len(rows)
+
+def test_a_dicom_without_modality_or_body_part_is_accepted_and_a_chest_one_warned_about(server, unseen, tmp_path):
+    "De-identified releases often drop Modality and Body Part Examined: accepted; a header saying CHEST: a warning."
+    import pydicom
+    url, _, _ = server
+    ds = pydicom.dcmread(unseen[0])
+    del ds.Modality, ds.BodyPartExamined
+    ds.save_as(tmp_path/'bare.dicom')
+    res = post(url, 'bare.dicom', (tmp_path/'bare.dicom').read_bytes())
+    assert res.status_code == 200 and res.json()['dicom']['modality'] == '', res.text[:300]
+    ds.Modality, ds.BodyPartExamined = 'CR', 'CHEST'
+    ds.save_as(tmp_path/'chest.dicom')
+    res = post(url, 'chest.dicom', (tmp_path/'chest.dicom').read_bytes())
+    assert res.status_code == 200 and any("Body Part Examined is 'CHEST'" in w for w in res.json()['warnings'])
+
+# --- many at once --------------------------------------------------------------------------------------------
+
+class PeakRSS:
+    "The peak resident memory of a process (and its children), sampled every 20 ms while in the `with` block."
+    def __init__(self, pid): self.pid, self.peak, self.stop = pid, 0, threading.Event()
+    def _sample(self):
+        import psutil
+        p = psutil.Process(self.pid)
+        while not self.stop.is_set():
+            try: self.peak = max(self.peak, sum(q.memory_info().rss for q in [p, *p.children(recursive=True)]))
+            except psutil.Error: pass
+            time.sleep(0.02)
+    def __enter__(self):
+        self.t = threading.Thread(target=self._sample, daemon=True); self.t.start(); return self
+    def __exit__(self, *a): self.stop.set(); self.t.join()
+
+async def _concurrently(url, uploads, connections):
+    async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=connections)) as c:
+        return await asyncio.gather(*(c.post(f'{url}/predict?overlay=false', files=dict(file=(n, d)))
+                                      for n, d in uploads))
+
+def test_fifty_concurrent_requests_all_answered_right(server, unseen):
+    "50 requests at once from one client: each answered 200 with the answer it gets alone; batched; memory bounded."
+    url, p, tmp = server
+    alone = {f.name: post(url, f.name, f.read_bytes(), params=dict(overlay='false')).json() for f in unseen[:5]}
+    before = httpx.get(f'{url}/health').json()['queue']['batches_run']
+    uploads = [(f.name, f.read_bytes()) for f in unseen[:5]] * 10
+    t0 = time.time()
+    with PeakRSS(p.pid) as rss: answers = asyncio.run(_concurrently(url, uploads, 50))
+    secs = time.time() - t0
+    assert [a.status_code for a in answers] == [200] * 50
+    for (name, _), a in zip(uploads, answers):
+        got, ref = a.json(), alone[name]
+        assert abs(got['p_abnormal'] - ref['p_abnormal']) < 1e-5 and got['abnormal'] == ref['abnormal'], name
+        assert [b['lesion_type'] for b in got['boxes']] == [b['lesion_type'] for b in ref['boxes']], name
+        assert np.allclose([[b[c] for c in ('xmin', 'ymin', 'xmax', 'ymax')] for b in got['boxes']],
+                           [[b[c] for c in ('xmin', 'ymin', 'xmax', 'ymax')] for b in ref['boxes']], atol=0.05)
+    batches = httpx.get(f'{url}/health').json()['queue']['batches_run'] - before
+    print(f'50 concurrent requests: {secs:.1f} s, {batches} batches, server peak RSS {rss.peak / 2**20:.0f} MiB')
+    assert batches < 50                                             # waiting requests were batched
+    assert rss.peak < 4 * 2**30 and uploads_left(tmp) == []
+
+def test_a_full_queue_refuses_with_503_and_retry_after(bundle, unseen, tmp_path):
+    "With room for 2 waiting requests, a burst of 12 gets some 200s and some 503s with Retry-After, nothing else."
+    with serving(bundle, tmp_path/'tmp', '--queue', 2, '--batch', 1) as (url, p):
+        answers = asyncio.run(_concurrently(url, [(unseen[0].name, unseen[0].read_bytes())] * 12, 12))
+    codes = sorted(a.status_code for a in answers)
+    assert set(codes) == {200, 503} and codes.count(200) >= 2, codes
+    busy = [a for a in answers if a.status_code == 503]
+    assert all(a.headers['retry-after'] == '2' and 'busy' in a.json()['error'] for a in busy)
+
+# --- in a browser --------------------------------------------------------------------------------------------
+
+def test_the_page_in_chromium(server, browser, unseen):
+    """A user opens the page, chooses a DICOM: the score, the decision and the box table appear; no request leaves
+    127.0.0.1; a screenshot is saved."""
+    url, _, _ = server
+    v = Visit(browser, f'{url}/')
+    try:
+        page = v.page
+        assert 'not a diagnostic device' in page.inner_text('.note') and 'phantom' in page.inner_text('.caveat')
+        with page.expect_response(lambda r: r.url.endswith('/predict')) as res:
+            page.set_input_files('#file', str(unseen[1]))
+        j = res.value.json()
+        page.wait_for_selector('#result', state='visible', timeout=60_000)
+        page.wait_for_function("document.querySelector('#overlay').complete && "
+                               "document.querySelector('#overlay').naturalWidth > 0")
+        assert page.inner_text('#decision') == ('ABNORMAL' if j['abnormal'] else 'NORMAL')
+        assert f"p(abnormal) {j['p_abnormal']:.3f}" in page.inner_text('#score')
+        assert page.locator('#boxes tbody tr').count() == len(j['boxes'])
+        assert page.locator('#classifiers tbody tr').count() == 3
+        assert 'MONOCHROME' in page.inner_text('#header')
+        assert page.get_attribute('#json', 'download') == f"{unseen[1].stem}.json"
+        SHOTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(SHOTS/'serve.png'), full_page=True)
+        assert v.errors == [] and v.failed == [] and v.foreign_hosts() == set(), (v.errors, v.failed, v.requests)
+        # a refused file is explained on the page, not as a crash
+        page.set_input_files('#file', files=[dict(name='notes.txt', mimeType='text/plain', buffer=b'hello')])
+        page.wait_for_selector('#status.error')
+        assert 'refused (415)' in page.inner_text('#status')
+    finally: v.close()
+
+def test_the_api_docs_render_offline_in_chromium(server, browser):
+    url, _, _ = server
+    v = Visit(browser, f'{url}/docs')
+    try:
+        v.page.wait_for_selector('.opblock-summary-path', timeout=30_000)     # Swagger UI drew the operations
+        paths = v.page.locator('.opblock-summary-path').all_inner_texts()
+        assert {'/predict', '/health', '/model'} <= {p.strip() for p in paths}, paths
+        assert v.errors == [] and v.foreign_hosts() == set(), (v.errors, v.requests)
+        SHOTS.mkdir(exist_ok=True)
+        v.page.screenshot(path=str(SHOTS/'serve_docs.png'))
+    finally: v.close()
