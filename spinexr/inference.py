@@ -24,9 +24,10 @@ from .ensemble import Ensemble
 # %% auto #0
 __all__ = ['BUNDLE_FORMAT', 'BUNDLE_VERSION', 'BUNDLE_PACKAGES', 'COLOUR_LEVELS', 'COLOUR_SHARE', 'MIN_GREY_SPREAD',
            'MIN_GREY_LEVELS', 'IMAGE_SUFFIXES', 'STAGES', 'package_versions', 'training_record', 'validation_record',
-           'make_bundle', 'read_bundle', 'bundle_warnings', 'bundle_sha256', 'colour_problem', 'radiograph_problem',
-           'find_inputs', 'image_ids', 'dicom_facts', 'read_input', 'classifier_inputs', 'Predictor', 'draw_overlay',
-           'overlay_png', 'image_record', 'predict_files', 'tiny_bundle', 'timing_table', 'spinexr_predict']
+           'make_bundle', 'read_bundle', 'bundle_warnings', 'bundle_files', 'bundle_sha256', 'colour_problem',
+           'radiograph_problem', 'find_inputs', 'image_ids', 'dicom_facts', 'read_input', 'classifier_inputs',
+           'Predictor', 'draw_overlay', 'overlay_png', 'image_record', 'predict_files', 'tiny_bundle', 'timing_table',
+           'spinexr_predict']
 
 # %% ../nbs/40_inference.ipynb #237fe24c
 BUNDLE_FORMAT, BUNDLE_VERSION = 'spinexr-bundle', 2   # 2: bundle.json records `trained_on`
@@ -134,13 +135,19 @@ def bundle_warnings(bundle: dict) -> list:
         out.append('the model comes from a rehearsal (one epoch on a few images): it checks a setup and is not a model')
     return out
 
-def bundle_sha256(model_dir) -> str:
-    "A bundle's SHA-256: of each file's path and SHA-256 in path order (a changed, added or removed file changes it)."
-    import hashlib
+def bundle_files(model_dir) -> dict:
+    "Each file of a bundle (its path relative to the bundle, in path order) and the file's SHA-256."
     from spinexr.weights import sha256_file
-    model_dir, h = Path(model_dir), hashlib.sha256()
-    for f in sorted(p for p in model_dir.rglob('*') if p.is_file()):
-        h.update(f'{f.relative_to(model_dir).as_posix()}\t{sha256_file(f)}\n'.encode())
+    model_dir = Path(model_dir)
+    return {f.relative_to(model_dir).as_posix(): sha256_file(f) for f in sorted(model_dir.rglob('*')) if f.is_file()}
+
+def bundle_sha256(model_dir, files: dict | None = None) -> str:
+    ("A bundle's SHA-256: of each file's path and SHA-256 in path order (a changed, added or removed file changes it); "
+     "`files`: its `bundle_files`, if already computed.")
+    import hashlib
+    h = hashlib.sha256()
+    for path, sha in (bundle_files(model_dir) if files is None else files).items():
+        h.update(f'{path}\t{sha}\n'.encode())
     return h.hexdigest()
 
 # %% ../nbs/40_inference.ipynb #2305a846
@@ -228,7 +235,7 @@ def read_input(path, size: int) -> tuple:
     if img.dtype == np.uint16: img = (img.astype(np.float32) / 257 + 0.5).astype(np.uint8)
     if img.dtype != np.uint8: raise InputError(f'unsupported pixel type {img.dtype}', path)
     if img.ndim == 3:
-        if colour_problem(img): raise InputError(colour_problem(img), path)
+        if problem := colour_problem(img): raise InputError(problem, path)
         img = cv2.cvtColor(img, cv2.COLOR_BGRA2GRAY if img.shape[2] == 4 else cv2.COLOR_BGR2GRAY)
     if min(img.shape) < 8:
         raise InputError(f'image of {img.shape[1]} x {img.shape[0]} pixels is too small for a radiograph', path)
