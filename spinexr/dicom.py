@@ -14,9 +14,9 @@ from .core import *
 
 # %% auto #0
 __all__ = ['MIN_SIDE', 'RADIOGRAPH_MODALITIES', 'SPINE_WORDS', 'PERCENTILES', 'DicomError', 'open_dicom', 'read_header',
-           'radiograph_warnings', 'j2k_header', 'target_shape', 'choose_reduce', 'decode_stored', 'display_values',
-           'to_display', 'resize_to', 'align_reduced', 'read_dicom', 'to_uint8', 'scale_boxes', 'to_stored_coords',
-           'to_original_coords']
+           'radiograph_warnings', 'j2k_header', 'target_shape', 'choose_reduce', 'decode_stored', 'voi_record',
+           'display_values', 'to_display', 'resize_to', 'align_reduced', 'read_dicom', 'to_uint8', 'scale_boxes',
+           'to_stored_coords', 'to_original_coords']
 
 # %% ../nbs/03_dicom.ipynb #5eb60a55
 class DicomError(InputError):
@@ -363,8 +363,18 @@ def _percentiles(x, q, weights=None) -> np.ndarray:
     idx = np.searchsorted(cum, np.asarray(q, dtype=float) / 100 * cum[-1], side='left')
     return np.asarray(x)[order][np.minimum(idx, len(x) - 1)]
 
+def voi_record(ds, kind: str, lo: float | None = None, hi: float | None = None) -> dict:
+    "The VOI used, as a record: `text` (in words, for the manifest), `kind` and the numbers that reproduce it."
+    if kind == 'lut': return dict(kind='lut', text=_describe(ds, 'lut'), index=0)
+    if kind == 'window':
+        (c, _), (w, _) = _first(ds.WindowCenter), _first(ds.WindowWidth)
+        return dict(kind='window', text=_describe(ds, 'window'), center=float(c), width=float(w),
+                    function=_str(ds, 'VOILUTFunction').upper() or 'LINEAR')
+    return dict(kind='percentile', text=f'percentile {PERCENTILES[0]:g}-{PERCENTILES[1]:g}: {lo:g}..{hi:g}',
+                lo=float(lo), hi=float(hi))
+
 def display_values(x: np.ndarray, ds, weights=None) -> tuple:
-    "Stored values `x` through pydicom's Modality LUT and VOI, scaled to [0, 1]; returns (values, window used, notes)."
+    "Stored values `x` through pydicom's Modality LUT and VOI, scaled to [0, 1]; returns (values, VOI used, notes)."
     from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing
     notes = []
     try: m = apply_modality_lut(x, ds)
@@ -381,18 +391,18 @@ def display_values(x: np.ndarray, ds, weights=None) -> tuple:
                 lo, hi = _voi_range(ds, kind, notes)
             if not hi > lo: raise ValueError(f'empty output range [{lo}, {hi}]')
             notes += [f'pydicom: {w.message}' for w in caught]
-            return (np.asarray(y, dtype=np.float64) - lo) / (hi - lo), _describe(ds, kind), notes
+            return (np.asarray(y, dtype=np.float64) - lo) / (hi - lo), voi_record(ds, kind), notes
         except Exception as e:
             notes.append(f'{_describe(ds, kind) if kind == "window" else "VOI LUT Sequence"} not used '
                          f'({type(e).__name__}: {e})')
     wts = weights() if callable(weights) else weights
     lo, hi = (float(v) for v in _percentiles(m, PERCENTILES, wts))
     y = np.clip((m - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros(np.shape(m))
-    return y, f'percentile {PERCENTILES[0]:g}-{PERCENTILES[1]:g}: {lo:g}..{hi:g}', notes
+    return y, voi_record(ds, 'percentile', lo, hi), notes
 
 # %% ../nbs/03_dicom.ipynb #7a6d1aae
 def to_display(stored: np.ndarray, ds, photometric: str | None = None) -> tuple:
-    "Stored values -> Modality LUT -> VOI -> [0, 1], MONOCHROME1 inverted; returns (float32 image, window used, notes)."
+    "Stored values -> Modality LUT -> VOI -> [0, 1], MONOCHROME1 inverted; returns (float32 image, VOI used, notes)."
     photometric = photometric or str(ds.PhotometricInterpretation).upper()
     lo, hi = int(stored.min()), int(stored.max())
     if hi - lo <= 1 << 20:
@@ -434,13 +444,13 @@ def read_dicom(path, size: int | None = None) -> tuple:
         ds, notes = open_dicom(path)
         info = _header_info(ds, path)
         stored, dec = decode_stored(ds, size, path)
-        try: img, window, vnotes = to_display(stored, ds, info['photometric'])
+        try: img, voi, vnotes = to_display(stored, ds, info['photometric'])
         except DicomError as e: raise DicomError(e.reason, path) from None
     H, W = info['orig_height'], info['orig_width']
     shape = target_shape(H, W, size)
     img = np.clip(resize_to(align_reduced(img, dec['reduce'], H, W), shape), 0, 1)
-    info.update(height=shape[0], width=shape[1], scale=max(shape) / max(H, W), window=window, decoder=dec['decoder'],
-                reduce=dec['reduce'], notes=notes + dec['notes'] + vnotes)
+    info.update(height=shape[0], width=shape[1], scale=max(shape) / max(H, W), window=voi['text'], voi=voi,
+                decoder=dec['decoder'], reduce=dec['reduce'], notes=notes + dec['notes'] + vnotes)
     return img, info
 
 # %% ../nbs/03_dicom.ipynb #74959040

@@ -20,14 +20,17 @@ from .metrics import fusion_rule
 from .classify import ClsConfig, batch_probs, load_classifier
 from .detect import DetConfig, load_detector, predict_boxes
 from .ensemble import Ensemble
+from .dicom_out import Algorithm, result_paths, write_results
+from .dicomweb import (connect, fetch_instance, http_reason, plan_study, store_instances, study_instances,
+                              study_uids)
 
 # %% auto #0
 __all__ = ['BUNDLE_FORMAT', 'BUNDLE_VERSION', 'BUNDLE_PACKAGES', 'COLOUR_LEVELS', 'COLOUR_SHARE', 'MIN_GREY_SPREAD',
-           'MIN_GREY_LEVELS', 'IMAGE_SUFFIXES', 'STAGES', 'package_versions', 'training_record', 'validation_record',
-           'make_bundle', 'read_bundle', 'bundle_warnings', 'bundle_files', 'bundle_sha256', 'colour_problem',
-           'radiograph_problem', 'find_inputs', 'image_ids', 'dicom_facts', 'read_input', 'classifier_inputs',
-           'Predictor', 'draw_overlay', 'overlay_png', 'image_record', 'predict_files', 'tiny_bundle', 'timing_table',
-           'spinexr_predict']
+           'MIN_GREY_LEVELS', 'IMAGE_SUFFIXES', 'STAGES', 'NO_DICOM_SOURCE', 'DICOMWEB_COLUMNS', 'package_versions',
+           'training_record', 'validation_record', 'make_bundle', 'read_bundle', 'bundle_warnings', 'bundle_files',
+           'bundle_sha256', 'colour_problem', 'radiograph_problem', 'find_inputs', 'image_ids', 'dicom_facts',
+           'read_input', 'classifier_inputs', 'Predictor', 'draw_overlay', 'overlay_png', 'image_record',
+           'predict_files', 'tiny_bundle', 'predict_dicomweb', 'timing_table', 'spinexr_predict']
 
 # %% ../nbs/40_inference.ipynb #237fe24c
 BUNDLE_FORMAT, BUNDLE_VERSION = 'spinexr-bundle', 2   # 2: bundle.json records `trained_on`
@@ -213,7 +216,7 @@ def dicom_facts(info: dict) -> dict:
                 photometric=info['photometric'], bits_stored=info['bits_stored'],
                 transfer_syntax=info['transfer_syntax'],
                 pixel_spacing_mm=None if any(np.isnan(sp)) else [round(float(v), 6) for v in sp],
-                window=info['window'], decoder=info['decoder'])
+                window=info['window'], voi=info['voi'], decoder=info['decoder'])
 
 def _plausible(img: np.ndarray, path) -> np.ndarray:
     problem = radiograph_problem(img)
@@ -273,6 +276,12 @@ class Predictor:
 
     def _tick(self, stage, t0):
         t = time.perf_counter(); self.timing[stage] += t - t0; return t
+
+    def algorithm(self, min_score: float = 0.25) -> Algorithm:
+        "Who made a result, for DICOM objects: spinexr's version, this bundle's SHA-256, the threshold, `min_score`."
+        if not hasattr(self, '_sha256'): self._sha256 = bundle_sha256(self.model_dir)
+        return Algorithm(version=package_versions(('spinexr',))['spinexr'], bundle_sha256=self._sha256,
+                         threshold=self.ensemble.threshold, min_score=min_score)
 
     def warm_up(self) -> float:
         "Run the models once on a synthetic image, so that no real one pays for their lazy set-up; its seconds."
@@ -382,9 +391,22 @@ def image_record(rec: dict, boxes: pd.DataFrame) -> dict:
             'boxes': [dict(lesion_type=b.lesion_type, score=round(float(b.score), 5),
                            **{c: round(float(getattr(b, c)), 2) for c in BOX_COLUMNS}) for b in g.itertuples()]}
 
+NO_DICOM_SOURCE = 'no DICOM presentation state or SR: the input is not a DICOM file'
+
+def _with_dicom_results(rec: dict, out_dir: Path, algo: Algorithm, failures: list) -> dict:
+    "`rec` with the paths of its presentation state and SR, written to `out_dir`/dicom (a failure is reported)."
+    if not rec['dicom']: return {**rec, 'warnings': [*rec['warnings'], NO_DICOM_SOURCE]}
+    try: paths = write_results(rec, out_dir/'dicom', algo)
+    except Exception as e:     # the prediction stands; the image's DICOM objects are reported as failed
+        failures.append(dict(source=rec['source'], image_id=rec['image_id'],
+                             error=f"DICOM results not written: {e if isinstance(e, InputError) else repr(e)}"))
+        return rec
+    return {**rec, 'dicom_results': {k: str(v.relative_to(out_dir)) for k, v in paths.items()}}
+
 def predict_files(model_dir, inputs, out_dir, batch: int = 8, min_score: float = 0.25, overlays: bool = True,
-                  predictor: Predictor | None = None, progress: bool = False) -> dict:
-    "Predict every input with a bundle; write predictions.json/.csv, scores.csv, failures.csv, overlays to `out_dir`."
+                  predictor: Predictor | None = None, progress: bool = False, dicom: bool = False) -> dict:
+    ("Predict every input with a bundle; write predictions.json/.csv, scores.csv, failures.csv, overlays (and with "
+     "`dicom`, each DICOM input's presentation state and SR under dicom/) to `out_dir`.")
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     paths = find_inputs(inputs)
@@ -392,6 +414,7 @@ def predict_files(model_dir, inputs, out_dir, batch: int = 8, min_score: float =
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError('is a file, not a folder for the predictions', out_dir)
     pred = predictor or Predictor(model_dir)      # inputs found and checked first: loading the models takes seconds
+    algo = pred.algorithm(min_score) if dicom else None
     t_loaded = time.perf_counter()
     ids = image_ids(paths)
     records, all_boxes, failures = [], [], []
@@ -406,7 +429,8 @@ def predict_files(model_dir, inputs, out_dir, batch: int = 8, min_score: float =
             if overlays:
                 png = overlay_png(r, boxes[boxes.image_id == r['image_id']], pred.ensemble.threshold, min_score)
                 with atomic_path(out_dir/'overlays'/f"{r['image_id']}.png") as tmp: tmp.write_bytes(png)
-            records.append(image_record(r, boxes))
+            rec = image_record(r, boxes)
+            records.append(_with_dicom_results(rec, out_dir, algo, fails) if dicom else rec)
         pred._tick('write', t)
         all_boxes.append(boxes); failures += fails
     boxes = pd.concat(all_boxes,
@@ -433,7 +457,8 @@ def predict_files(model_dir, inputs, out_dir, batch: int = 8, min_score: float =
                 seconds=round(total, 2), seconds_per_image=round((total - (t_loaded - t_start)) / n, 4),
                 stage_seconds={k: round(v, 2) for k, v in pred.timing.items()}, failures=failures,
                 warnings=pred.warnings,
-                image_warnings=[(r['source'], w) for r in records for w in r['warnings'] if w not in pred.warnings])
+                image_warnings=[(r['source'], w) for r in records for w in r['warnings'] if w not in pred.warnings],
+                n_dicom_results=sum('dicom_results' in r for r in records))
 
 # %% ../nbs/40_inference.ipynb #89b34925
 def tiny_bundle(prep_dir, out=None, size: int = 64, imgsz: int = 128) -> Path:
@@ -460,6 +485,61 @@ def tiny_bundle(prep_dir, out=None, size: int = 64, imgsz: int = 128) -> Path:
             return make_bundle(out, runs, work/'det', ens, prep_dir, trained_on=dict(command='tiny_bundle'))
         finally: shutil.rmtree(work, ignore_errors=True)
 
+# %% ../nbs/40_inference.ipynb #1342b235
+DICOMWEB_COLUMNS = ('study', 'series', 'instance', 'status', 'reason')
+
+def _row(inst_or_study, status: str, reason: str = '') -> dict:
+    if isinstance(inst_or_study, str): return dict(study=inst_or_study, series='', instance='', status=status,
+                                                   reason=reason)
+    return dict(study=inst_or_study.study, series=inst_or_study.series, instance=inst_or_study.sop, status=status,
+                reason=reason)
+
+def _plans(client, studies, algo, rows: list) -> list:
+    "Each study's plan (what needs results); a study that cannot be listed, or has no image, is a failed row."
+    plans = []
+    for study in study_uids(client, studies):
+        try: plan = plan_study(study, study_instances(client, study), algo)
+        except Exception as e:
+            rows.append(_row(study, 'failed', f'cannot list its instances: {http_reason(e)}')); continue
+        rows += [_row(i, 'already stored', 'its presentation state and SR are in the study') for i in plan.done]
+        rows += [_row(i, 'skipped', why) for i, why in plan.skipped]
+        if not plan.todo and not plan.done: rows.append(_row(study, 'failed', 'no image in the study'))
+        plans.append(plan)
+    return plans
+
+def predict_dicomweb(model_dir, url: str, out_dir, studies=None, batch: int = 8, min_score: float = 0.25,
+                     overlays: bool = True, predictor: Predictor | None = None, progress: bool = False,
+                     timeout: float = 20) -> dict:
+    ("Predict the images of DICOMweb studies (`studies`, or all) and store each one's presentation state and SR "
+     "back into its study; rows per instance in OUT/dicomweb.csv.")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir(): raise InputError('is a file, not a folder for the predictions',
+                                                                   out_dir)
+    client = connect(url, timeout)                 # the server answers before the models load
+    read_bundle(model_dir)
+    pred = predictor or Predictor(model_dir)
+    algo, rows, fetched = pred.algorithm(min_score), [], {}
+    for plan in _plans(client, studies, algo, rows):
+        for inst, missing in plan.todo.items():
+            try: fetched[str(fetch_instance(client, inst, out_dir/'fetched'))] = (inst, missing)
+            except Exception as e: rows.append(_row(inst, 'failed', f'cannot fetch it: {http_reason(e)}'))
+    summary = predict_files(model_dir, list(fetched), out_dir, batch, min_score, overlays, pred, progress,
+                            dicom=True) if fetched else None
+    failed = {f['image_id']: f['error'] for f in (summary or {}).get('failures', [])}
+    for src, (inst, missing) in fetched.items():
+        image_id = Path(src).stem
+        if image_id in failed: rows.append(_row(inst, 'failed', failed[image_id])); continue
+        paths = result_paths(out_dir/'dicom', image_id)
+        try:
+            store_instances(client, inst.study, [paths[k] for k in missing])
+            rows.append(_row(inst, 'stored', ' and '.join(missing)))
+        except Exception as e: rows.append(_row(inst, 'failed', f'cannot store its results: {http_reason(e)}'))
+    write_csv(pd.DataFrame(rows, columns=list(DICOMWEB_COLUMNS)), out_dir/'dicomweb.csv')
+    count = lambda s: sum(r['status'] == s for r in rows)
+    return dict(n_studies=len({r['study'] for r in rows}), n_stored=count('stored'),
+                n_already=count('already stored'), n_skipped=count('skipped'), n_failed=count('failed'),
+                rows=rows, predict=summary)
+
 # %% ../nbs/40_inference.ipynb #a9d77d36
 def timing_table(summary: dict) -> pd.DataFrame:
     "Seconds per stage, their share of the total, and per image, from a `predict_files` summary."
@@ -472,15 +552,36 @@ def timing_table(summary: dict) -> pd.DataFrame:
 @call_parse
 def spinexr_predict(
     model_dir: str,                          # a model bundle (spinexr_demo writes one as DIR/model)
-    inputs: Param('DICOM/PNG/JPEG files or folders', str, nargs='+'),
+    inputs: Param('DICOM/PNG/JPEG files or folders (or --dicomweb)', str, nargs='*'),
     out: str = 'predictions',                # where to write predictions.json/.csv, scores.csv, failures.csv, overlays/
     batch: int = 8,                          # images per batch
     min_score: float = 0.25,                 # boxes drawn on overlays from this score (all are kept in the predictions)
-    no_overlays: bool = False):              # do not write overlays
+    no_overlays: bool = False,               # do not write overlays
+    dicom: bool = False,                     # also write each DICOM input's presentation state and SR to OUT/dicom/
+    dicomweb: str = None,                    # a DICOMweb server's URL: predict its studies, store the results back
+    study: Param('with --dicomweb: these Study Instance UIDs (default: every study)', str, nargs='+') = None,
+    timeout: float = 20):                    # with --dicomweb: seconds to wait for each answer of the server
     "Predict radiographs with a bundle: abnormality score, fused lesion boxes in original pixels; exit 1 if any fail."
     with cli_errors('spinexr_predict'):
-        s = predict_files(model_dir, inputs, out, batch=batch, min_score=min_score, overlays=not no_overlays,
-                          progress=live_progress())
+        if bool(inputs) == bool(dicomweb):
+            raise InputError('give input files or folders, or --dicomweb URL (one of them)')
+        if study and not dicomweb: raise InputError('--study needs --dicomweb')
+        if dicomweb:
+            w = predict_dicomweb(model_dir, dicomweb, out, study, batch=batch, min_score=min_score,
+                                 overlays=not no_overlays, progress=live_progress(), timeout=timeout)
+            s = w['predict']
+        else:
+            s = predict_files(model_dir, inputs, out, batch=batch, min_score=min_score, overlays=not no_overlays,
+                              progress=live_progress(), dicom=dicom)
+    if dicomweb:
+        for r in w['rows']:
+            if r['status'] in ('failed', 'skipped'):
+                where = ' '.join(f'{k} {r[k]}' for k in ('study', 'series', 'instance') if r[k])
+                print(f"spinexr_predict: {r['status']}: {where}: {r['reason']}", file=sys.stderr)
+        print(f"spinexr_predict: {dicomweb}: {w['n_studies']} studies; results stored for {w['n_stored']} images, "
+              f"{w['n_already']} already had them, {w['n_skipped']} instances skipped, {w['n_failed']} failed; "
+              f"see {Path(out)/'dicomweb.csv'}")
+        sys.exit(1 if w['n_failed'] else 0)
     for f in s['failures']: print(f"spinexr_predict: skipped {f['source']}: {f['error']}", file=sys.stderr)
     for w in s['warnings']: print(f'spinexr_predict: warning: {w}', file=sys.stderr)
     for src, w in s['image_warnings']: print(f'spinexr_predict: warning: {src}: {w}', file=sys.stderr)

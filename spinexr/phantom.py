@@ -17,8 +17,8 @@ from .core import *
 from .annotations import annotation_paths, images_dir
 
 # %% auto #0
-__all__ = ['PREVALENCE', 'SYNTAXES', 'PHANTOM_STAMP', 'Vertebra', 'Spine', 'draw_radiograph', 'PhantomConfig', 'plan_phantom',
-           'write_dicom', 'is_phantom', 'make_phantom', 'spinexr_phantom']
+__all__ = ['PREVALENCE', 'SYNTAXES', 'CR_IMAGE_STORAGE', 'PHANTOM_STAMP', 'Vertebra', 'Spine', 'draw_radiograph', 'PhantomConfig',
+           'plan_phantom', 'write_dicom', 'as_distributed', 'is_phantom', 'make_phantom', 'spinexr_phantom']
 
 # %% ../nbs/02_phantom.ipynb #6168fa15
 def _window(img, cx, cy, rx, ry):
@@ -414,6 +414,22 @@ def write_dicom(path, arr: np.ndarray, ids: dict, photometric='MONOCHROME2', syn
         if plugin: ds.compress(tsuid, encoding_plugin=plugin, generate_instance_uid=False)
         with atomic_path(path) as tmp: ds.save_as(tmp, enforce_file_format=True)
     return Path(path)
+
+# %% ../nbs/02_phantom.ipynb #f40f34a4
+CR_IMAGE_STORAGE = '1.2.840.10008.5.1.4.1.1.1'
+
+def as_distributed(src, dst, sex: str = 'O') -> Path:
+    "A copy of the DICOM `src` at `dst` with headers as the release distributes them (written atomically)."
+    import pydicom
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', UserWarning)  # hex ids are not valid UIDs, as in the release
+        ds = pydicom.dcmread(src)
+        for tag in ('SOPClassUID', 'Modality', 'BodyPartExamined', 'PatientID'):
+            if tag in ds: delattr(ds, tag)
+        ds.file_meta.MediaStorageSOPClassUID = CR_IMAGE_STORAGE
+        ds.PatientSex = sex
+        with atomic_path(dst) as tmp: ds.save_as(tmp, enforce_file_format=False)
+    return Path(dst)
 
 # %% ../nbs/02_phantom.ipynb #ad2fcec2
 def _draw_and_write(args):

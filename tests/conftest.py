@@ -74,7 +74,7 @@ CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-backg
 SHOTS = Path(__file__).resolve().parents[1]/'screenshots'   # ignored by git
 
 # What the tests need from the system, installed by one apt line (README's test section names it; .ci/run runs it)
-APT_LINE = 'apt-get install -y chromium'
+APT_LINE = 'apt-get install -y chromium orthanc orthanc-dicomweb dicom3tools'
 
 def require_system(path: str, package: str):
     "Skip the test when the system program `path` is not installed, saying how to install it; in CI (`CI` set), fail."
