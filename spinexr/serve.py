@@ -15,8 +15,9 @@ from fastcore.script import call_parse
 
 from .core import *
 from .prep import DICOM_SUFFIXES
-from .inference import (BUNDLE_PACKAGES, IMAGE_SUFFIXES, Predictor, bundle_files, bundle_sha256, image_ids,
-                               image_record, overlay_png, package_versions, read_bundle)
+from .inference import (BUNDLE_PACKAGES, IMAGE_SUFFIXES, NO_DICOM_SOURCE, Predictor, bundle_files,
+                               bundle_sha256, image_ids, image_record, overlay_png, package_versions, read_bundle)
+from .dicom_out import result_bytes
 
 # %% auto #0
 __all__ = ['PNG_SIGNATURE', 'JPEG_SIGNATURE', 'HEAD_BYTES', 'RESEARCH_NOTE', 'PAGE_STYLE', 'PAGE_SCRIPT', 'PAGE',
@@ -272,15 +273,25 @@ def model_card(predictor: Predictor) -> dict:
 def _no_file(errors) -> bool:
     return any(tuple(e.get('loc', ()))[-1:] == ('file',) for e in errors)
 
+def _dicom_answer(rec: dict, boxes, algo) -> dict:
+    "The presentation state and SR of an upload (a DICOM) as base64 DICOM files; None for a PNG or JPEG."
+    if not rec['dicom']: return None
+    return {k: base64.b64encode(v).decode() for k, v in result_bytes(image_record(rec, boxes), algo).items()}
+
 def _answer(rec: dict, boxes, filename: str, client_id: str, threshold: float, min_score: float,
-            with_overlay: bool) -> dict:
-    "The JSON of one upload: its `image_record` under the client's id and name, the threshold, and the overlay."
+            with_overlay: bool, algo=None) -> dict:
+    ("The JSON of one upload: its `image_record` under the client's id and name, the threshold, the overlay, and "
+     "(given `algo`) its DICOM presentation state and SR.")
+    dicom = _dicom_answer(rec, boxes, algo) if algo else None   # from the upload itself, before it is renamed
     rec = {**rec, 'image_id': client_id, 'source': filename}
     boxes = boxes.assign(image_id=client_id)
     out = {**image_record(rec, boxes), 'threshold': threshold}
     if with_overlay:
         out['overlay'] = 'data:image/png;base64,' + base64.b64encode(overlay_png(rec, boxes, threshold,
                                                                                   min_score)).decode()
+    if algo:
+        out['dicom_results'] = dicom
+        if dicom is None: out['warnings'] = [*out['warnings'], NO_DICOM_SOURCE]
     return out
 
 def _write_upload(src, path: Path) -> int:
@@ -303,6 +314,7 @@ def create_app(predictor: Predictor, cfg: ServeConfig | None = None, thread: Thr
     bundle = dict(path=str(predictor.model_dir.absolute()), format=predictor.bundle['format'],
                   version=predictor.bundle['version'], sha256=bundle_sha256(predictor.model_dir, files), files=files)
     versions = package_versions(BUNDLE_PACKAGES + SERVE_PACKAGES)
+    algo = predictor.algorithm(cfg.min_score)
     answered = dict.fromkeys(('200', '4xx', '5xx'), 0)
 
     @asynccontextmanager
@@ -350,7 +362,9 @@ def create_app(predictor: Predictor, cfg: ServeConfig | None = None, thread: Thr
                          (422, 'a file that cannot be read as a radiograph, with the reason'),
                          (503, 'the queue is full: retry'))})
     async def predict(file: UploadFile = File(..., description='the radiograph: a DICOM, PNG or JPEG file'),
-                      overlay: bool = Query(True, description='include the overlay as a PNG data URL')):
+                      overlay: bool = Query(True, description='include the overlay as a PNG data URL'),
+                      dicom: bool = Query(False, description="include the DICOM presentation state and SR "
+                                                             "(base64) of a DICOM upload")):
         "The image's JSON as `spinexr_predict` writes it in predictions.json, with `threshold` and `overlay`."
         name = file.filename or 'upload'
         head = await file.read(HEAD_BYTES)
@@ -367,7 +381,7 @@ def create_app(predictor: Predictor, cfg: ServeConfig | None = None, thread: Thr
             except QueueFull as e: return refuse(503, f'busy: {e}; retry shortly', {'Retry-After': '2'})
             if error: return refuse(422, f'{name}: {error}')
             out = await asyncio.to_thread(_answer, rec, boxes, name, upload_id(name), predictor.ensemble.threshold,
-                                          cfg.min_score, overlay)
+                                          cfg.min_score, overlay, algo if dicom else None)
         finally: shutil.rmtree(tmp, ignore_errors=True)
         answered['200'] += 1
         return out

@@ -11,6 +11,7 @@ import pytest
 from conftest import SHOTS, Visit, command, run_cli
 
 from spinexr.dicom import read_dicom, to_uint8
+from spinexr.dicom_out import presentation_state_boxes, report_findings
 from spinexr.inference import bundle_sha256, tiny_bundle
 
 @pytest.fixture(scope='module')
@@ -92,6 +93,16 @@ def test_answers_equal_spinexr_predicts(server, bundle, unseen, tmp_path):
         assert np.array_equal(cv2.imdecode(png, cv2.IMREAD_COLOR),
                               cv2.imread(str(tmp_path/'p'/'overlays'/f'{f.stem}.png'), cv2.IMREAD_COLOR))
     assert ref['exported']['dicom'] is None and ref[unseen[0].stem]['dicom']['sop_uid'] == unseen[0].stem
+    # ?dicom=true: the presentation state and SR of a DICOM upload, the objects spinexr_predict --dicom writes
+    got = post(url, unseen[0].name, unseen[0].read_bytes(), params=dict(dicom='true', overlay='false')).json()
+    for kind, data in got['dicom_results'].items():
+        (tmp_path/f'{kind}.dcm').write_bytes(base64.b64decode(data))
+    sr = report_findings(tmp_path/'sr.dcm')
+    assert (sr['p_abnormal'], sr['source_uid'], sr['boxes']) == (
+        got['p_abnormal'], unseen[0].stem, [b for b in got['boxes'] if b['score'] >= 0.25])
+    assert len(presentation_state_boxes(tmp_path/'gsps.dcm')) == len(sr['boxes'])
+    png = post(url, files[-1].name, files[-1].read_bytes(), params=dict(dicom='true')).json()
+    assert png['dicom_results'] is None and any('not a DICOM file' in w for w in png['warnings'])
     assert uploads_left(tmp) == []                                   # every upload's folder is removed
 
 def test_health_and_model_card(server, bundle):
