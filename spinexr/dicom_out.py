@@ -158,8 +158,10 @@ def presentation_state(ref, rec: dict, algo: Algorithm):
     boxes = algo.boxes(rec)
     rows, cols = int(ref.Rows), int(ref.Columns)
     h = max(8.0, rows / 40)                                           # the label's height, in image pixels
+    layers = graphic_layers([b['lesion_type'] for b in boxes])    # the classes' layers, then the result's
+    by_class = {l.GraphicLayerDescription: l for l in layers[:-1]}
     annotations = []
-    for lesion in dict.fromkeys(b['lesion_type'] for b in boxes):
+    for lesion in by_class:
         mine = [b for b in boxes if b['lesion_type'] == lesion]
         graphics = [hd.pr.GraphicObject(hd.pr.GraphicTypeValues.POLYLINE, _corners(b), Units.PIXEL, is_filled=False)
                     for b in mine]
@@ -170,10 +172,9 @@ def presentation_state(ref, rec: dict, algo: Algorithm):
             texts.append(hd.pr.TextObject(f"{lesion} {b['score']:.2f}", Units.PIXEL,
                                           bounding_box=(min(float(b['xmin']), x1 - 1), y1 - h, x1, y1),
                                           text_justification='LEFT'))
-        annotations.append(hd.pr.GraphicAnnotation([ref], graphic_layers([lesion])[0], graphic_objects=graphics,
+        annotations.append(hd.pr.GraphicAnnotation([ref], by_class[lesion], graphic_objects=graphics,
                                                    text_objects=texts))
-    result_layer = graphic_layers([])[-1]
-    annotations.append(hd.pr.GraphicAnnotation([ref], result_layer, text_objects=[
+    annotations.append(hd.pr.GraphicAnnotation([ref], layers[-1], text_objects=[
         hd.pr.TextObject(decision_text(rec, algo.threshold), Units.DISPLAY, bounding_box=(0.01, 0.01, 0.99, 0.05),
                          text_justification='LEFT')]))
     inverse = rec['dicom']['photometric'] == 'MONOCHROME1'
@@ -183,7 +184,7 @@ def presentation_state(ref, rec: dict, algo: Algorithm):
         instance_number=_instance_number(ref), manufacturer=algo.name, manufacturer_model_name=f'{algo.name} bundle',
         software_versions=algo.version, device_serial_number=algo.bundle_sha256, content_label='SPINEXR',
         content_description='spinexr lesion boxes and abnormality score',
-        graphic_annotations=annotations, graphic_layers=graphic_layers([b['lesion_type'] for b in boxes]),
+        graphic_annotations=annotations, graphic_layers=layers,
         voi_lut_transformations=[voi_transformation(rec['dicom']['voi'], ref)],
         presentation_lut_transformation=hd.PresentationLUTTransformation(
             presentation_lut_shape='INVERSE' if inverse else 'IDENTITY'),

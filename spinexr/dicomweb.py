@@ -5,7 +5,7 @@
 # %% ../nbs/36_dicomweb.ipynb #18cfdf2c
 from __future__ import annotations
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .core import *
@@ -146,8 +146,8 @@ def study_instances(client, study: str) -> list:
         items += page
         if len(page) < QIDO_PAGE: break
         offset += len(page)
-    return [instance_facts({**i, **({} if qido_value(i, 'StudyInstanceUID') else
-                                    {'0020000D': dict(vr='UI', Value=[study])})}) for i in items]
+    facts = [instance_facts(i) for i in items]
+    return [f if f.study else replace(f, study=study) for f in facts]    # a server need not repeat the study's id
 
 def fetch_instance(client, inst: Instance, folder) -> Path:
     "Retrieve `inst` (WADO-RS) into `folder` as `<SOP Instance UID>.dcm`, atomically; its path."

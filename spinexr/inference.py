@@ -4,7 +4,7 @@
 
 # %% ../nbs/40_inference.ipynb #cadea5df
 from __future__ import annotations
-import os, re, shutil, sys, tempfile, time
+import functools, os, re, shutil, sys, tempfile, time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -277,10 +277,17 @@ class Predictor:
     def _tick(self, stage, t0):
         t = time.perf_counter(); self.timing[stage] += t - t0; return t
 
+    @functools.cached_property
+    def files(self) -> dict:
+        "Each file of the bundle and its SHA-256 (`bundle_files`), hashed once."
+        return bundle_files(self.model_dir)
+
+    @property
+    def sha256(self) -> str: return bundle_sha256(self.model_dir, self.files)
+
     def algorithm(self, min_score: float = 0.25) -> Algorithm:
         "Who made a result, for DICOM objects: spinexr's version, this bundle's SHA-256, the threshold, `min_score`."
-        if not hasattr(self, '_sha256'): self._sha256 = bundle_sha256(self.model_dir)
-        return Algorithm(version=package_versions(('spinexr',))['spinexr'], bundle_sha256=self._sha256,
+        return Algorithm(version=package_versions(('spinexr',))['spinexr'], bundle_sha256=self.sha256,
                          threshold=self.ensemble.threshold, min_score=min_score)
 
     def warm_up(self) -> float:
@@ -488,11 +495,10 @@ def tiny_bundle(prep_dir, out=None, size: int = 64, imgsz: int = 128) -> Path:
 # %% ../nbs/40_inference.ipynb #1342b235
 DICOMWEB_COLUMNS = ('study', 'series', 'instance', 'status', 'reason')
 
-def _row(inst_or_study, status: str, reason: str = '') -> dict:
-    if isinstance(inst_or_study, str): return dict(study=inst_or_study, series='', instance='', status=status,
-                                                   reason=reason)
-    return dict(study=inst_or_study.study, series=inst_or_study.series, instance=inst_or_study.sop, status=status,
-                reason=reason)
+def _row(where, status: str, reason: str = '') -> dict:
+    "A row of dicomweb.csv about `where`: a study (its UID) or an `Instance`."
+    study, series, sop = (where, '', '') if isinstance(where, str) else (where.study, where.series, where.sop)
+    return dict(study=study, series=series, instance=sop, status=status, reason=reason)
 
 def _plans(client, studies, algo, rows: list) -> list:
     "Each study's plan (what needs results); a study that cannot be listed, or has no image, is a failed row."
@@ -516,7 +522,6 @@ def predict_dicomweb(model_dir, url: str, out_dir, studies=None, batch: int = 8,
     if out_dir.exists() and not out_dir.is_dir(): raise InputError('is a file, not a folder for the predictions',
                                                                    out_dir)
     client = connect(url, timeout)                 # the server answers before the models load
-    read_bundle(model_dir)
     pred = predictor or Predictor(model_dir)
     algo, rows, fetched = pred.algorithm(min_score), [], {}
     for plan in _plans(client, studies, algo, rows):

@@ -15,8 +15,8 @@ from fastcore.script import call_parse
 
 from .core import *
 from .prep import DICOM_SUFFIXES
-from .inference import (BUNDLE_PACKAGES, IMAGE_SUFFIXES, NO_DICOM_SOURCE, Predictor, bundle_files,
-                               bundle_sha256, image_ids, image_record, overlay_png, package_versions, read_bundle)
+from .inference import (BUNDLE_PACKAGES, IMAGE_SUFFIXES, NO_DICOM_SOURCE, Predictor, bundle_sha256, image_ids,
+                               image_record, overlay_png, package_versions, read_bundle)
 from .dicom_out import result_bytes
 
 # %% auto #0
@@ -310,9 +310,8 @@ def create_app(predictor: Predictor, cfg: ServeConfig | None = None, thread: Thr
     cfg = cfg or ServeConfig()
     models, started = ModelQueue(predictor, cfg.batch, cfg.queue, thread), time.time()
     card, page = model_card(predictor), page_html(predictor, cfg.min_score)
-    files = bundle_files(predictor.model_dir)
     bundle = dict(path=str(predictor.model_dir.absolute()), format=predictor.bundle['format'],
-                  version=predictor.bundle['version'], sha256=bundle_sha256(predictor.model_dir, files), files=files)
+                  version=predictor.bundle['version'], sha256=predictor.sha256, files=predictor.files)
     versions = package_versions(BUNDLE_PACKAGES + SERVE_PACKAGES)
     algo = predictor.algorithm(cfg.min_score)
     answered = dict.fromkeys(('200', '4xx', '5xx'), 0)
