@@ -23,14 +23,16 @@ from .ensemble import Ensemble
 from .dicom_out import Algorithm, result_paths, write_results
 from .dicomweb import (connect, fetch_instance, http_reason, plan_study, store_instances, study_instances,
                               study_uids)
+from .runtime import OnnxNet, load_onnx_detector, onnxruntime_problem
 
 # %% auto #0
-__all__ = ['BUNDLE_FORMAT', 'BUNDLE_VERSION', 'BUNDLE_PACKAGES', 'COLOUR_LEVELS', 'COLOUR_SHARE', 'MIN_GREY_SPREAD',
-           'MIN_GREY_LEVELS', 'IMAGE_SUFFIXES', 'STAGES', 'NO_DICOM_SOURCE', 'DICOMWEB_COLUMNS', 'package_versions',
-           'training_record', 'validation_record', 'make_bundle', 'read_bundle', 'bundle_warnings', 'bundle_files',
-           'bundle_sha256', 'colour_problem', 'radiograph_problem', 'find_inputs', 'image_ids', 'dicom_facts',
-           'read_input', 'classifier_inputs', 'Predictor', 'draw_overlay', 'overlay_png', 'image_record',
-           'predict_files', 'tiny_bundle', 'predict_dicomweb', 'timing_table', 'spinexr_predict']
+__all__ = ['BUNDLE_FORMAT', 'BUNDLE_VERSION', 'BUNDLE_PACKAGES', 'RUNTIMES', 'ONNX_DIR', 'COLOUR_LEVELS', 'COLOUR_SHARE',
+           'MIN_GREY_SPREAD', 'MIN_GREY_LEVELS', 'IMAGE_SUFFIXES', 'STAGES', 'NO_DICOM_SOURCE', 'DICOMWEB_COLUMNS',
+           'package_versions', 'training_record', 'validation_record', 'make_bundle', 'read_bundle', 'bundle_warnings',
+           'bundle_files', 'bundle_sha256', 'network_sources', 'onnx_problem', 'choose_runtime', 'colour_problem',
+           'radiograph_problem', 'find_inputs', 'image_ids', 'dicom_facts', 'read_input', 'padded_batch', 'normalised',
+           'classifier_inputs', 'Predictor', 'draw_overlay', 'overlay_png', 'image_record', 'predict_files',
+           'tiny_bundle', 'predict_dicomweb', 'timing_table', 'spinexr_predict']
 
 # %% ../nbs/40_inference.ipynb #237fe24c
 BUNDLE_FORMAT, BUNDLE_VERSION = 'spinexr-bundle', 2   # 2: bundle.json records `trained_on`
@@ -153,6 +155,43 @@ def bundle_sha256(model_dir, files: dict | None = None) -> str:
         h.update(f'{path}\t{sha}\n'.encode())
     return h.hexdigest()
 
+# %% ../nbs/40_inference.ipynb #381bfd9b
+RUNTIMES = ('auto', 'torch', 'onnx')
+ONNX_DIR = 'onnx'         # the folder of a bundle that spinexr_export writes
+
+def network_sources(model_dir, bundle: dict) -> dict:
+    "The SHA-256 of each network's PyTorch weights (classifiers by arch, then 'detector'), as their configs record."
+    model_dir = Path(model_dir)
+    out = {a: ClsConfig.load(model_dir/'classifiers'/a/'config.json').weights_sha256 for a in bundle['ensemble'].names}
+    out['detector'] = load_json(model_dir/'detector'/'detector.json').get('weights_sha256')
+    return out
+
+def onnx_problem(model_dir, bundle: dict) -> str | None:
+    "Why a bundle's ONNX record cannot be used (none exported, damaged, or from other weights); None if it can."
+    rec = bundle.get('onnx')
+    if not rec: return 'the bundle has no ONNX models: run spinexr_export MODEL_DIR first, or use --runtime torch'
+    nets = rec.get('networks') if isinstance(rec, dict) else None
+    if not isinstance(nets, dict): return "bundle.json's onnx record is damaged: run spinexr_export MODEL_DIR again"
+    for name, sha in network_sources(model_dir, bundle).items():
+        n = nets.get(name)
+        f = n.get('file') if isinstance(n, dict) else None
+        if not isinstance(f, str) or f != f'{ONNX_DIR}/{Path(f).name}' or not is_safe_id(Path(f).stem):
+            return f'no ONNX file of {name} is recorded: run spinexr_export MODEL_DIR again'
+        if n.get('source_sha256') != sha:
+            return (f'the ONNX file of {name} was exported from other weights than the bundle has now: '
+                    'run spinexr_export MODEL_DIR again, or use --runtime torch')
+    return None
+
+def choose_runtime(model_dir, bundle: dict, runtime: str = 'auto') -> str:
+    "'torch' or 'onnx' for `runtime` (auto, torch or onnx), or an error saying why the one asked for cannot run."
+    if runtime not in RUNTIMES: raise InputError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    if runtime == 'torch': return 'torch'
+    problem = onnx_problem(model_dir, bundle)
+    if problem and bundle.get('onnx'): raise InputError(problem, model_dir)  # damaged or stale: never worked around
+    problem = problem or onnxruntime_problem()
+    if problem and runtime == 'onnx': raise InputError(problem, model_dir)
+    return 'torch' if problem else 'onnx'
+
 # %% ../nbs/40_inference.ipynb #2305a846
 COLOUR_LEVELS, COLOUR_SHARE = 16, 0.01     # a pixel is coloured when its channels differ by more than 16 levels
 MIN_GREY_SPREAD, MIN_GREY_LEVELS = 16, 16  # a radiograph's middle 98% spans far more grey levels than this
@@ -248,30 +287,44 @@ def read_input(path, size: int) -> tuple:
                                                           kind='image', dicom=None, warnings=[])
 
 # %% ../nbs/40_inference.ipynb #1b39f242
+def padded_batch(images, size: int):
+    "8-bit grey images as one uint8 batch tensor (n, 1, size, size), padded to square as in training (fastai)."
+    import torch
+    from fastai.vision.all import PILImageBW, Resize, ResizeMethod, PadMode, ToTensor, Pipeline
+    item = Pipeline([Resize(size, method=ResizeMethod.Pad, pad_mode=PadMode.Zeros), ToTensor()], split_idx=1)
+    return torch.stack([item(PILImageBW.create(np.ascontiguousarray(im))) for im in images])
+
+def normalised(x, cfg: ClsConfig):
+    "A `padded_batch` as a classifier's float input: scaled to [0, 1] and normalised with its run's statistics."
+    from fastai.vision.all import IntToFloatTensor, Normalize, Pipeline
+    return Pipeline([IntToFloatTensor(), Normalize.from_stats([cfg.mean], [cfg.std], cuda=False)], split_idx=1)(x)
+
 def classifier_inputs(images, cfg: ClsConfig):
     "A batch tensor for a classifier from 8-bit grey images, through fastai's validation transforms."
-    import torch
-    from fastai.vision.all import (PILImageBW, Resize, ResizeMethod, PadMode, ToTensor, IntToFloatTensor, Normalize,
-                                   Pipeline)
-    item = Pipeline([Resize(cfg.size, method=ResizeMethod.Pad, pad_mode=PadMode.Zeros), ToTensor()], split_idx=1)
-    batch = Pipeline([IntToFloatTensor(), Normalize.from_stats([cfg.mean], [cfg.std], cuda=False)], split_idx=1)
-    x = torch.stack([item(PILImageBW.create(np.ascontiguousarray(im))) for im in images])
-    return batch(x)
+    return normalised(padded_batch(images, cfg.size), cfg)
 
 # %% ../nbs/40_inference.ipynb #d6fb1deb
 STAGES = ('decode', 'classifiers', 'detector', 'write')
 
 class Predictor:
-    "A loaded model bundle: `predict(paths)` runs the whole chain on new images."
-    def __init__(self, model_dir):
+    "A loaded model bundle: `predict(paths)` runs the whole chain on new images, its networks on `runtime`."
+    def __init__(self, model_dir, runtime: str = 'auto'):
         self.model_dir = Path(model_dir)
         b = read_bundle(self.model_dir)
+        self.runtime = choose_runtime(self.model_dir, b, runtime)     # before any model loads
         self.bundle, self.ensemble, self.prep_size = b, b['ensemble'], int(b['prep_size'])
         self.warnings = bundle_warnings(b)     # caveats every prediction carries
         self.keep_score, self.tta = float(b['fusion']['keep_score']), b.get('tta', {})
-        self.classifiers = {a: load_classifier(self.model_dir/'classifiers'/a) for a in self.ensemble.names}
         self.det_cfg = DetConfig.load(self.model_dir/'detector'/'config.json')
-        self.detector = load_detector(self.model_dir/'detector')
+        if self.runtime == 'onnx':
+            nets = b['onnx']['networks']
+            onnx = lambda name: (self.model_dir/nets[name]['file'], nets[name]['sha256'])
+            self.classifiers = {a: (OnnxNet(*onnx(a)), ClsConfig.load(self.model_dir/'classifiers'/a/'config.json'))
+                                for a in self.ensemble.names}
+            self.detector = load_onnx_detector(*onnx('detector'))
+        else:
+            self.classifiers = {a: load_classifier(self.model_dir/'classifiers'/a) for a in self.ensemble.names}
+            self.detector = load_detector(self.model_dir/'detector')
         self.timing = dict.fromkeys(STAGES, 0.0)
 
     def _tick(self, stage, t0):
@@ -301,10 +354,11 @@ class Predictor:
     def classify(self, images) -> np.ndarray:
         "Each classifier's probabilities (n_images, n_models), columns in the ensemble's order."
         import torch
-        cols = []
-        with torch.no_grad():
-            for a, (model, cfg) in self.classifiers.items():
-                cols.append(batch_probs(model, classifier_inputs(images, cfg), self.tta.get(a, False)).numpy())
+        cols, padded = [], {}
+        with torch.inference_mode():
+            for a, (net, cfg) in self.classifiers.items():
+                if cfg.size not in padded: padded[cfg.size] = padded_batch(images, cfg.size)   # one resize per size
+                cols.append(batch_probs(net, normalised(padded[cfg.size], cfg), self.tta.get(a, False)).numpy())
         return np.stack(cols, 1)
 
     def predict(self, paths, ids=None) -> tuple:
@@ -411,7 +465,8 @@ def _with_dicom_results(rec: dict, out_dir: Path, algo: Algorithm, failures: lis
     return {**rec, 'dicom_results': {k: str(v.relative_to(out_dir)) for k, v in paths.items()}}
 
 def predict_files(model_dir, inputs, out_dir, batch: int = 8, min_score: float = 0.25, overlays: bool = True,
-                  predictor: Predictor | None = None, progress: bool = False, dicom: bool = False) -> dict:
+                  predictor: Predictor | None = None, progress: bool = False, dicom: bool = False,
+                  runtime: str = 'auto') -> dict:
     ("Predict every input with a bundle; write predictions.json/.csv, scores.csv, failures.csv, overlays (and with "
      "`dicom`, each DICOM input's presentation state and SR under dicom/) to `out_dir`.")
     t_start = time.perf_counter()
@@ -420,7 +475,7 @@ def predict_files(model_dir, inputs, out_dir, batch: int = 8, min_score: float =
     if not paths: raise InputError('no input files (DICOM, PNG or JPEG) found', ', '.join(map(str, inputs)))
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError('is a file, not a folder for the predictions', out_dir)
-    pred = predictor or Predictor(model_dir)      # inputs found and checked first: loading the models takes seconds
+    pred = predictor or Predictor(model_dir, runtime)   # inputs found and checked first: loading takes seconds
     algo = pred.algorithm(min_score) if dicom else None
     t_loaded = time.perf_counter()
     ids = image_ids(paths)
@@ -446,7 +501,7 @@ def predict_files(model_dir, inputs, out_dir, batch: int = 8, min_score: float =
     t = time.perf_counter()
     ens = pred.ensemble
     save_json(dict(model_dir=str(Path(model_dir).absolute()), trained_on=pred.bundle['trained_on'],
-                   warnings=pred.warnings,
+                   runtime=pred.runtime, warnings=pred.warnings,
                    threshold=ens.threshold, keep_score=pred.keep_score,
                    ensemble=dict(names=ens.names, weights=ens.weights, how=ens.how),
                    images=records, failures=failures), out_dir/'predictions.json')
@@ -459,7 +514,7 @@ def predict_files(model_dir, inputs, out_dir, batch: int = 8, min_score: float =
     pred._tick('write', t)
     total = time.perf_counter() - t_start
     n = max(len(records), 1)
-    return dict(n_inputs=len(paths), n_predicted=len(records), n_failed=len(failures), n_boxes=len(boxes),
+    return dict(runtime=pred.runtime, n_inputs=len(paths), n_predicted=len(records), n_failed=len(failures), n_boxes=len(boxes),
                 n_abnormal=sum(r['abnormal'] for r in records), load_seconds=round(t_loaded - t_start, 2),
                 seconds=round(total, 2), seconds_per_image=round((total - (t_loaded - t_start)) / n, 4),
                 stage_seconds={k: round(v, 2) for k, v in pred.timing.items()}, failures=failures,
@@ -515,14 +570,14 @@ def _plans(client, studies, algo, rows: list) -> list:
 
 def predict_dicomweb(model_dir, url: str, out_dir, studies=None, batch: int = 8, min_score: float = 0.25,
                      overlays: bool = True, predictor: Predictor | None = None, progress: bool = False,
-                     timeout: float = 20) -> dict:
+                     timeout: float = 20, runtime: str = 'auto') -> dict:
     ("Predict the images of DICOMweb studies (`studies`, or all) and store each one's presentation state and SR "
      "back into its study; rows per instance in OUT/dicomweb.csv.")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir(): raise InputError('is a file, not a folder for the predictions',
                                                                    out_dir)
     client = connect(url, timeout)                 # the server answers before the models load
-    pred = predictor or Predictor(model_dir)
+    pred = predictor or Predictor(model_dir, runtime)
     algo, rows, fetched = pred.algorithm(min_score), [], {}
     for plan in _plans(client, studies, algo, rows):
         for inst, missing in plan.todo.items():
@@ -565,7 +620,8 @@ def spinexr_predict(
     dicom: bool = False,                     # also write each DICOM input's presentation state and SR to OUT/dicom/
     dicomweb: str = None,                    # a DICOMweb server's URL: predict its studies, store the results back
     study: Param('with --dicomweb: these Study Instance UIDs (default: every study)', str, nargs='+') = None,
-    timeout: float = 20):                    # with --dicomweb: seconds to wait for each answer of the server
+    timeout: float = 20,                     # with --dicomweb: seconds to wait for each answer of the server
+    runtime: str = 'auto'):                  # networks on: torch, onnx (after spinexr_export), auto (onnx if exported)
     "Predict radiographs with a bundle: abnormality score, fused lesion boxes in original pixels; exit 1 if any fail."
     with cli_errors('spinexr_predict'):
         if bool(inputs) == bool(dicomweb):
@@ -573,11 +629,12 @@ def spinexr_predict(
         if study and not dicomweb: raise InputError('--study needs --dicomweb')
         if dicomweb:
             w = predict_dicomweb(model_dir, dicomweb, out, study, batch=batch, min_score=min_score,
-                                 overlays=not no_overlays, progress=live_progress(), timeout=timeout)
+                                 overlays=not no_overlays, progress=live_progress(), timeout=timeout,
+                                 runtime=runtime)
             s = w['predict']
         else:
             s = predict_files(model_dir, inputs, out, batch=batch, min_score=min_score, overlays=not no_overlays,
-                              progress=live_progress(), dicom=dicom)
+                              progress=live_progress(), dicom=dicom, runtime=runtime)
     if dicomweb:
         for r in w['rows']:
             if r['status'] in ('failed', 'skipped'):
@@ -595,5 +652,5 @@ def spinexr_predict(
     print(f"spinexr_predict: {s['n_predicted']} of {s['n_inputs']} images predicted into {out} "
           f"({s['n_abnormal']} abnormal, {s['n_boxes']} boxes), {s['n_failed']} failed; "
           f"{s['seconds_per_image']:.3f} s per image ({shares}), "
-          f"models loaded in {s['load_seconds']:.1f} s")
+          f"models loaded in {s['load_seconds']:.1f} s ({s['runtime']})")
     sys.exit(1 if s['n_failed'] else 0)

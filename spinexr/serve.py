@@ -15,8 +15,8 @@ from fastcore.script import call_parse
 
 from .core import *
 from .prep import DICOM_SUFFIXES
-from .inference import (BUNDLE_PACKAGES, IMAGE_SUFFIXES, NO_DICOM_SOURCE, Predictor, bundle_sha256, image_ids,
-                               image_record, overlay_png, package_versions, read_bundle)
+from .inference import (BUNDLE_PACKAGES, IMAGE_SUFFIXES, NO_DICOM_SOURCE, RUNTIMES, Predictor, bundle_sha256,
+                               image_ids, image_record, overlay_png, package_versions, read_bundle)
 from .dicom_out import result_bytes
 
 # %% auto #0
@@ -34,11 +34,13 @@ class ServeConfig(JsonConfig):
     batch: int = 8             # the most waiting requests the models take at once
     queue: int = 64            # the most requests waiting for the models; more are refused (503)
     min_score: float = 0.25    # boxes drawn on the overlay from this score (all boxes are in the JSON)
+    runtime: str = 'auto'      # networks on: torch, onnx (after spinexr_export), auto (onnx if exported)
 
     def __post_init__(self):
         if not 0 <= self.port <= 65535: raise InputError(f'port {self.port} is not a TCP port (0-65535)')
         if not self.max_mb > 0: raise InputError(f'max_mb must be positive, not {self.max_mb}')
         if self.batch < 1 or self.queue < 1: raise InputError('batch and queue must be at least 1')
+        if self.runtime not in RUNTIMES: raise InputError(f"runtime must be one of {', '.join(RUNTIMES)}")
 
     @property
     def max_bytes(self) -> int: return int(self.max_mb * 1024 * 1024)
@@ -310,8 +312,8 @@ def create_app(predictor: Predictor, cfg: ServeConfig | None = None, thread: Thr
     cfg = cfg or ServeConfig()
     models, started = ModelQueue(predictor, cfg.batch, cfg.queue, thread), time.time()
     card, page = model_card(predictor), page_html(predictor, cfg.min_score)
-    bundle = dict(path=str(predictor.model_dir.absolute()), format=predictor.bundle['format'],
-                  version=predictor.bundle['version'], sha256=predictor.sha256, files=predictor.files)
+    bundle = dict(path=str(predictor.model_dir.absolute()), runtime=predictor.runtime,
+                  format=predictor.bundle['format'], version=predictor.bundle['version'], sha256=predictor.sha256, files=predictor.files)
     versions = package_versions(BUNDLE_PACKAGES + SERVE_PACKAGES)
     algo = predictor.algorithm(cfg.min_score)
     answered = dict.fromkeys(('200', '4xx', '5xx'), 0)
@@ -418,7 +420,7 @@ def spinexr_serve(model_dir: str,     # a model bundle (spinexr_demo writes one 
         check_port(cfg.host, cfg.port)
         t0 = time.perf_counter()
         model_thread = ThreadPoolExecutor(1, 'spinexr-model')   # the models load, warm up and run on it alone
-        predictor = model_thread.submit(Predictor, model_dir).result()
+        predictor = model_thread.submit(Predictor, model_dir, cfg.runtime).result()
         model_thread.submit(predictor.warm_up).result()     # else the first request pays ~1 s of lazy set-up
         served, _ = create_app(predictor, cfg, model_thread)
     where = f'http://{"[%s]" % cfg.host if ":" in cfg.host else cfg.host}:{cfg.port}/'

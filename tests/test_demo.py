@@ -2,6 +2,7 @@
 import json, shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import CHROMIUM, CHROMIUM_ARGS, SHOTS, require_system, run_cli
@@ -78,8 +79,8 @@ def test_report_reads_in_chromium_at_1280_px(demo):
 
 @pytest.fixture(scope='module')
 def unseen(phantom_release):
-    "A phantom the demo never saw (another seed than the demo's 5); read only (tests copy what they change)."
-    return phantom_release(n_studies=6, seed=77, size=512)
+    "A phantom the demo never saw (another seed than the demo's 5), 21 DICOMs; read only (tests copy what they change)."
+    return phantom_release(n_studies=10, seed=77, size=512)
 
 def test_predict_on_unseen_dicoms_with_bad_ones(demo, unseen, tmp_path):
     out, _ = demo
@@ -227,3 +228,51 @@ def test_rehearsal_on_a_subset_of_a_release(phantom_release, tmp_path):
     assert 'rehearsal subset' in m['data'] and tree_digest(rel) == before
     t = read_bundle(tmp_path/'out'/'model')['trained_on']       # a phantom's subset, in a rehearsal: both are caveats
     assert (t['data'], t['root'], t['rehearsal']) == ('phantom', 'rel (a subset)', True)
+
+
+def _matched(a: pd.DataFrame, b: pd.DataFrame) -> list:
+    "For each box of `a`, best first: (IoU, score difference) with its best unused match in `b` (same image, class)."
+    from pycocotools import mask
+    xywh = lambda d: np.c_[d.xmin, d.ymin, d.xmax - d.xmin, d.ymax - d.ymin].astype(float)
+    out, used = [], set()
+    for r in a.sort_values('score', ascending=False).itertuples():
+        c = b[(b.image_id == r.image_id) & (b.lesion_type == r.lesion_type) & ~b.index.isin(used)]
+        if not len(c): out.append((0.0, 1.0)); continue
+        ious = mask.iou(xywh(pd.DataFrame([r._asdict()])), xywh(c), [0] * len(c))[0]
+        k = int(ious.argmax()); used.add(c.index[k])
+        out.append((float(ious[k]), abs(float(c.score.iloc[k]) - r.score)))
+    return out
+
+def test_onnx_runtime_matches_torch(demo, unseen, tmp_path):
+    """spinexr_export on the demo's bundle, then spinexr_predict with each runtime on 21 unseen DICOMs: the same
+    probabilities (1e-4), decisions and boxes (one to one, IoU >= 0.99, scores within 1e-3); a changed ONNX file
+    is refused by its SHA-256."""
+    out, _ = demo
+    bundle = shutil.copytree(out/'model', tmp_path/'model')
+    r = run_cli('spinexr_export', bundle, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rec = read_bundle(bundle)['onnx']
+    assert set(rec['networks']) == {*read_bundle(bundle)['ensemble'].names, 'detector'}
+    for n in rec['networks']: assert n in r.stdout
+    dicoms = sorted(unseen.glob('*_images/*.dicom'))
+    assert len(dicoms) >= 20
+    res = {}
+    for rt in ('torch', 'onnx'):
+        r = run_cli('spinexr_predict', bundle, *dicoms, '--out', tmp_path/rt, '--runtime', rt, '--no_overlays',
+                    timeout=600)
+        assert r.returncode == 0 and f'({rt})' in r.stdout, r.stderr[-3000:]
+        assert json.loads((tmp_path/rt/'predictions.json').read_text())['runtime'] == rt
+        res[rt] = (pd.read_csv(tmp_path/rt/'scores.csv').set_index('image_id'), pd.read_csv(tmp_path/rt/'predictions.csv'))
+    (pt, bt), (po, bo) = res['torch'], res['onnx']
+    assert len(pt) == len(dicoms) and (po.index == pt.index).all()
+    assert np.abs(po.p_abnormal - pt.p_abnormal).max() <= 1e-4
+    assert (po.abnormal == pt.abnormal).all()
+    assert len(bt) and len(bo) == len(bt)
+    m = np.array(_matched(bt, bo))                          # one to one: each torch box has its own ONNX box
+    assert m[:, 0].min() >= 0.99 and m[:, 1].max() <= 1e-3, (m[:, 0].min(), m[:, 1].max())
+    f = bundle/rec['networks']['resnet50']['file']
+    data = bytearray(f.read_bytes()); data[len(data) // 2] ^= 1; f.write_bytes(bytes(data))
+    for rt in ('onnx', 'auto'):
+        r = run_cli('spinexr_predict', bundle, dicoms[0], '--out', tmp_path/'tampered', '--runtime', rt, timeout=300)
+        assert r.returncode == 1 and 'SHA-256' in r.stderr and 'resnet50.onnx' in r.stderr, r.stderr[-2000:]
+        assert 'Traceback' not in r.stderr
