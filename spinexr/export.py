@@ -25,7 +25,8 @@ EXPORT_PACKAGES = ('torch', 'onnx', 'onnxruntime', 'ultralytics')
 def export_bundle(model_dir, format: str = 'onnx', opset: int = ONNX_OPSET) -> dict:
     "Add onnx/ to a bundle: each classifier and the detector exported and checked; the record added to bundle.json."
     from spinexr.weights import sha256_file
-    if format not in EXPORT_FORMATS: raise InputError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {format!r}")
+    if format not in EXPORT_FORMATS:
+        raise InputError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {format!r}")
     model_dir = Path(model_dir)
     bundle = read_bundle(model_dir)
     if problem := onnxruntime_problem(): raise InputError(problem)       # every export is checked with it

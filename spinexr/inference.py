@@ -514,7 +514,8 @@ def predict_files(model_dir, inputs, out_dir, batch: int = 8, min_score: float =
     pred._tick('write', t)
     total = time.perf_counter() - t_start
     n = max(len(records), 1)
-    return dict(runtime=pred.runtime, n_inputs=len(paths), n_predicted=len(records), n_failed=len(failures), n_boxes=len(boxes),
+    return dict(runtime=pred.runtime, n_inputs=len(paths), n_predicted=len(records), n_failed=len(failures),
+                n_boxes=len(boxes),
                 n_abnormal=sum(r['abnormal'] for r in records), load_seconds=round(t_loaded - t_start, 2),
                 seconds=round(total, 2), seconds_per_image=round((total - (t_loaded - t_start)) / n, 4),
                 stage_seconds={k: round(v, 2) for k, v in pred.timing.items()}, failures=failures,

@@ -313,7 +313,8 @@ def create_app(predictor: Predictor, cfg: ServeConfig | None = None, thread: Thr
     models, started = ModelQueue(predictor, cfg.batch, cfg.queue, thread), time.time()
     card, page = model_card(predictor), page_html(predictor, cfg.min_score)
     bundle = dict(path=str(predictor.model_dir.absolute()), runtime=predictor.runtime,
-                  format=predictor.bundle['format'], version=predictor.bundle['version'], sha256=predictor.sha256, files=predictor.files)
+                  format=predictor.bundle['format'], version=predictor.bundle['version'], sha256=predictor.sha256,
+                  files=predictor.files)
     versions = package_versions(BUNDLE_PACKAGES + SERVE_PACKAGES)
     algo = predictor.algorithm(cfg.min_score)
     answered = dict.fromkeys(('200', '4xx', '5xx'), 0)

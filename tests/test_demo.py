@@ -262,7 +262,8 @@ def test_onnx_runtime_matches_torch(demo, unseen, tmp_path):
                     timeout=600)
         assert r.returncode == 0 and f'({rt})' in r.stdout, r.stderr[-3000:]
         assert json.loads((tmp_path/rt/'predictions.json').read_text())['runtime'] == rt
-        res[rt] = (pd.read_csv(tmp_path/rt/'scores.csv').set_index('image_id'), pd.read_csv(tmp_path/rt/'predictions.csv'))
+        res[rt] = (pd.read_csv(tmp_path/rt/'scores.csv').set_index('image_id'),
+                   pd.read_csv(tmp_path/rt/'predictions.csv'))
     (pt, bt), (po, bo) = res['torch'], res['onnx']
     assert len(pt) == len(dicoms) and (po.index == pt.index).all()
     assert np.abs(po.p_abnormal - pt.p_abnormal).max() <= 1e-4
