@@ -1,41 +1,173 @@
-"""spinexr_predict speed: per-image wall time of the whole chain and the share of each stage, against two
-baselines measured in the same run: loading the bundle for every image, and predicting one image at a time.
+"""spinexr_predict speed by runtime: seconds per image of the whole chain (decode, classifiers, detector, fusion,
+writing), its speed-up over spinexr_predict as it was before the runtimes (a git revision, run in the same session
+on the same images) and the share of each stage, at batch 1 and 8, at the bundle's own input sizes and at the
+full-scale ones (classifiers at 384, detector at 640, decode at 1024).
 
-    python bench/bench_predict.py MODEL_DIR DICOM_DIR [--n 40]
+    python bench/bench_predict.py MODEL_DIR DICOM_DIR [--n 24] [--baseline 690675f] [--scales demo,full]
 
-MODEL_DIR is a bundle (spinexr_demo writes DIR/model); DICOM_DIR holds DICOMs the models never saw
-(e.g. a phantom made with another seed: spinexr_phantom /tmp/unseen --n_studies 20 --seed 77 --size 1024).
+MODEL_DIR is a bundle (spinexr_demo writes DIR/model); it is copied, never changed: the copies are exported with
+spinexr_export, and the full-scale copy has its input sizes raised (the same weights: every network is fully
+convolutional up to its pooling). DICOM_DIR holds DICOMs the models never saw (spinexr_phantom /tmp/unseen
+--n_studies 12 --seed 77 --size 1024). Variants:
+
+- baseline: the package at --baseline (torch eager under no_grad, the input resized once per classifier);
+- torch, contiguous: this package's torch runtime with the classifiers put back in the default memory layout;
+- torch: this package's torch runtime (inference_mode, channels-last classifiers, one resize per size);
+- onnx: this package's ONNX Runtime path (spinexr_export's files).
+
+It also measures the classifiers' input preparation (once per classifier against once per size) and loading the
+models against decoding the first batch (sequential against overlapped in a thread).
 """
-import argparse, tempfile, time
+import argparse, json, os, shutil, subprocess, sys, tempfile, time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
-from spinexr.inference import Predictor, find_inputs, predict_files
+REPO = Path(__file__).resolve().parents[1]
+BATCHES = (1, 8)
+FULL_SCALE = dict(cls_size=384, det_imgsz=640, prep_size=1024)   # 50_demo's full-scale settings
 
-def run(model_dir, paths, batch, reload_each=False):
-    "Seconds per image, and the stage shares, for predicting `paths`."
-    with tempfile.TemporaryDirectory() as out:
-        t0 = time.perf_counter()
-        if reload_each:
-            for p in paths: predict_files(model_dir, [p], out, batch=1)
-            return (time.perf_counter() - t0) / len(paths), None
-        pred = Predictor(model_dir)
-        t1 = time.perf_counter()
-        s = predict_files(model_dir, paths, out, batch=batch, predictor=pred)
-        per = (time.perf_counter() - t1) / len(paths)
-        st = s['stage_seconds']; tot = sum(st.values())
-        return per, {k: v / tot for k, v in st.items()}, t1 - t0
+def full_scale_copy(src: Path, dst: Path) -> Path:
+    "A copy of a bundle with the full-scale input sizes (same weights)."
+    from spinexr.core import load_json, save_json
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns('onnx'))
+    b = load_json(dst/'bundle.json'); b.pop('onnx', None); b['prep_size'] = FULL_SCALE['prep_size']
+    save_json(b, dst/'bundle.json')
+    for cfg in (dst/'classifiers').glob('*/config.json'):
+        save_json({**load_json(cfg), 'size': FULL_SCALE['cls_size']}, cfg)
+    cfg = dst/'detector'/'config.json'
+    save_json({**load_json(cfg), 'imgsz': FULL_SCALE['det_imgsz']}, cfg)
+    return dst
+
+REPEATS = 2      # each run is repeated and the fastest kept: the others measure the machine's noise, not the code
+
+def timed_run(predictor, model_dir, paths, batch: int) -> dict:
+    "s/image and stage shares of predict_files with a loaded predictor (the package imported in this process)."
+    from spinexr.inference import predict_files
+    best = None
+    for _ in range(REPEATS):
+        with tempfile.TemporaryDirectory() as out:
+            t0 = time.perf_counter()
+            s = predict_files(model_dir, paths, out, batch=batch, predictor=predictor)
+            per = (time.perf_counter() - t0) / len(paths)
+        if best is None or per < best[0]: best = per, s['stage_seconds']
+    per, st = best; tot = sum(st.values())
+    return dict(s_per_image=per, shares={k: v / tot for k, v in st.items()})
+
+BASELINE_SCRIPT = """
+import json, sys, spinexr
+from pathlib import Path
+sys.path.insert(0, sys.argv[1]); from bench_predict import timed_run
+from spinexr.inference import Predictor
+assert Path(spinexr.__file__).is_relative_to(sys.argv[2]), spinexr.__file__
+model_dir, paths = sys.argv[3], json.loads(sys.argv[4])
+pred = Predictor(model_dir); pred.warm_up()
+print(json.dumps({b: timed_run(pred, model_dir, paths, b) for b in (1, 8)}))
+"""
+
+def baseline_runs(rev: str, model_dir, paths, tmp: Path) -> dict:
+    "timed_run at batch 1 and 8 with the package as it was at git revision `rev`, in a subprocess."
+    src = tmp/f'spinexr-{rev}'
+    if not src.exists():
+        src.mkdir()
+        tar = subprocess.run(['git', '-C', str(REPO), 'archive', rev, 'spinexr'], capture_output=True, check=True)
+        subprocess.run(['tar', '-x', '-C', str(src)], input=tar.stdout, check=True)
+    env = {**os.environ, 'PYTHONPATH': str(src)}
+    r = subprocess.run([sys.executable, '-c', BASELINE_SCRIPT, str(REPO/'bench'), str(src), str(model_dir),
+                        json.dumps([str(p) for p in paths])], capture_output=True, text=True, env=env,
+                       cwd=src)       # python -c puts its folder first on sys.path
+    if r.returncode: sys.exit(f'baseline at {rev} failed:\n{r.stderr[-3000:]}')
+    return {int(b): v for b, v in json.loads(r.stdout.strip().splitlines()[-1]).items()}
+
+def contiguous(pred):
+    "The torch predictor with its classifiers back in PyTorch's default memory layout."
+    import torch
+    for net, _ in pred.classifiers.values(): net.to(memory_format=torch.contiguous_format)
+    return pred
+
+def variants(model_dir, paths) -> dict:
+    "timed_run of each variant of this package at batch 1 and 8."
+    from spinexr.inference import Predictor
+    out = {}
+    for name, make in (('torch, contiguous', lambda: contiguous(Predictor(model_dir, 'torch'))),
+                       ('torch', lambda: Predictor(model_dir, 'torch')),
+                       ('onnx', lambda: Predictor(model_dir, 'onnx'))):
+        pred = make(); pred.warm_up()
+        out[name] = {b: timed_run(pred, model_dir, paths, b) for b in BATCHES}
+    return out
+
+def input_preparation(model_dir, paths) -> dict:
+    "Seconds per image to make the classifiers' inputs: once per classifier (before) and once per size (now)."
+    from spinexr.classify import ClsConfig
+    from spinexr.inference import classifier_inputs, normalised, padded_batch, read_bundle, read_input
+    b = read_bundle(model_dir)
+    cfgs = [ClsConfig.load(Path(model_dir)/'classifiers'/a/'config.json') for a in b['ensemble'].names]
+    imgs = [read_input(p, int(b['prep_size']))[0] for p in paths[:8]]
+    def per_classifier(): return [classifier_inputs(imgs, c) for c in cfgs]
+    def per_size():
+        padded = {s: padded_batch(imgs, s) for s in {c.size for c in cfgs}}
+        return [normalised(padded[c.size], c) for c in cfgs]
+    out = {}
+    for name, f in (('once per classifier', per_classifier), ('once per size', per_size)):
+        f(); t0 = time.perf_counter()
+        for _ in range(3): f()
+        out[name] = (time.perf_counter() - t0) / 3 / len(imgs)
+    return out
+
+def loading_overlap(model_dir, paths, runtime: str) -> dict:
+    "Seconds to load the models and decode the first batch: one after the other, and overlapped in a thread."
+    from spinexr.inference import Predictor, read_bundle, read_input
+    size = int(read_bundle(model_dir)['prep_size'])
+    decode = lambda: [read_input(p, size) for p in paths[:8]]
+    t0 = time.perf_counter(); Predictor(model_dir, runtime); t1 = time.perf_counter(); decode()
+    t2 = time.perf_counter()
+    with ThreadPoolExecutor(1) as ex:
+        fut = ex.submit(Predictor, model_dir, runtime); decode(); fut.result()
+    return dict(load=t1 - t0, decode=t2 - t1, sequential=t2 - t0, overlapped=time.perf_counter() - t2)
+
+def report(scale: str, model_dir, runs: dict):
+    from spinexr.core import load_json
+    from spinexr.classify import ClsConfig
+    b = load_json(Path(model_dir)/'bundle.json')
+    sizes = sorted({ClsConfig.load(f).size for f in Path(model_dir).glob('classifiers/*/config.json')})
+    det = load_json(Path(model_dir)/'detector'/'config.json')
+    print(f"\n### {scale}: classifiers {', '.join(b['ensemble']['names'])} at {'/'.join(map(str, sizes))} px, "
+          f"{det['model']} at {det['imgsz']}, decode to {b['prep_size']} px")
+    base = runs['baseline'][8]['s_per_image']
+    stages = list(runs['baseline'][8]['shares'])
+    print(f"| variant | batch | s/image | speed-up | {' | '.join(stages)} |")
+    print('|' + ' --- |' * (4 + len(stages)))
+    for name, by_batch in runs.items():
+        for bs, r in by_batch.items():
+            shares = ' | '.join(f"{100 * r['shares'].get(s, 0):.0f}%" for s in stages)
+            print(f"| {name} | {bs} | {r['s_per_image']:.3f} | {base / r['s_per_image']:.2f}x | {shares} |")
 
 if __name__ == '__main__':
-    ap = argparse.ArgumentParser()
-    ap.add_argument('model_dir'); ap.add_argument('dicoms'); ap.add_argument('--n', type=int, default=40)
+    ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    ap.add_argument('model_dir'); ap.add_argument('dicoms')
+    ap.add_argument('--n', type=int, default=24, help='DICOMs to predict')
+    ap.add_argument('--baseline', default='690675f', help='git revision of the baseline (before the runtimes)')
+    ap.add_argument('--scales', default='demo,full', help='demo (the bundle as it is), full (the 384 px copy)')
     a = ap.parse_args()
+    sys.path.insert(0, str(REPO/'bench'))
+    from spinexr.export import export_bundle
+    from spinexr.inference import find_inputs
     paths = find_inputs([a.dicoms])[:a.n]
-    run(a.model_dir, paths[:2], 2)                               # warm-up (imports, first-call costs)
-    naive, _ = run(a.model_dir, paths[:5], 1, reload_each=True)
-    one, _, load = run(a.model_dir, paths, 1)
-    batched, shares, _ = run(a.model_dir, paths, 8)
-    print(f'{len(paths)} DICOMs; bundle loaded in {load:.2f} s')
-    print(f'{"variant":<40} {"s/image":>8} {"speed-up":>9}')
-    for name, v in (('bundle loaded for every image (baseline)', naive), ('loaded once, batch 1', one),
-                    ('loaded once, batch 8', batched)):
-        print(f'{name:<40} {v:>8.3f} {naive / v:>8.2f}x')
-    print('stage shares (batch 8): ' + ', '.join(f'{k} {100 * v:.0f}%' for k, v in shares.items()))
+    print(f'{len(paths)} DICOMs from {a.dicoms}; {os.cpu_count()} CPUs; baseline: spinexr at {a.baseline}; '
+          f"s/image of spinexr_predict's whole chain (overlays on), the fastest of {REPEATS} runs; "
+          'speed-up against the baseline at batch 8')
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for scale in a.scales.split(','):
+            bundle = (shutil.copytree(a.model_dir, tmp/'demo', ignore=shutil.ignore_patterns('onnx')) if scale == 'demo'
+                      else full_scale_copy(Path(a.model_dir), tmp/'full'))
+            t0 = time.perf_counter(); export_bundle(bundle); t_export = time.perf_counter() - t0
+            runs = dict(baseline=baseline_runs(a.baseline, bundle, paths, tmp), **variants(bundle, paths))
+            report(scale, bundle, runs)
+            print(f'spinexr_export of this bundle: {t_export:.1f} s')
+            prep = input_preparation(bundle, paths)
+            print('classifier inputs, s/image: ' + ', '.join(f'{k} {v:.4f}' for k, v in prep.items()) +
+                  f" ({prep['once per classifier'] / prep['once per size']:.2f}x)")
+            for rt in ('torch', 'onnx'):
+                o = loading_overlap(bundle, paths, rt)
+                print(f"{rt}: models load in {o['load']:.2f} s, the first 8 decode in {o['decode']:.2f} s; one after "
+                      f"the other {o['sequential']:.2f} s, overlapped in a thread {o['overlapped']:.2f} s")

@@ -8,11 +8,17 @@ and measures, in the same run and on the same files:
      decode, pydicom apply_voi_lut at full resolution, min-max, full-size PNG, then read back, resize and write);
   2. images/s of spinexr_prep's conversion (`prep`) with 1 worker (the per-process comparison with 1.) and 2 workers;
   3. peak memory (RSS) of the spinexr_prep command (main process and workers) on 50 and on 200 images.
-Goals: >= 3x the baseline per process, >= 1.7x from 1 to 2 workers, flat memory.
+  4. the floor: the bare reduced-resolution JPEG 2000 decode of each file (its codestream extracted beforehand, then
+     Pillow/OpenJPEG at the resolution level spinexr_prep decodes at, nothing else), and spinexr_prep per process as
+     a multiple of it, with the stages of the rest (header, decode checks, VOI, alignment, resize, PNG, writing, and
+     what is left: process start-up, planning, manifest) at the PNG settings given by --png (level:strategy).
+Goals: >= 3x the baseline per process, >= 1.7x from 1 to 2 workers, flat memory, <= 1.3x the floor.
 """
 from __future__ import annotations
 import argparse, json, os, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
+
+import io
 
 import cv2
 import numpy as np
@@ -20,7 +26,8 @@ import pandas as pd
 import pydicom
 from pydicom.pixels import apply_voi_lut
 
-from spinexr.core import cpu_count
+import spinexr.prep
+from spinexr.core import cpu_count, save_json
 from spinexr.dicom import target_shape
 from spinexr.prep import prep
 from spinexr.phantom import PhantomConfig, make_phantom, plan_phantom
@@ -101,6 +108,85 @@ def peak_memory(src: Path, out: Path, size: int, workers: int) -> dict:
     return dict(total=peak_total * mib, main=peak_main * mib, worker=peak_worker * mib, seconds=secs)
 
 
+def codestreams(files: list, size: int) -> list:
+    "Each file's JPEG 2000 codestream and the resolution level spinexr_prep decodes it at (the floor's input)."
+    from pydicom.encaps import get_frame
+    from spinexr.dicom import choose_reduce, j2k_header
+    out = []
+    for f in files:
+        ds = pydicom.dcmread(f)
+        cs = get_frame(ds.PixelData, 0, number_of_frames=1)
+        hdr = j2k_header(cs)
+        out.append((cs[hdr['offset']:], choose_reduce(ds.Rows, ds.Columns, size, hdr['levels'])))
+    return out
+
+
+def floor_seconds(streams: list) -> float:
+    "Seconds per image of the bare reduced-resolution decode (Pillow's OpenJPEG at level r), nothing else."
+    from PIL import Image
+    t0 = time.perf_counter()
+    for cs, r in streams:
+        with Image.open(io.BytesIO(cs)) as im:
+            im.reduce = r
+            im.load()
+    return (time.perf_counter() - t0) / len(streams)
+
+
+def stage_seconds(files: list, size: int, png: str, out: Path) -> dict:
+    "Seconds per image of each stage of spinexr_prep's conversion (read_dicom's steps, then convert_one's), in-process."
+    from spinexr.dicom import (_header_info, _quiet_uids, align_reduced, decode_stored, open_dicom, resize_to,
+                               to_display, to_uint8)
+    out.mkdir(parents=True, exist_ok=True)
+    t = dict.fromkeys(['read and parse the header', 'decode (checks, Pillow, to int32)', 'VOI (to_display)',
+                       'align_reduced', 'resize and clip', 'to 8 bits', 'PNG encode',
+                       'write PNG and record'], 0.0)
+    ks = list(t)
+    for f in files:
+        c = [time.perf_counter()]
+        with _quiet_uids():
+            ds, _ = open_dicom(f); info = _header_info(ds, f); c.append(time.perf_counter())
+            stored, dec = decode_stored(ds, size, f); c.append(time.perf_counter())
+            img, voi, _ = to_display(stored, ds, info['photometric']); c.append(time.perf_counter())
+        H, W = info['orig_height'], info['orig_width']
+        img = align_reduced(img, dec['reduce'], H, W); c.append(time.perf_counter())
+        img = np.clip(resize_to(img, target_shape(H, W, size)), 0, 1); c.append(time.perf_counter())
+        img8 = to_uint8(img); c.append(time.perf_counter())
+        ok, data = cv2.imencode('.png', img8, spinexr.prep.png_params()); c.append(time.perf_counter())
+        (out/f'{f.stem}.png').write_bytes(data.tobytes()); save_json(dict(info=str(info)), out/f'{f.stem}.json')
+        c.append(time.perf_counter())
+        for k, a, b in zip(ks, c, c[1:]): t[k] += b - a
+    return {k: v / len(files) for k, v in t.items()}
+
+
+def png_bytes(folder: Path) -> float:
+    return float(np.mean([p.stat().st_size for p in folder.glob('*.png')]))
+
+
+def floor_table(files: list, src: Path, work: Path, size: int, pngs: list):
+    "spinexr_prep per process against the floor, at each PNG setting ('level:strategy'); the stages of each."
+    floor = floor_seconds(codestreams(files, size))
+    default = spinexr.prep.PNG_COMPRESSION, spinexr.prep.PNG_STRATEGY
+    rows = []
+    try:
+        for k, png in enumerate(pngs):
+            level, strategy = png.split(':')
+            spinexr.prep.PNG_COMPRESSION, spinexr.prep.PNG_STRATEGY = int(level), strategy   # forked workers see it
+            ips, _ = time_prep(src, work/f'floor{k}', size, 1)
+            stages = stage_seconds(files, size, png, work/f'stages{k}')
+            rows.append((png, 1 / ips, stages, png_bytes(work/f'floor{k}'/'images')))
+    finally: spinexr.prep.PNG_COMPRESSION, spinexr.prep.PNG_STRATEGY = default
+    print(f'\nthe floor: bare reduced-resolution JPEG 2000 decode {floor:.4f} s/image; spinexr_prep\'s PNG setting: '
+          f'{default[0]}:{default[1]}')
+    print('| PNG level:strategy | spinexr_prep, 1 worker, s/image | x floor | PNG KiB | ' + ' | '.join(rows[0][2]) +
+          ' | the rest (start-up, planning, manifest) |')
+    print('|' + ' --- |' * (5 + len(rows[0][2])))
+    for png, per, st, nbytes in rows:
+        rest = per - sum(st.values())
+        print(f'| {png} | {per:.4f} | {per / floor:.2f}x | {nbytes / 1024:.0f} | ' +
+              ' | '.join(f'{v:.4f}' for v in st.values()) + f' | {rest:.4f} |')
+    return dict(floor=floor, png={p: dict(s_per_image=s, stages=st, png_bytes=b) for p, s, st, b in rows})
+
+
 def png_agreement(a: Path, b: Path) -> float:
     "Mean absolute difference (8-bit levels) between the PNGs of the same images in two folders."
     diffs = []
@@ -116,7 +202,9 @@ def main():
     ap.add_argument('--n', type=int, default=40, help='images for the speed measurements')
     ap.add_argument('--long_side', type=int, default=2600, help='long side of the phantom radiographs')
     ap.add_argument('--size', type=int, default=1024, help='target long side')
-    ap.add_argument('--mem', default='50,200', help='image counts for the memory measurement')
+    ap.add_argument('--mem', default='50,200', help="image counts for the memory measurement ('' for none)")
+    ap.add_argument('--png', default='3:default,1:default,1:rle',
+                    help="PNG settings (zlib level:strategy) for the floor table; 3:default was spinexr_prep's before")
     a = ap.parse_args()
     cache = Path(a.cache); cache.mkdir(parents=True, exist_ok=True)
     print(f'machine: {cpu_count()} cores, load average at start {os.getloadavg()[0]:.2f}', flush=True)
@@ -137,8 +225,9 @@ def main():
         w2, _ = time_prep(src, work/'prep2', a.size, 2)
         print(f'spinexr_prep, 2 workers: {w2:.2f} images/s', flush=True)
         agree = png_agreement(work/'prep1'/'images', work/'baseline')
+        floor = floor_table(files[:a.n], src, work, a.size, a.png.split(','))
         mem = {}
-        for n in (int(x) for x in a.mem.split(',')):
+        for n in (int(x) for x in a.mem.split(',') if x):
             mem[n] = peak_memory(folder_of(files, n, cache/f'mem{n}'), work/f'mem{n}', a.size, 2)
             print(f'memory, {n} images, 2 workers: peak {mem[n]["total"]:.0f} MiB (main {mem[n]["main"]:.0f}, '
                   f'largest worker {mem[n]["worker"]:.0f}) in {mem[n]["seconds"]:.1f} s', flush=True)
@@ -151,13 +240,15 @@ def main():
     rows += [(f'peak RSS, {n} images', f'{mem[n]["total"]:.0f} MiB',
               f'{mem[n]["total"] / mem[ns[0]]["total"]:.2f}x {ns[0]} images (goal: flat)')
              for n in ns]
+    rows += [('the floor (bare decode)', f'{1 / floor["floor"]:.2f} images/s',
+              f'spinexr_prep, 1 worker: {1 / (floor["floor"] * w1):.2f}x the floor\'s time (goal <= 1.3x)')]
     print(f'\n{"measurement":28s} {"value":>16s}   ratio')
     for r in rows: print(f'{r[0]:28s} {r[1]:>16s}   {r[2]}')
     print(f'PNG agreement with the baseline: mean |difference| {agree:.2f} grey levels; load average at end '
           f'{os.getloadavg()[0]:.2f}')
     result = dict(baseline=base, prep_1=w1, prep_2=w2, speedup_per_process=w1 / base, scaling_1_to_2=w2 / w1,
-                  memory={str(n): v for n, v in mem.items()}, png_agreement=agree, n=a.n, long_side=a.long_side,
-                  size=a.size)
+                  memory={str(n): v for n, v in mem.items()}, png_agreement=agree, floor=floor, n=a.n,
+                  long_side=a.long_side, size=a.size)
     (cache/'bench_prep.json').write_text(json.dumps(result, indent=2))
 
 

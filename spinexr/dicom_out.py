@@ -81,16 +81,17 @@ def derived_uid(*parts) -> str:
 # %% ../nbs/35_dicom_out.ipynb #ac01928e
 @dataclass(frozen=True)
 class Algorithm:
-    "The model behind a result: package version, bundle SHA-256, the ensemble's threshold and the box score floor."
+    "The model behind a result: package version, bundle SHA-256, threshold, box score floor and runtime."
     version: str
     bundle_sha256: str
     threshold: float
     min_score: float = 0.25
+    runtime: str = 'torch'          # what ran the networks' forwards (40_inference's runtimes)
     name: str = 'spinexr'
 
     def uid(self, kind: str, source_uid: str) -> str:
         "The UID of the `kind` object (a SOP instance, a series, a tracking id) made by this model from `source_uid`."
-        return derived_uid(kind, source_uid, self.bundle_sha256, f'{self.min_score:g}')
+        return derived_uid(kind, source_uid, self.bundle_sha256, f'{self.min_score:g}', self.runtime)
 
     def boxes(self, rec: dict) -> list:
         "The boxes of a predictions.json record that the overlay draws and the derived objects hold."
@@ -197,7 +198,7 @@ def _algorithm_id(algo: Algorithm):
     import highdicom as hd
     return hd.sr.AlgorithmIdentification(name=algo.name, version=algo.version,
                                          parameters=[f'bundle_sha256={algo.bundle_sha256}',
-                                                     f'min_score={algo.min_score:g}'])
+                                                     f'min_score={algo.min_score:g}', f'runtime={algo.runtime}'])
 
 def _coding_scheme():
     from highdicom.coding_schemes import CodingSchemeIdentificationItem
