@@ -8,6 +8,7 @@ import base64, io, resource, shlex, shutil, sys, time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from fastcore.script import call_parse
 
@@ -17,18 +18,20 @@ from .annotations import images_dir, load_release
 from .phantom import PHANTOM_STAMP, PhantomConfig, is_phantom, make_phantom
 from .prep import PrepTree, prep
 from .analysis import class_table, plot_class_counts, split_table
-from .metrics import pr_figure
+from .metrics import pr_figure, reliability_figure
 from .classify import ARCHS, recipe, train_classifier
-from .detect import DetConfig, evaluate_detector, show_predictions, train_detector
-from .ensemble import (Ensemble, ensemble_predictions, ensemble_roc_figure, evaluate_ensemble, fit_ensemble,
-                              fusion_results, fusion_table, run_predictions)
-from .inference import bundle_sha256, make_bundle, package_versions, read_bundle
+from .detect import DetConfig, evaluate_detector, load_tta, show_predictions, train_detector
+from .ensemble import (Ensemble, aligned, calibration_results, calibration_table, ensemble_predictions,
+                              ensemble_roc_figure, evaluate_ensemble, fit_ensemble, fusion_results, fusion_table,
+                              run_predictions, study_results)
+from .inference import Predictor, bundle_sha256, make_bundle, package_versions, read_bundle
+from .saliency import box_mass_ratio, heatmap_over, map_rank_correlation, randomised
 
 # %% auto #0
 __all__ = ['PAPER_CLS', 'PAPER_AP50', 'PAPER_MAP50', 'CLS_METRICS', 'REPORT_TEMPLATE', 'REPORT_CSS', 'SPLIT_COLUMNS',
-           'CLASS_COLUMNS', 'DemoConfig', 'test_results', 'evaluate_demo', 'classification_table', 'detection_table',
-           'published_tables', 'write_report', 'check_release', 'check_weights', 'subset_release', 'weights_used',
-           'run_demo', 'spinexr_demo']
+           'CLASS_COLUMNS', 'DemoConfig', 'test_results', 'evaluate_demo', 'saliency_checks', 'classification_table',
+           'study_table', 'detection_table', 'published_tables', 'write_report', 'check_release', 'check_weights',
+           'subset_release', 'weights_used', 'run_demo', 'spinexr_demo']
 
 # %% ../nbs/50_demo.ipynb #9b0ef21c
 @dataclass
@@ -51,7 +54,8 @@ class DemoConfig(JsonConfig):
     det_lr0: float = 2e-3
     det_pretrained: bool = False  # COCO weights from the weights store; the phantom demo trains from scratch
     keep_score: float = 0.5       # the fusion rule's box score for images called normal
-    n_boot: int = 10_000
+    n_boot: int = 10_000          # bootstrap resamples for the classification CIs
+    det_n_boot: int = 1000        # bootstrap resamples of the test images for the detection AP50 and mAP CIs
     rehearsal: bool = False       # full-scale settings for one epoch on a small subset; weights where the store has any
     rehearsal_images: int = 60    # images in a rehearsal's subset of the release
 
@@ -142,35 +146,80 @@ def _train_detector_once(prep_dir, run, cfg, progress):
     return run
 
 # %% ../nbs/50_demo.ipynb #979531a8
-def test_results(out, keep_score: float = 0.5) -> tuple:
-    "From a demo folder's files: each classifier's test predictions, the fitted ensemble, the fusion results on test."
+def test_results(out, keep_score: float = 0.5, n_boot: int = 0) -> tuple:
+    ("From a demo folder's files: each classifier's test predictions, the fitted ensemble, the fusion results on test "
+     "(with `n_boot`, the detection CIs).")
     out = Path(out)
     test = {a: run_predictions(out/'classifiers'/a, 'test') for a in ARCHS}
     ens = Ensemble.load(out/'ensemble.json')
     boxes = pd.read_csv(out/'detector'/'preds_test.csv', dtype={'image_id': str})
     gt = PrepTree(out/'prep').ground_truth('test')
-    fus = fusion_results(gt, boxes, ensemble_predictions(test, ens), ens.threshold, keep_score)
+    probs = ensemble_predictions(test, ens)
+    fus = fusion_results(gt, boxes, probs, ens.threshold, keep_score, n_boot)
+    if (out/'detector'/'preds_test_tta.csv').exists():      # flip TTA + WBF (20_detect), on or off as val chose
+        tta = pd.read_csv(out/'detector'/'preds_test_tta.csv', dtype={'image_id': str})
+        fus['tta'] = {**fusion_results(gt, tta, probs, ens.threshold, keep_score, n_boot),
+                      'choice': load_tta(out/'detector')}
     return test, ens, fus
+
+def _tta_record(t) -> dict | None:
+    "The flip TTA + WBF choice (made on validation) and its test figures, without and with the fusion rule."
+    if t is None: return None
+    c = t['choice']
+    return dict(on=c['flip'], iou_thr=c['iou_thr'], skip_box_thr=c['skip_box_thr'],
+                val_map50={k: c['val_map50'][k] for k in ('plain', 'tta')},
+                without_fusion=dict(map50=t['map50'], ap50=t['detection']['ap50'], ci=t['detection'].get('ci')),
+                with_fusion=dict(map50=t['map50_fused'], ap50=t['detection_fused']['ap50'],
+                                 ci=t['detection_fused'].get('ci')))
 
 def evaluate_demo(out, cfg: DemoConfig) -> dict:
     "Fit the ensemble on validation and score everything on test; writes ensemble.json; returns the metrics."
     out = Path(out)
     val = {a: run_predictions(out/'classifiers'/a, 'val') for a in ARCHS}
-    fit_ensemble(val).save(out/'ensemble.json')
-    test, ens, fus = test_results(out, cfg.keep_score)
+    studies = PrepTree(out/'prep').manifest().set_index('image_id').study_id
+    fit_ensemble(val, studies=studies).save(out/'ensemble.json')
+    test, ens, fus = test_results(out, cfg.keep_score, cfg.det_n_boot)
     cls = evaluate_ensemble(val, test, ens, n_boot=cfg.n_boot)
+    cal = calibration_results(test, ens, n_boot=cfg.n_boot)
     keep = ('auroc', 'sensitivity', 'specificity', 'f1', 'precision', 'accuracy', 'threshold', 'ci', 'n', 'n_pos',
             'n_neg')
     ul = load_json(out/'detector'/'metrics.json').get('ultralytics_test', {})
     return dict(classifiers={a: {k: cls[a][k] for k in keep} for a in ARCHS},
                 ensemble={**{k: cls['ensemble'][k] for k in keep}, 'weights': dict(zip(ens.names, ens.weights)),
                           'how': ens.how},
-                detection=dict(without_fusion=dict(map50=fus['map50'], ap50=fus['detection']['ap50']),
-                               with_fusion=dict(map50=fus['map50_fused'], ap50=fus['detection_fused']['ap50']),
+                detection=dict(without_fusion=dict(map50=fus['map50'], ap50=fus['detection']['ap50'],
+                                                   ci=fus['detection'].get('ci')),
+                               with_fusion=dict(map50=fus['map50_fused'], ap50=fus['detection_fused']['ap50'],
+                                                ci=fus['detection_fused'].get('ci')),
+                               tta=_tta_record(fus.get('tta')),
                                ultralytics_map50=ul.get('map50'), n_gt=fus['detection']['n_gt'],
                                n_images=fus['detection']['n_images'],
                                n_normal_images=fus['detection']['n_normal_images']),
-                reverse_fusion=dict(auroc=fus['auroc'], auroc_reverse=fus['auroc_reverse']))
+                reverse_fusion=dict(auroc=fus['auroc'], auroc_reverse=fus['auroc_reverse']),
+                calibration=cal, study=study_results(test, ens, studies, n_boot=cfg.n_boot))
+
+# %% ../nbs/50_demo.ipynb #d4ea1f6c
+def saliency_checks(out, n_images: int = 40) -> dict:
+    ("Grad-CAM sanity on up to `n_images` abnormal test images of a demo folder: box mass ratio, rank correlation "
+     "with re-initialised networks, seconds per image.")
+    import cv2
+    pred, tree = Predictor(Path(out)/'model', 'torch'), PrepTree(Path(out)/'prep')
+    gt = tree.to_stored(tree.ground_truth('test'))
+    boxes = gt[gt.lesion_type != NO_FINDING]
+    ids = sorted(boxes.image_id.unique())[:n_images]
+    if not ids: return dict(n_images=0)
+    imgs = [cv2.imread(str(tree.png(i)), cv2.IMREAD_GRAYSCALE) for i in ids]
+    t0 = time.perf_counter()
+    maps = pred.saliency(imgs)
+    secs = (time.perf_counter() - t0) / len(ids)
+    ratio = [box_mass_ratio(m, boxes[boxes.image_id == i][list(BOX_COLUMNS)].to_numpy(float))
+             for i, m in zip(ids, maps)]
+    pred.cam_models = {a: randomised(m) for a, m in pred.cam_models.items()}
+    corr = [map_rank_correlation(a, b) for a, b in zip(maps, pred.saliency(imgs))]
+    stats = lambda v: dict(mean=float(np.nanmean(v)), median=float(np.nanmedian(v)),
+                           share_above_1=float(np.nanmean(np.asarray(v) > 1)))
+    return dict(n_images=len(ids), box_mass_ratio=stats(ratio), randomised_rank_correlation=stats(corr),
+                seconds_per_image=round(secs, 4))
 
 # %% ../nbs/50_demo.ipynb #9ff652b8
 PAPER_CLS = pd.DataFrame([('DenseNet-121/169/201 ensemble', 88.61, 83.07, 79.32, 81.06),
@@ -187,15 +236,31 @@ def classification_table(m: dict) -> pd.DataFrame:
     return pd.DataFrame([dict(model=name, **{v: f(r, k) for k, v in CLS_METRICS.items()})
                          for name, r in [*m['classifiers'].items(), ('ensemble', m['ensemble'])]]).set_index('model')
 
+def study_table(m: dict) -> pd.DataFrame:
+    "The ensemble on test images and on test studies, in percent, with 95% CIs."
+    f = lambda r, k: f"{100 * r[k]:.2f} ({100 * r['ci'][k][0]:.1f}-{100 * r['ci'][k][1]:.1f})"
+    return pd.DataFrame([dict(level=name, n=r['n'], **{v: f(r, k) for k, v in CLS_METRICS.items()})
+                         for name, r in [('images', m['ensemble']), ('studies', m['study'])]]).set_index('level')
+
 def detection_table(m: dict) -> pd.DataFrame:
-    "Test boxes and AP50 per class and mAP50 (official protocol), without and with the fusion rule, in percent."
-    d, pct = m['detection'], lambda v: 'absent' if v is None else f'{100 * v:.2f}'
-    rows = [dict(cls=c, n_gt=d['n_gt'][c], ap=pct(d['without_fusion']['ap50'][c]),
-                 fused=pct(d['with_fusion']['ap50'][c])) for c in DET_CLASSES]
-    rows.append(dict(cls='mAP@0.5', n_gt=sum(d['n_gt'].values()), ap=pct(d['without_fusion']['map50']),
-                     fused=pct(d['with_fusion']['map50'])))
+    ("Test boxes and AP50 per class and mAP50 (official protocol), without and with the fusion rule, in percent, each "
+     "with its bootstrap 95% CI where metrics.json has them.")
+    d = m['detection']
+    def pct(r, c=None):     # AP50 of a class (or the mAP) and its CI
+        v, ci = (r['map50'], (r.get('ci') or {}).get('map50')) if c is None else \
+                (r['ap50'][c], ((r.get('ci') or {}).get('ap50') or {}).get(c))
+        if v is None: return 'absent'
+        return f'{100 * v:.2f}' + (f' ({100 * ci[0]:.1f}-{100 * ci[1]:.1f})' if ci else '')
+    t = d.get('tta')
+    extra = lambda c=None: dict(tta=pct(t['without_fusion'], c), tta_fused=pct(t['with_fusion'], c)) if t else {}
+    rows = [dict(cls=c, n_gt=d['n_gt'][c], ap=pct(d['without_fusion'], c), fused=pct(d['with_fusion'], c), **extra(c))
+            for c in DET_CLASSES]
+    rows.append(dict(cls='mAP@0.5', n_gt=sum(d['n_gt'].values()), ap=pct(d['without_fusion']),
+                     fused=pct(d['with_fusion']), **extra()))
+    on = ' (on)' if t and t['on'] else ' (off: not better on validation)'
     return pd.DataFrame(rows).rename(columns=dict(cls='class', n_gt='test boxes', ap='AP50',
-                                                  fused='AP50 with the fusion rule')).set_index('class')
+                                                  fused='AP50 with the fusion rule', tta=f'AP50 flip TTA + WBF{on}',
+                                                  tta_fused='AP50 flip TTA + WBF + fusion rule')).set_index('class')
 
 def published_tables() -> tuple:
     "The paper's numbers on the real test set (Nguyen et al., MICCAI 2021): classification, detection per class (%)."
@@ -238,12 +303,25 @@ validation; 95% bootstrap confidence intervals ({{ n_boot }} resamples) under ea
 {%- for v, lo, hi in row.cells %}<td>{{ v }}<br><span class="ci">{{ lo }}&ndash;{{ hi }}</span></td>{% endfor %}</tr>
 {% endfor %}</tbody></table>
 {{ roc | safe }}
+<h3>Calibration</h3>
+<p>The ensemble's probability is {{ calibration }}, fitted on validation (the method chosen by cross-validated
+log-loss within validation); every p_abnormal spinexr reports is the calibrated one, and the threshold above is on
+it. On test, the expected calibration error ({{ cal_bins }} equal-width bins) and the Brier score before and after,
+with 95% bootstrap confidence intervals; AUROC is the same before and after.</p>
+{{ cal_table | safe }}
+{{ reliability | safe }}
+<h3>Studies</h3>
+<p>A study is abnormal when any of its images is. The ensemble's study probability is the {{ study_how }} of its
+images' (chosen on validation studies, with the study threshold {{ study_threshold }}); {{ n_studies }} test studies,
+95% bootstrap confidence intervals from resampling studies.</p>
+{{ study_table | safe }}
 
 <h2>Detection (7 lesion classes)</h2>
 <p>Official protocol: COCO average precision at IoU 0.5 (AP50) on original DICOM pixels over all {{ n_images }} test
 images ({{ n_normal_images }} normal, where every box is a false positive); mAP@0.5 is the mean over the classes with
 test boxes. Ultralytics' own mAP50 on the same split: {{ ultralytics_map50 }} (it matches and interpolates
-differently; see 20_detect).</p>
+differently; see 20_detect). In brackets: 95% bootstrap confidence intervals ({{ det_n_boot }} resamples of the test
+images, normal ones included).{% if tta %} {{ tta }}{% endif %}</p>
 {{ det_table | safe }}
 {{ pr | safe }}
 
@@ -260,6 +338,15 @@ probability and its highest box score (0 if it has none). It should raise the cl
 {% if examples %}<p>Ground truth (left of each pair) and the predictions after the fusion rule scoring at least 0.25
 (right).</p>{{ examples | safe }}
 {% else %}<p>No abnormal test image.</p>{% endif %}
+{% if saliency %}<h3>Where the classifiers looked</h3>
+<p>The ensemble's Grad-CAM map of the same images (red: the regions whose features raised the abnormality score),
+with the ground-truth boxes. Checks on {{ sal.n_images }} abnormal test images: on average
+{{ '%.2f' % sal.box_mass_ratio.mean }}x as much of the map's mass lies inside the boxes as their share of the image
+would give (1 for a map blind to the lesions), and the maps of the same networks with re-initialised weights have a
+rank correlation of {{ '%.2f' % sal.randomised_rank_correlation.mean }} with them (1 would mean the maps do not
+depend on what the networks learnt). {{ '%.2f' % sal.seconds_per_image }} s per image on this machine
+(<code>spinexr_predict --saliency</code>).</p>
+{{ saliency | safe }}{% endif %}
 
 <h2>Published numbers</h2>
 <p>Nguyen et al., MICCAI 2021, on the <b>real</b> VinDr-SpineXR test set (classifiers: DenseNet; detector: Sparse
@@ -327,6 +414,49 @@ def _table(df: pd.DataFrame, index: bool = True, classes: str = '') -> str:
 
 
 # %% ../nbs/50_demo.ipynb #69a2e696
+def _calibration_words(c: dict) -> str:
+    if c['method'] == 'none': return 'the weighted average itself (no calibration beat none on validation)'
+    if c['method'] == 'temperature': return f"temperature-scaled, T = {1 / c['a']:.3f}"
+    return f"Platt-scaled, sigmoid({c['a']:.3f} logit(p) + {c['b']:.3f})"
+
+def _reliability(test: dict, ens):
+    import matplotlib.pyplot as plt
+    _, y, P = aligned({n: test[n] for n in ens.names})
+    fig, ax = plt.subplots(figsize=(4.8, 4.5))
+    reliability_figure(y, {'before': ens.raw(P), f'after ({ens.calibration})': ens(P)}, ax)
+    ax.set_title('test reliability diagram', fontsize=9)
+    fig.tight_layout()
+    return fig
+
+def _tta_words(t) -> str:
+    if not t: return ''
+    return (f"Flip TTA + WBF: the detector also sees each image mirrored, and the boxes of both views are merged by "
+            f"weighted boxes fusion (IoU {t['iou_thr']}, score floor {t['skip_box_thr']}, chosen on validation, where "
+            f"it gave mAP50 {100 * t['val_map50']['tta']:.2f} against {100 * t['val_map50']['plain']:.2f} plain); "
+            f"{'so the bundle uses it' if t['on'] else 'so the bundle does not use it'}.")
+
+def _final(fus) -> dict:
+    "The fusion results of the boxes the bundle gives: flip TTA + WBF's where validation switched it on."
+    t = fus.get('tta')
+    return t if t and t['choice']['flip'] else fus
+
+def _saliency_figure(out, ids: list):
+    "The ensemble's Grad-CAM map over each of the example test images, with their ground-truth boxes."
+    import cv2, matplotlib.pyplot as plt
+    tree = PrepTree(Path(out)/'prep')
+    gt = tree.to_stored(tree.ground_truth('test'))
+    imgs = [cv2.imread(str(tree.png(i)), cv2.IMREAD_GRAYSCALE) for i in ids]
+    maps = Predictor(Path(out)/'model', 'torch').saliency(imgs)
+    fig, axs = plt.subplots(1, len(ids), figsize=(2.8 * len(ids), 3.4), squeeze=False)
+    for ax, i, im, m in zip(axs[0], ids, imgs, maps):
+        ax.imshow(heatmap_over(im, m)[..., ::-1])
+        for b in gt[(gt.image_id == i) & (gt.lesion_type != NO_FINDING)].itertuples():
+            ax.add_patch(plt.Rectangle((b.xmin, b.ymin), b.xmax - b.xmin, b.ymax - b.ymin, fill=False, ec='white',
+                                       lw=1))
+        ax.set_axis_off()
+    fig.tight_layout()
+    return fig
+
 def _pr_pair(fus):
     import matplotlib.pyplot as plt
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True)
@@ -373,16 +503,25 @@ def write_report(out) -> Path:
         split_table=_table(splits), split_glossary=split_glossary, class_table=_table(classes),
         class_glossary=class_glossary,
         class_counts=_img(plot_class_counts(ann)), n_test=m['ensemble']['n'], n_test_abnormal=m['ensemble']['n_pos'],
-        n_boot=f'{cfg.n_boot:,}',
+        n_boot=f'{cfg.n_boot:,}', det_n_boot=f'{cfg.det_n_boot:,}',
         ensemble=f"{ens.how} averaging, weights {', '.join(f'{n} {w:.2f}' for n, w in zip(ens.names, ens.weights))}, "
                  f"threshold {ens.threshold:.3f}",
         cls_metrics=list(CLS_METRICS.values()), cls_rows=cls_rows, roc=_img(ensemble_roc_figure(test, cls_res, ens)),
+        calibration=_calibration_words(m['calibration']), cal_bins=m['calibration']['after']['bins'],
+        cal_table=_table(calibration_table(m['calibration'])), reliability=_img(_reliability(test, ens)),
+        study_how=m['study']['how'], study_threshold=f"{m['study']['threshold']:.3f}",
+        n_studies=m['study']['n_studies'],
+        study_table=_table(study_table(m)),
         n_images=m['detection']['n_images'], n_normal_images=m['detection']['n_normal_images'],
         ultralytics_map50='n/a' if ul is None else pct(ul), det_table=_table(detection_table(m)),
+        tta=_tta_words(m['detection'].get('tta')),
         pr=_img(_pr_pair(fus)),
         threshold=f'{ens.threshold:.3f}', keep_score=cfg.keep_score, fusion_table=_table(fusion_table(fus)),
-        examples=_img(show_predictions(out/'prep', fus['boxes_fused'], examples.tolist(), min_score=0.25, ncols=4))
+        examples=_img(show_predictions(out/'prep', _final(fus)['boxes_fused'], examples.tolist(), min_score=0.25,
+                                       ncols=4))
             if len(examples) else '',
+        saliency=_img(_saliency_figure(out, examples.tolist())) if len(examples) and m.get('saliency', {}).get(
+            'n_images') else '', sal=m.get('saliency', {}),
         paper_cls=_table(paper_cls), paper_det=_table(paper_det))
     return write_text(out/'report.html', doc)
 
@@ -482,6 +621,7 @@ def run_demo(out, data=None, cfg: DemoConfig | None = None, progress: bool = Tru
     step('model bundle', make_bundle, out/'model', runs, out/'detector', Ensemble.load(out/'ensemble.json'), out/'prep',
          cfg.keep_score,
          trained_on=dict(root=root_name, rehearsal=cfg.rehearsal, command=command or 'spinexr.demo.run_demo'))
+    metrics['saliency'] = step('saliency checks', saliency_checks, out)
     metrics.update(data=data_label, data_root=str(data), weights=weights_used(out))
     def save_metrics():
         metrics.update(seconds=step.seconds, total_seconds=round(sum(step.seconds.values()), 1), steps=step.rows)
@@ -519,9 +659,21 @@ def spinexr_demo(out: str = 'demo',          # the folder to write (resumes if i
               f"sensitivity {r['sensitivity']:.4f}, "
               f"specificity {r['specificity']:.4f}, F1 {r['f1']:.4f} at threshold {r['threshold']:.3f}")
     f = lambda v: 'n/a' if v is None else f'{v:.4f}'
-    print(f"  detection test mAP50 (official) {f(d['without_fusion']['map50'])}, with fusion "
-          f"{f(d['with_fusion']['map50'])}; "
+    fci = lambda r: f(r['map50']) + (f" ({r['ci']['map50'][0]:.4f}-{r['ci']['map50'][1]:.4f})"
+                                     if (r.get('ci') or {}).get('map50') else '')
+    print(f"  detection test mAP50 (official) {fci(d['without_fusion'])}, with fusion {fci(d['with_fusion'])}; "
           f"ultralytics' own {f(d['ultralytics_map50'])}")
+    if t := d.get('tta'):
+        print(f"  flip TTA + WBF ({'on' if t['on'] else 'off'}: validation mAP50 {t['val_map50']['plain']:.4f} plain, "
+              f"{t['val_map50']['tta']:.4f} with it): test mAP50 {fci(t['without_fusion'])}, with fusion "
+              f"{fci(t['with_fusion'])}")
+    c = m['calibration']
+    print(f"  calibration ({c['method']}, chosen on validation): test ECE {c['before']['ece']:.4f} -> "
+          f"{c['after']['ece']:.4f}, Brier {c['before']['brier']:.4f} -> {c['after']['brier']:.4f}")
+    s = m['study']
+    print(f"  studies ({s['n_studies']}, {s['how']} of their images): test AUROC {s['auroc']:.4f} "
+          f"({s['ci']['auroc'][0]:.4f}-{s['ci']['auroc'][1]:.4f}), sensitivity {s['sensitivity']:.4f}, "
+          f"specificity {s['specificity']:.4f}, F1 {s['f1']:.4f} at threshold {s['threshold']:.3f}")
     print(f"  reverse fusion: AUROC {m['reverse_fusion']['auroc']:.4f} -> {m['reverse_fusion']['auroc_reverse']:.4f}")
     print(f"  weights: {', '.join(f'{k} {v}' for k, v in m['weights'].items())}")
     if rehearsal:

@@ -19,9 +19,10 @@ from .weights import WEIGHTS, WeightStore, sha256_file, yolo_checkpoint_state
 from .prep import PrepTree
 
 # %% auto #0
-__all__ = ['DetConfig', 'repeat_factors', 'train_images', 'read_prep_labels', 'write_data_yaml', 'focal_bce', 'FocalBCE',
-           'focal_criterion', 'spinexr_trainer', 'detector_start', 'save_detector', 'load_detector', 'train_detector',
-           'read_lines', 'predict_boxes', 'evaluate_detector', 'show_predictions', 'spinexr_train_det']
+__all__ = ['WBF_IOU_THRS', 'WBF_SKIP_THRS', 'DetConfig', 'repeat_factors', 'train_images', 'read_prep_labels', 'write_data_yaml',
+           'focal_bce', 'FocalBCE', 'focal_criterion', 'spinexr_trainer', 'detector_start', 'save_detector',
+           'load_detector', 'train_detector', 'read_lines', 'predict_boxes', 'mirrored', 'flip_predictions', 'wbf',
+           'choose_tta', 'load_tta', 'tta_predictions', 'evaluate_detector', 'show_predictions', 'spinexr_train_det']
 
 # %% ../nbs/20_detect.ipynb #35254a69
 @dataclass
@@ -357,13 +358,79 @@ def __getattr__(name):
                   '(spinexr.prep)', DeprecationWarning, stacklevel=2)
     return lambda prep_dir, split: PrepTree(prep_dir).ground_truth(split)
 
+# %% ../nbs/20_detect.ipynb #f8b60e0e
+WBF_IOU_THRS = (0.4, 0.5, 0.55, 0.6, 0.7)       # the grid choose_tta searches on validation
+WBF_SKIP_THRS = (0.0, 0.01, 0.05)
+
+def mirrored(boxes: pd.DataFrame, widths) -> pd.DataFrame:
+    "Boxes mirrored left to right within their images, of widths `widths` ({image_id: width})."
+    W = boxes.image_id.map(widths).to_numpy(float)
+    return boxes.assign(xmin=W - boxes.xmax.to_numpy(float), xmax=W - boxes.xmin.to_numpy(float))
+
+def flip_predictions(yolo, images, cfg: DetConfig, ids) -> pd.DataFrame:
+    "The boxes predicted on the mirrored images (8-bit arrays), mirrored back onto the images."
+    b = predict_boxes(yolo, [np.ascontiguousarray(im[:, ::-1]) for im in images], cfg, ids=ids)
+    return mirrored(b, {i: im.shape[1] for i, im in zip(ids, images)})
+
+def wbf(runs: list, sizes: dict, iou_thr: float = 0.55, skip_box_thr: float = 0.0, weights=None) -> pd.DataFrame:
+    ("Weighted boxes fusion (ensemble-boxes) of box tables of the same images, class by class; `sizes`: "
+     "{image_id: (height, width)} of the pixels the boxes are in.")
+    from ensemble_boxes import weighted_boxes_fusion
+    groups = [{i: d for i, d in r.groupby('image_id')} for r in runs]
+    rows = []
+    for i in sorted(set().union(*groups)):
+        h, w = sizes[i]
+        scale = np.array([w, h, w, h], float)
+        parts = [g.get(i, runs[0].iloc[:0]) for g in groups]
+        b, s, l = weighted_boxes_fusion([np.clip(d[list(BOX_COLUMNS)].to_numpy(float) / scale, 0, 1)
+                                         for d in parts],
+                                        [d.score.to_numpy(float) for d in parts],
+                                        [d.lesion_type.map(CLASS_ID).to_numpy(int) for d in parts],
+                                        weights=weights, iou_thr=iou_thr, skip_box_thr=skip_box_thr)
+        rows += [dict(image_id=i, lesion_type=DET_CLASSES[int(c)], score=float(sc),
+                      **dict(zip(BOX_COLUMNS, bb * scale))) for bb, sc, c in zip(b, s, l)]
+    return pd.DataFrame(rows, columns=['image_id', 'lesion_type', 'score', *BOX_COLUMNS])
+
+# %% ../nbs/20_detect.ipynb #581e4245
+def choose_tta(gt: pd.DataFrame, plain: pd.DataFrame, flipped: pd.DataFrame, sizes: dict) -> dict:
+    ("Flip TTA with WBF at the (iou_thr, skip_box_thr) of the grid with the best validation mAP50, on only if it "
+     "beats the plain detector there: {flip, iou_thr, skip_box_thr, val_map50}.")
+    base = det_ap50(gt, plain)['map50'] or 0.0
+    grid = {(t, s): det_ap50(gt, wbf([plain, flipped], sizes, t, s))['map50'] or 0.0
+            for t in WBF_IOU_THRS for s in WBF_SKIP_THRS}
+    (t, s), best = max(grid.items(), key=lambda kv: (kv[1], -kv[0][1], kv[0][0] == 0.55))
+    return dict(flip=bool(best > base), iou_thr=t, skip_box_thr=s,
+                val_map50=dict(plain=base, tta=best, grid={f'{t} {s}': v for (t, s), v in grid.items()}))
+
+def load_tta(run_dir) -> dict:
+    "The TTA choice of a detector run or a bundle's detector (tta.json), checked; {} (plain boxes) where none."
+    f = Path(run_dir)/'tta.json'
+    if not f.exists(): return {}
+    try: t = load_json(f)
+    except (ValueError, UnicodeDecodeError) as e: raise InputError(f'not valid JSON ({e})', f) from None
+    if not (isinstance(t, dict) and isinstance(t.get('flip'), bool) and
+            all(isinstance(t.get(k), (int, float)) and 0 <= t[k] <= 1 for k in ('iou_thr', 'skip_box_thr'))):
+        raise InputError('not a TTA choice: flip (true or false), iou_thr and skip_box_thr in [0, 1]', f)
+    return t
+
+def tta_predictions(yolo, images, cfg: DetConfig, ids, tta: dict) -> pd.DataFrame:
+    "Boxes on 8-bit images: with `tta['flip']`, the image's and its mirror image's fused by WBF; else the plain ones."
+    plain = predict_boxes(yolo, images, cfg, ids=ids)
+    if not (tta or {}).get('flip'): return plain
+    sizes = {i: im.shape[:2] for i, im in zip(ids, images)}
+    return wbf([plain, flip_predictions(yolo, images, cfg, ids)], sizes, tta['iou_thr'], tta['skip_box_thr'])
+
 # %% ../nbs/20_detect.ipynb #8a5680ea
-def evaluate_detector(run_dir, prep_dir, splits=('val', 'test'), ultralytics_val: bool = True) -> dict:
-    "Predict and score the val/test splits of a prep tree with the official protocol; write preds and metrics.json."
+def evaluate_detector(run_dir, prep_dir, splits=('val', 'test'), ultralytics_val: bool = True,
+                      tta: bool = True) -> dict:
+    ("Predict and score the val/test splits of a prep tree with the official protocol; write preds and metrics.json; "
+     "with `tta`, also the mirrored views, the TTA choice made on val (tta.json) and its test figures.")
+    import cv2
     run_dir, tree = Path(run_dir), PrepTree(prep_dir)
     cfg, yolo = DetConfig.load(run_dir/'config.json'), load_detector(run_dir)
     labels = read_prep_labels(prep_dir)
-    metrics = {}
+    sizes = tree.manifest().set_index('image_id')[['orig_height', 'orig_width']].apply(tuple, axis=1).to_dict()
+    metrics, views = {}, {}
     for s in splits:
         imgs = labels[labels.split == s]
         if imgs.empty: continue
@@ -372,6 +439,18 @@ def evaluate_detector(run_dir, prep_dir, splits=('val', 'test'), ultralytics_val
         res = det_ap50(tree.ground_truth(s), preds)
         metrics[s] = {k: v for k, v in res.items() if k != 'pr'}
         metrics[s]['pr'] = res['pr']
+        if tta:
+            ims = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in imgs.yolo_image]
+            flipped = tree.to_original(flip_predictions(yolo, ims, cfg, [Path(p).stem for p in imgs.yolo_image]))
+            write_csv(flipped, run_dir/f'preds_{s}_flip.csv')
+            views[s] = preds, flipped
+    if tta and 'val' in views and 'test' in views:
+        choice = choose_tta(tree.ground_truth('val'), *views['val'], sizes)
+        save_json(choice, run_dir/'tta.json')
+        fused = wbf(list(views['test']), sizes, choice['iou_thr'], choice['skip_box_thr'])
+        write_csv(fused, run_dir/'preds_test_tta.csv')
+        res = det_ap50(tree.ground_truth('test'), fused)
+        metrics['test_tta'] = {**{k: v for k, v in res.items() if k != 'pr'}, 'pr': res['pr'], 'tta': choice}
     if ultralytics_val and 'test' in metrics:
         with keep_threads():
             _patch_ultralytics()

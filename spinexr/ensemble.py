@@ -15,8 +15,10 @@ from .core import *
 from .metrics import *
 
 # %% auto #0
-__all__ = ['COMBINE', 'run_predictions', 'aligned', 'combine', 'simplex_grid', 'search_weights', 'Ensemble', 'fit_ensemble',
-           'ensemble_predictions', 'score_on_test', 'evaluate_ensemble', 'ensemble_table', 'ensemble_roc_figure',
+__all__ = ['COMBINE', 'CALIBRATIONS', 'STUDY_AGGREGATES', 'run_predictions', 'aligned', 'combine', 'simplex_grid',
+           'search_weights', 'logit', 'calibrate', 'fit_calibration', 'choose_calibration', 'study_predictions',
+           'fit_study_rule', 'Ensemble', 'fit_ensemble', 'ensemble_predictions', 'score_on_test', 'evaluate_ensemble',
+           'calibration_results', 'calibration_table', 'study_results', 'ensemble_table', 'ensemble_roc_figure',
            'fusion_results', 'fusion_table']
 
 # %% ../nbs/30_ensemble.ipynb #5c645518
@@ -79,36 +81,129 @@ def search_weights(y, P, how: str = 'logit', step: float = 0.05) -> tuple:
     i = best[int(np.argmin(even))]
     return W[i], float(scores[i])
 
+# %% ../nbs/30_ensemble.ipynb #024b52ad
+CALIBRATIONS = ('none', 'temperature', 'platt')
+
+def logit(p) -> np.ndarray:
+    "log(p / (1 - p)), with p clipped to [1e-7, 1 - 1e-7]."
+    p = np.clip(np.asarray(p, dtype=float), 1e-7, 1 - 1e-7)
+    return np.log(p) - np.log1p(-p)
+
+def calibrate(p, a: float = 1.0, b: float = 0.0) -> np.ndarray:
+    "sigmoid(a logit(p) + b): temperature scaling is a = 1/T, b = 0; none is a = 1, b = 0."
+    return 1 / (1 + np.exp(-(a * logit(p) + b)))
+
+def fit_calibration(y, p, method: str) -> tuple:
+    "(a, b) of `method` fitted to labels `y` and scores `p` by maximum likelihood."
+    from scipy.optimize import minimize_scalar
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
+    if method not in CALIBRATIONS: raise InputError(f'calibration must be one of {CALIBRATIONS}, got {method!r}')
+    y, z = np.asarray(y), logit(p)
+    if method == 'none' or len(set(y)) < 2: return 1.0, 0.0
+    if method == 'temperature':
+        r = minimize_scalar(lambda s: log_loss(y, calibrate(p, np.exp(-s)), labels=[0, 1]), bounds=(-5, 5),
+                            method='bounded')
+        return float(np.exp(-r.x)), 0.0
+    m = LogisticRegression(C=1e6).fit(z[:, None], y)
+    return float(m.coef_[0, 0]), float(m.intercept_[0])
+
+def choose_calibration(y, p, folds: int = 5, seed: int = 0) -> dict:
+    ("The calibration with the lowest cross-validated log-loss on (y, p) (a validation split), refitted on all of "
+     "it: {method, a, b, cv_log_loss}.")
+    from sklearn.metrics import log_loss
+    from sklearn.model_selection import StratifiedKFold
+    y, p = np.asarray(y), np.asarray(p, dtype=float)
+    k = min(folds, int(np.bincount(y, minlength=2).min()))
+    if k < 2: return dict(method='none', a=1.0, b=0.0, cv_log_loss=None)     # too few of a class to fit anything
+    cv = {}
+    for method in CALIBRATIONS:
+        out = np.zeros(len(y))
+        for fit, held in StratifiedKFold(k, shuffle=True, random_state=seed).split(p, y):
+            a, b = fit_calibration(y[fit], p[fit], method)
+            out[held] = calibrate(p[held], a, b) if a > 0 else p[held]
+        cv[method] = float(log_loss(y, out, labels=[0, 1]))
+    best = min(CALIBRATIONS, key=lambda m: (round(cv[m], 12), CALIBRATIONS.index(m)))   # ties: the simpler
+    a, b = fit_calibration(y, p, best)
+    if a <= 0: best, a, b = 'none', 1.0, 0.0
+    return dict(method=best, a=a, b=b, cv_log_loss=cv)
+
+# %% ../nbs/30_ensemble.ipynb #85210205
+STUDY_AGGREGATES = ('max', 'mean')
+
+def study_predictions(preds: pd.DataFrame, studies, how: str = 'max') -> pd.DataFrame:
+    ("Image predictions (image_id, prob[, label]) as study predictions (study_id, n_images, image_ids, prob[, label]):"
+     " prob the `how` of the images', label 1 if any image's is; `studies` maps image_id to study_id.")
+    if how not in STUDY_AGGREGATES: raise InputError(f'how must be one of {STUDY_AGGREGATES}, got {how!r}')
+    study = preds.image_id.map(pd.Series(studies) if not isinstance(studies, pd.Series) else studies)
+    df = preds.assign(study_id=study.where(study.notna() & (study != ''), preds.image_id))  # no study: its own
+    agg = dict(n_images=('image_id', 'size'), image_ids=('image_id', ' '.join), prob=('prob', how))
+    if 'label' in df: agg['label'] = ('label', 'max')
+    return df.groupby('study_id', sort=True).agg(**agg).reset_index()
+
+def fit_study_rule(val: pd.DataFrame, studies, rule: str = 'youden') -> dict:
+    "The aggregate (higher validation study AUROC, max on a tie) and study threshold, chosen on validation images."
+    from sklearn.metrics import roc_auc_score
+    tables = {h: study_predictions(val, studies, h) for h in STUDY_AGGREGATES}
+    if tables['max'].label.nunique() < 2: return dict(how='max', threshold=None, val_auroc=None)
+    auc = {h: float(roc_auc_score(t.label, t.prob)) for h, t in tables.items()}
+    how = max(STUDY_AGGREGATES, key=lambda h: (auc[h], h == 'max'))
+    t = tables[how]
+    return dict(how=how, threshold=float(pick_threshold(t.label.to_numpy(), t.prob.to_numpy(), rule)), val_auroc=auc)
+
 # %% ../nbs/30_ensemble.ipynb #c6f84f82
 @dataclass
 class Ensemble(JsonConfig):
-    "A fitted classifier ensemble: model names, weights, how they are averaged, and the decision threshold."
+    ("A fitted classifier ensemble: model names, weights, how they are averaged, its calibration and the decision "
+     "threshold (on the calibrated probability).")
     names: list = field(default_factory=list)
     weights: list = field(default_factory=list)
     how: str = 'logit'
     threshold: float = 0.5
     rule: str = 'youden'
     val_auroc: float | None = None
+    calibration: str = 'none'        # none, temperature or platt: p = sigmoid(cal_a logit(average) + cal_b)
+    cal_a: float = 1.0
+    cal_b: float = 0.0
+    cal_cv_log_loss: dict | None = None  # the validation evidence that chose it (choose_calibration)
+    study_how: str = 'max'               # a study's probability from its images' (fit_study_rule)
+    study_threshold: float | None = None # the study decision threshold (None: the image threshold)
+    study_val_auroc: dict | None = None
 
     def __post_init__(self):
         if len(self.names) != len(self.weights):
             raise InputError(f'{len(self.weights)} weights for {len(self.names)} models')
         if self.how not in COMBINE: raise InputError(f'how must be one of {COMBINE}, got {self.how!r}')
+        if self.calibration not in CALIBRATIONS:
+            raise InputError(f'calibration must be one of {CALIBRATIONS}, got {self.calibration!r}')
+        if not self.cal_a > 0: raise InputError(f'the calibration slope must be positive, got {self.cal_a}')
+        if self.study_how not in STUDY_AGGREGATES:
+            raise InputError(f'study_how must be one of {STUDY_AGGREGATES}, got {self.study_how!r}')
 
-    def __call__(self, P) -> np.ndarray:
-        "The ensemble's probabilities from the models' (columns in the order of `names`)."
+    def raw(self, P) -> np.ndarray:
+        "The weighted average of the models' probabilities (columns in the order of `names`), before calibration."
         return combine(P, self.weights, self.how)
 
+    def __call__(self, P) -> np.ndarray:
+        "The ensemble's calibrated probabilities from the models' (columns in the order of `names`)."
+        return calibrate(self.raw(P), self.cal_a, self.cal_b)
+
 # %% ../nbs/30_ensemble.ipynb #0cd09b96
-def fit_ensemble(val: dict, how: str | None = None, step: float = 0.05, rule: str = 'youden') -> Ensemble:
-    ("Weights, averaging (if `how` is None, the better of both) and threshold, "
-     "all chosen on validation predictions ({name: table}).")
+def fit_ensemble(val: dict, how: str | None = None, step: float = 0.05, rule: str = 'youden',
+                 studies=None) -> Ensemble:
+    ("Weights, averaging (if `how` is None, the better of both), calibration and threshold, and with `studies` "
+     "(image_id -> study_id) the study rule, all chosen on validation predictions ({name: table}).")
     ids, y, P = aligned(val)
     fits = {h: search_weights(y, P, h, step) for h in ([how] if how else ['logit', 'prob'])}
     best = max(fits, key=lambda h: (fits[h][1], h == 'logit'))
     w, auc = fits[best]
     ens = Ensemble(names=list(val), weights=[float(x) for x in w], how=best, rule=rule, val_auroc=auc)
-    ens.threshold = pick_threshold(y, ens(P), rule)
+    cal = choose_calibration(y, ens.raw(P))
+    ens.calibration, ens.cal_a, ens.cal_b, ens.cal_cv_log_loss = cal['method'], cal['a'], cal['b'], cal['cv_log_loss']
+    ens.threshold = pick_threshold(y, ens(P), rule)          # on the calibrated validation probabilities
+    if studies is not None:
+        s = fit_study_rule(pd.DataFrame(dict(image_id=ids, label=y, prob=ens(P))), studies, rule)
+        ens.study_how, ens.study_threshold, ens.study_val_auroc = s['how'], s['threshold'], s['val_auroc']
     return ens
 
 # %% ../nbs/30_ensemble.ipynb #8235632f
@@ -134,6 +229,32 @@ def evaluate_ensemble(val: dict, test: dict, ens: Ensemble, n_boot: int = 10_000
     out = {n: score_on_test(val[n], test[n], rule=ens.rule, n_boot=n_boot) for n in ens.names}
     out['ensemble'] = score_on_test(None, ensemble_predictions(test, ens), threshold=ens.threshold, n_boot=n_boot)
     return out
+
+# %% ../nbs/30_ensemble.ipynb #169833ba
+def calibration_results(test: dict, ens: Ensemble, n_boot: int = 10_000) -> dict:
+    "The ensemble's ECE and Brier score on a split before and after its calibration (bootstrap CIs), and its choice."
+    from sklearn.metrics import roc_auc_score
+    _, y, P = aligned({n: test[n] for n in ens.names})
+    before, after = ens.raw(P), ens(P)
+    return dict(method=ens.calibration, a=ens.cal_a, b=ens.cal_b, val_cv_log_loss=ens.cal_cv_log_loss,
+                before=calibration_errors(y, before, n_boot=n_boot), after=calibration_errors(y, after, n_boot=n_boot),
+                auroc_before=float(roc_auc_score(y, before)), auroc_after=float(roc_auc_score(y, after)))
+
+def calibration_table(r: dict) -> pd.DataFrame:
+    "ECE and Brier score before and after calibration, with 95% CIs."
+    f = lambda d, k: f"{d[k]:.4f} ({d['ci'][k][0]:.4f}-{d['ci'][k][1]:.4f})" if 'ci' in d else f'{d[k]:.4f}'
+    return pd.DataFrame({'before (the weighted average)': {k: f(r['before'], k) for k in ('ece', 'brier')},
+                         f"after ({r['method']})": {k: f(r['after'], k) for k in ('ece', 'brier')}}).rename(
+        index=dict(ece='expected calibration error', brier='Brier score'))
+
+# %% ../nbs/30_ensemble.ipynb #46f9ec85
+def study_results(test: dict, ens: Ensemble, studies, n_boot: int = 10_000) -> dict:
+    "Test metrics of the ensemble's study predictions (its study rule), with CIs from resampling studies."
+    st = study_predictions(ensemble_predictions(test, ens), studies, ens.study_how)
+    t = ens.threshold if ens.study_threshold is None else ens.study_threshold
+    r = score_on_test(None, st, threshold=t, n_boot=n_boot)
+    return dict(how=ens.study_how, val_auroc=ens.study_val_auroc, n_studies=len(st), n_images=int(st.n_images.sum()),
+                **r)
 
 # %% ../nbs/30_ensemble.ipynb #00cf3bbf
 def ensemble_table(results: dict) -> pd.DataFrame:
@@ -161,11 +282,12 @@ def ensemble_roc_figure(test: dict, results: dict, ens: Ensemble):
 
 # %% ../nbs/30_ensemble.ipynb #6468c7ce
 def fusion_results(gt: pd.DataFrame, boxes: pd.DataFrame, cls: pd.DataFrame, threshold: float,
-                   keep_score: float = 0.5) -> dict:
-    "mAP50 (official) without/with the fusion rule and AUROC without/with reverse fusion, on one split."
+                   keep_score: float = 0.5, n_boot: int = 0) -> dict:
+    ("mAP50 (official) without/with the fusion rule (with `n_boot`, each with its bootstrap CIs) and AUROC "
+     "without/with reverse fusion, on one split.")
     from sklearn.metrics import roc_auc_score
     kept = fusion_rule(boxes, cls, threshold, keep_score)
-    plain, fused = det_ap50(gt, boxes), det_ap50(gt, kept)
+    plain, fused = det_ap50(gt, boxes, n_boot), det_ap50(gt, kept, n_boot)
     rev = reverse_fusion(cls, boxes)
     strip = lambda r: {k: v for k, v in r.items() if k != 'pr'}
     return dict(detection=strip(plain), detection_fused=strip(fused), pr=plain['pr'], pr_fused=fused['pr'],

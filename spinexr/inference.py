@@ -18,8 +18,9 @@ from .dicom import (radiograph_warnings, read_dicom, resize_to, target_shape, to
 from .prep import DICOM_SUFFIXES, PrepTree, find_dicoms, has_dicm_marker
 from .metrics import fusion_rule
 from .classify import ClsConfig, batch_probs, load_classifier
-from .detect import DetConfig, load_detector, predict_boxes
-from .ensemble import Ensemble
+from .saliency import ensemble_cam, grad_cams, heatmap_over, unpadded
+from .detect import DetConfig, load_detector, load_tta, predict_boxes, tta_predictions
+from .ensemble import Ensemble, study_predictions
 from .dicom_out import Algorithm, result_paths, write_results
 from .dicomweb import (connect, fetch_instance, http_reason, plan_study, store_instances, study_instances,
                               study_uids)
@@ -27,12 +28,13 @@ from .runtime import OnnxNet, load_onnx_detector, onnxruntime_problem
 
 # %% auto #0
 __all__ = ['BUNDLE_FORMAT', 'BUNDLE_VERSION', 'BUNDLE_PACKAGES', 'RUNTIMES', 'ONNX_DIR', 'COLOUR_LEVELS', 'COLOUR_SHARE',
-           'MIN_GREY_SPREAD', 'MIN_GREY_LEVELS', 'IMAGE_SUFFIXES', 'STAGES', 'NO_DICOM_SOURCE', 'DICOMWEB_COLUMNS',
-           'package_versions', 'training_record', 'validation_record', 'make_bundle', 'read_bundle', 'bundle_warnings',
-           'bundle_files', 'bundle_sha256', 'network_sources', 'onnx_problem', 'choose_runtime', 'colour_problem',
-           'radiograph_problem', 'find_inputs', 'image_ids', 'dicom_facts', 'read_input', 'padded_batch', 'normalised',
-           'classifier_inputs', 'channels_last', 'Predictor', 'draw_overlay', 'overlay_png', 'image_record',
-           'predict_files', 'tiny_bundle', 'predict_dicomweb', 'timing_table', 'spinexr_predict']
+           'MIN_GREY_SPREAD', 'MIN_GREY_LEVELS', 'IMAGE_SUFFIXES', 'STAGES', 'STUDY_COLUMNS', 'NO_DICOM_SOURCE',
+           'DICOMWEB_COLUMNS', 'package_versions', 'training_record', 'validation_record', 'make_bundle', 'read_bundle',
+           'bundle_warnings', 'bundle_files', 'bundle_sha256', 'network_sources', 'onnx_problem', 'choose_runtime',
+           'colour_problem', 'radiograph_problem', 'find_inputs', 'image_ids', 'dicom_facts', 'read_input',
+           'padded_batch', 'normalised', 'classifier_inputs', 'channels_last', 'Predictor', 'draw_overlay',
+           'study_scores', 'overlay_png', 'image_record', 'predict_files', 'tiny_bundle', 'predict_dicomweb',
+           'timing_table', 'spinexr_predict']
 
 # %% ../nbs/40_inference.ipynb #237fe24c
 BUNDLE_FORMAT, BUNDLE_VERSION = 'spinexr-bundle', 2   # 2: bundle.json records `trained_on`
@@ -87,6 +89,7 @@ def make_bundle(out, cls_runs, det_run, ens: Ensemble, prep_dir, keep_score: flo
     try:
         for r, a in zip(cls_runs, archs): _copy_files(r, tmp/'classifiers'/a, ('config.json', 'model.pt'))
         _copy_files(Path(det_run), tmp/'detector', ('config.json', 'detector.json', 'detector.pt'))
+        if (Path(det_run)/'tta.json').exists(): shutil.copy2(Path(det_run)/'tta.json', tmp/'detector'/'tta.json')
         run_metrics = {a: _run_metrics(r) for r, a in zip(cls_runs, archs)}
         tta = {a: bool(m.get('tta', False)) for a, m in run_metrics.items()}
         bundle = dict(format=BUNDLE_FORMAT, version=BUNDLE_VERSION, prep_size=int(prep_size), ensemble=asdict(ens),
@@ -310,7 +313,7 @@ def channels_last(model):
     return model.to(memory_format=torch.channels_last)
 
 # %% ../nbs/40_inference.ipynb #d6fb1deb
-STAGES = ('decode', 'classifiers', 'detector', 'write')
+STAGES = ('decode', 'classifiers', 'detector', 'saliency', 'write')
 
 class Predictor:
     "A loaded model bundle: `predict(paths)` runs the whole chain on new images, its networks on `runtime`."
@@ -322,6 +325,7 @@ class Predictor:
         self.warnings = bundle_warnings(b)     # caveats every prediction carries
         self.keep_score, self.tta = float(b['fusion']['keep_score']), b.get('tta', {})
         self.det_cfg = DetConfig.load(self.model_dir/'detector'/'config.json')
+        self.det_tta = load_tta(self.model_dir/'detector')       # flip TTA + WBF, where validation chose it
         if self.runtime == 'onnx':
             nets = b['onnx']['networks']
             onnx = lambda name: (self.model_dir/nets[name]['file'], nets[name]['sha256'])
@@ -360,6 +364,23 @@ class Predictor:
         predict_boxes(self.detector, [img], self.det_cfg, ids=['warm-up'])
         return time.perf_counter() - t0
 
+    @functools.cached_property
+    def cam_models(self) -> dict:
+        "The classifiers as PyTorch modules for Grad-CAM (ONNX Runtime has no gradients): loaded on first use."
+        if self.runtime == 'torch': return {a: net for a, (net, _) in self.classifiers.items()}
+        return {a: load_classifier(self.model_dir/'classifiers'/a)[0] for a in self.ensemble.names}
+
+    def saliency(self, images) -> list:
+        "The ensemble's Grad-CAM map of each 8-bit image, at the image's size, in [0, 1] (`15_saliency`)."
+        t, maps, padded = time.perf_counter(), [], {}
+        for a, (_, cfg) in self.classifiers.items():
+            if cfg.size not in padded: padded[cfg.size] = padded_batch(images, cfg.size)
+            maps.append(grad_cams(self.cam_models[a], a, normalised(padded[cfg.size], cfg)))
+        out = [ensemble_cam([unpadded(m[k], *im.shape) for m in maps], self.ensemble.weights)
+               for k, im in enumerate(images)]
+        self._tick('saliency', t)
+        return out
+
     def classify(self, images) -> np.ndarray:
         "Each classifier's probabilities (n_images, n_models), columns in the ensemble's order."
         import torch
@@ -386,7 +407,7 @@ class Predictor:
         P = self.classify(imgs)
         prob = self.ensemble(P)
         t = self._tick('classifiers', t)
-        boxes = predict_boxes(self.detector, imgs, self.det_cfg, ids=[g[1] for g in good])
+        boxes = tta_predictions(self.detector, imgs, self.det_cfg, [g[1] for g in good], self.det_tta)
         boxes = to_original_coords(boxes, {g[1]: g[3] for g in good})       # each input's info holds both sizes
         probs = pd.DataFrame(dict(image_id=[g[1] for g in good], prob=prob))
         boxes = fusion_rule(boxes, probs, self.ensemble.threshold, self.keep_score)
@@ -415,9 +436,9 @@ def _wrap(text: str, width: int, font, fs, th) -> list:
 
 def draw_overlay(img: np.ndarray, boxes: pd.DataFrame, p_abnormal: float, threshold: float, min_score: float = 0.25,
                  caveats=()) -> np.ndarray:
-    "`img` (8-bit grey) in colour: boxes (its pixels) coloured by class, the score on top, `caveats` on amber."
+    "`img` (8-bit grey, or BGR) in colour: boxes (its pixels) coloured by class, the score on top, `caveats` on amber."
     import cv2
-    out = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    out = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR) if img.ndim == 2 else img.copy()
     s = max(img.shape) / 1024
     font, fs, th = cv2.FONT_HERSHEY_SIMPLEX, max(0.35, 0.6 * s), max(1, int(round(2 * s)))
     for b in boxes[boxes.score >= min_score].sort_values('score').itertuples():
@@ -442,15 +463,30 @@ def draw_overlay(img: np.ndarray, boxes: pd.DataFrame, p_abnormal: float, thresh
         y += lh + 8
     return out
 
+# %% ../nbs/40_inference.ipynb #eccade92
+STUDY_COLUMNS = ('study_id', 'images', 'image_ids', 'p_abnormal', 'abnormal')
+
+def study_scores(records: list, ens: Ensemble) -> pd.DataFrame:
+    ("One row per study of predicted images (DICOM StudyInstanceUID; any other input a study of its own): its "
+     "images, the study probability by the ensemble's study rule, and the decision at its study threshold.")
+    if not records: return pd.DataFrame(columns=list(STUDY_COLUMNS))
+    img = pd.DataFrame(dict(image_id=[r['image_id'] for r in records], prob=[r['p_abnormal'] for r in records]))
+    st = study_predictions(img, {r['image_id']: (r['dicom'] or {}).get('study_uid') or '' for r in records},
+                           ens.study_how)
+    t = ens.threshold if ens.study_threshold is None else ens.study_threshold
+    return pd.DataFrame(dict(study_id=st.study_id, images=st.n_images, image_ids=st.image_ids, p_abnormal=st.prob,
+                             abnormal=st.prob >= t))
+
 # %% ../nbs/40_inference.ipynb #ff3de6f8
-def overlay_png(rec: dict, boxes: pd.DataFrame, threshold: float, min_score: float = 0.25) -> bytes:
-    "The overlay of a `Predictor` record as PNG bytes; `boxes` (in original pixels) are drawn at the image's size."
+def overlay_png(rec: dict, boxes: pd.DataFrame, threshold: float, min_score: float = 0.25, cam=None) -> bytes:
+    ("The overlay of a `Predictor` record as PNG bytes; `boxes` (in original pixels) are drawn at the image's size, "
+     "over the saliency map `cam` if given.")
     import cv2
     (h, w), oh, ow = rec['image'].shape, rec['orig_height'], rec['orig_width']
     sizes = {rec['image_id']: dict(height=h, width=w, orig_height=oh, orig_width=ow)}
     b = to_stored_coords(boxes, sizes) if len(boxes) else boxes
-    ok, buf = cv2.imencode('.png', draw_overlay(rec['image'], b, rec['p_abnormal'], threshold, min_score,
-                                                rec['warnings']))
+    img = rec['image'] if cam is None else heatmap_over(rec['image'], cam)
+    ok, buf = cv2.imencode('.png', draw_overlay(img, b, rec['p_abnormal'], threshold, min_score, rec['warnings']))
     if not ok: raise OSError('cannot encode the overlay as PNG')
     return buf.tobytes()
 
@@ -475,8 +511,9 @@ def _with_dicom_results(rec: dict, out_dir: Path, algo: Algorithm, failures: lis
 
 def predict_files(model_dir, inputs, out_dir, batch: int = 8, min_score: float = 0.25, overlays: bool = True,
                   predictor: Predictor | None = None, progress: bool = False, dicom: bool = False,
-                  runtime: str = 'auto') -> dict:
-    ("Predict every input with a bundle; write predictions.json/.csv, scores.csv, failures.csv, overlays (and with "
+                  runtime: str = 'auto', saliency: bool = False) -> dict:
+    ("Predict every input with a bundle; write predictions.json/.csv, scores.csv, failures.csv, overlays (with "
+     "`saliency`, saliency/<image_id>.png; and with "
      "`dicom`, each DICOM input's presentation state and SR under dicom/) to `out_dir`.")
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -495,8 +532,12 @@ def predict_files(model_dir, inputs, out_dir, batch: int = 8, min_score: float =
         steps = progress_bar(steps, comment='batches')
     for k in steps:
         recs, boxes, fails = pred.predict(paths[k:k + batch], ids[k:k + batch])
+        maps = pred.saliency([r['image'] for r in recs]) if saliency and recs else [None] * len(recs)
         t = time.perf_counter()
-        for r in recs:
+        for r, cam in zip(recs, maps):
+            if cam is not None:
+                png = overlay_png(r, boxes[boxes.image_id == r['image_id']], pred.ensemble.threshold, min_score, cam)
+                with atomic_path(out_dir/'saliency'/f"{r['image_id']}.png") as tmp: tmp.write_bytes(png)
             if overlays:
                 png = overlay_png(r, boxes[boxes.image_id == r['image_id']], pred.ensemble.threshold, min_score)
                 with atomic_path(out_dir/'overlays'/f"{r['image_id']}.png") as tmp: tmp.write_bytes(png)
@@ -519,12 +560,14 @@ def predict_files(model_dir, inputs, out_dir, batch: int = 8, min_score: float =
                                  abnormal=r['abnormal'],
                                  warnings=' | '.join(r['warnings'])) for r in records],
                            columns=['image_id', 'source', 'p_abnormal', 'abnormal', 'warnings']), out_dir/'scores.csv')
+    studies = study_scores(records, ens)
+    write_csv(studies, out_dir/'studies.csv')
     write_csv(pd.DataFrame(failures, columns=['source', 'image_id', 'error']), out_dir/'failures.csv')
     pred._tick('write', t)
     total = time.perf_counter() - t_start
     n = max(len(records), 1)
     return dict(runtime=pred.runtime, n_inputs=len(paths), n_predicted=len(records), n_failed=len(failures),
-                n_boxes=len(boxes),
+                n_boxes=len(boxes), n_studies=len(studies),
                 n_abnormal=sum(r['abnormal'] for r in records), load_seconds=round(t_loaded - t_start, 2),
                 seconds=round(total, 2), seconds_per_image=round((total - (t_loaded - t_start)) / n, 4),
                 stage_seconds={k: round(v, 2) for k, v in pred.timing.items()}, failures=failures,
@@ -623,7 +666,7 @@ def timing_table(summary: dict) -> pd.DataFrame:
 def spinexr_predict(
     model_dir: str,                          # a model bundle (spinexr_demo writes one as DIR/model)
     inputs: Param('DICOM/PNG/JPEG files or folders (or --dicomweb)', str, nargs='*'),
-    out: str = 'predictions',                # where to write predictions.json/.csv, scores.csv, failures.csv, overlays/
+    out: str = 'predictions',                # where to write predictions.json/.csv, scores/studies/failures.csv...
     batch: int = 8,                          # images per batch
     min_score: float = 0.25,                 # boxes drawn on overlays from this score (all are kept in the predictions)
     no_overlays: bool = False,               # do not write overlays
@@ -631,12 +674,14 @@ def spinexr_predict(
     dicomweb: str = None,                    # a DICOMweb server's URL: predict its studies, store the results back
     study: Param('with --dicomweb: these Study Instance UIDs (default: every study)', str, nargs='+') = None,
     timeout: float = 20,                     # with --dicomweb: seconds to wait for each answer of the server
-    runtime: str = 'auto'):                  # networks on: torch, onnx (after spinexr_export), auto (onnx if exported)
+    runtime: str = 'auto',                   # networks on: torch, onnx (after spinexr_export), auto (onnx if exported)
+    saliency: bool = False):                 # also write OUT/saliency/<image_id>.png: the ensemble's Grad-CAM map
     "Predict radiographs with a bundle: abnormality score, fused lesion boxes in original pixels; exit 1 if any fail."
     with cli_errors('spinexr_predict'):
         if bool(inputs) == bool(dicomweb):
             raise InputError('give input files or folders, or --dicomweb URL (one of them)')
         if study and not dicomweb: raise InputError('--study needs --dicomweb')
+        if saliency and dicomweb: raise InputError('--saliency writes files for input files; not with --dicomweb')
         if dicomweb:
             w = predict_dicomweb(model_dir, dicomweb, out, study, batch=batch, min_score=min_score,
                                  overlays=not no_overlays, progress=live_progress(), timeout=timeout,
@@ -644,7 +689,7 @@ def spinexr_predict(
             s = w['predict']
         else:
             s = predict_files(model_dir, inputs, out, batch=batch, min_score=min_score, overlays=not no_overlays,
-                              progress=live_progress(), dicom=dicom, runtime=runtime)
+                              progress=live_progress(), dicom=dicom, runtime=runtime, saliency=saliency)
     if dicomweb:
         for r in w['rows']:
             if r['status'] in ('failed', 'skipped'):

@@ -15,11 +15,12 @@ from .core import *
 from .annotations import read_annotations
 
 # %% auto #0
-__all__ = ['CLS_METRICS', 'THRESHOLD_RULES', 'DET_COLUMNS', 'CLS_COLUMNS', 'cls_metrics', 'operating_points', 'youden_threshold',
-           'f1_threshold', 'pick_threshold', 'bootstrap_samples', 'bootstrap_ci', 'roc_figure', 'xyxy_to_xywh',
-           'check_det_predictions', 'coco_eval', 'det_ap50', 'ap_table', 'pr_figure', 'fusion_rule', 'reverse_fusion',
-           'read_cls_predictions', 'read_det_predictions', 'eval_cls', 'eval_det', 'cls_report', 'det_report',
-           'spinexr_eval_cls', 'spinexr_eval_det']
+__all__ = ['CLS_METRICS', 'THRESHOLD_RULES', 'CAL_BINS', 'DET_COLUMNS', 'CLS_COLUMNS', 'cls_metrics', 'operating_points',
+           'youden_threshold', 'f1_threshold', 'pick_threshold', 'bootstrap_samples', 'bootstrap_ci', 'roc_figure',
+           'calibration_bins', 'calibration_errors', 'reliability_figure', 'xyxy_to_xywh', 'check_det_predictions',
+           'coco_eval', 'det_ap50', 'match_tables', 'table_ap', 'det_bootstrap_samples', 'det_bootstrap_ci', 'ap_table',
+           'pr_figure', 'fusion_rule', 'reverse_fusion', 'read_cls_predictions', 'read_det_predictions', 'eval_cls',
+           'eval_det', 'cls_report', 'det_report', 'spinexr_eval_cls', 'spinexr_eval_det']
 
 # %% ../nbs/05_metrics.ipynb #ae4047f3
 CLS_METRICS = ('auroc', 'sensitivity', 'specificity', 'f1', 'precision', 'accuracy')
@@ -156,6 +157,44 @@ def roc_figure(y, p, threshold: float | None = None, ax=None, label: str | None 
     ax.legend(loc='lower right', fontsize=7)
     return ax
 
+# %% ../nbs/05_metrics.ipynb #1899d6e4
+CAL_BINS = 10       # equal-width bins of p for the ECE and the reliability diagram
+
+def calibration_bins(p, bins: int = CAL_BINS) -> np.ndarray:
+    "The bin of each probability among `bins` equal-width bins of [0, 1], as sklearn's calibration_curve bins."
+    return np.searchsorted(np.linspace(0, 1, bins + 1)[1:-1], p)
+
+def calibration_errors(y, p, bins: int = CAL_BINS, n_boot: int = 0, seed: int = 0, level: float = 0.95) -> dict:
+    "Expected calibration error and Brier score of probabilities `p` for labels `y`; with `n_boot`, bootstrap CIs."
+    y, p = _check_scores(y, p)
+    G = np.zeros((len(y), bins))
+    G[np.arange(len(y)), calibration_bins(p, bins)] = y - p           # each image's signed gap, in its bin's column
+    sq = (p - y) ** 2
+    stats = lambda C: (np.abs(C @ G).sum(1) / C.sum(1), C @ sq / C.sum(1))
+    (ece,), (brier,) = stats(np.ones((1, len(y))))
+    out = dict(ece=float(ece), brier=float(brier), bins=bins, n=len(y))
+    if n_boot:
+        blocks = [stats(C.astype(float)) for C in _resample_counts(len(y), n_boot, seed)]
+        E, B = (np.concatenate(v) for v in zip(*blocks))
+        a = (1 - level) / 2
+        out['ci'] = dict(ece=[float(v) for v in np.quantile(E, [a, 1 - a])],
+                         brier=[float(v) for v in np.quantile(B, [a, 1 - a])])
+    return out
+
+# %% ../nbs/05_metrics.ipynb #8d1b5c25
+def reliability_figure(y, probs: dict, ax=None, bins: int = CAL_BINS):
+    "The reliability diagram of one or more sets of probabilities for labels `y` ({label: p}), ECE in the legend."
+    import matplotlib.pyplot as plt
+    from sklearn.calibration import calibration_curve
+    if ax is None: _, ax = plt.subplots(figsize=(4.8, 4.5))
+    ax.plot([0, 1], [0, 1], ls=':', c='grey', lw=1, label='calibrated')
+    for (name, p), marker in zip(probs.items(), 'os^D'):
+        frac, mean_p = calibration_curve(y, p, n_bins=bins)
+        ax.plot(mean_p, frac, marker=marker, ms=4, label=f"{name} (ECE {calibration_errors(y, p, bins)['ece']:.3f})")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel='mean predicted p in the bin', ylabel='share abnormal in the bin')
+    ax.set_aspect('equal'); ax.legend(fontsize=8, loc='upper left')
+    return ax
+
 # %% ../nbs/05_metrics.ipynb #7f88d1fc
 DET_COLUMNS = ('image_id', 'lesion_type', 'score') + BOX_COLUMNS
 
@@ -245,8 +284,9 @@ def coco_eval(gt: pd.DataFrame, preds: pd.DataFrame, max_dets: int = 100):
     return E
 
 # %% ../nbs/05_metrics.ipynb #dff6b2f7
-def det_ap50(gt: pd.DataFrame, preds: pd.DataFrame) -> dict:
-    "The official detection metric: AP@0.5 per class (None for a class without ground truth), mean, counts, PR curves."
+def det_ap50(gt: pd.DataFrame, preds: pd.DataFrame, n_boot: int = 0, seed: int = 0) -> dict:
+    ("The official detection metric: AP@0.5 per class (None for a class without ground truth), mean, counts, PR "
+     "curves; with `n_boot`, their bootstrap 95% CIs as `ci` (`det_bootstrap_ci`, below).")
     preds = check_det_predictions(preds, gt.image_id.unique())
     E = coco_eval(gt, preds)
     prec = E.eval['precision'][0, :, :, 0, 0]                      # (101 recall points, 7 classes)
@@ -262,7 +302,63 @@ def det_ap50(gt: pd.DataFrame, preds: pd.DataFrame) -> dict:
                 n_pred_on_normal=int(preds.image_id.isin(normal).sum()),
                 n_beyond_max_dets=E.n_beyond_max_dets,
                 pr=pd.DataFrame(np.where(prec > -1, prec, np.nan), index=pd.Index(E.params.recThrs, name='recall'),
-                                columns=list(DET_CLASSES)))
+                                columns=list(DET_CLASSES)),
+                **(dict(ci=det_bootstrap_ci(E, n_boot, seed)) if n_boot else {}))
+
+# %% ../nbs/05_metrics.ipynb #a3316843
+def match_tables(E) -> dict:
+    ("Per class with ground truth, what COCOeval's accumulate reads (IoU 0.5, area 'all'): each detection's image, "
+     "in its order (image, then score), whether it matched, and each image's ground-truth count.")
+    p = E.params
+    n_img = len(p.imgIds)
+    out = {}
+    for k, c in enumerate(DET_CLASSES):
+        evals = [(i, e) for i, e in enumerate(E.evalImgs[k * n_img:(k + 1) * n_img]) if e is not None]
+        n_gt = np.zeros(n_img, int)
+        img, score, tp = [], [], []
+        for i, e in evals:
+            n_gt[i] = int((np.asarray(e['gtIgnore']) == 0).sum())
+            keep = ~np.asarray(e['dtIgnore'][0], bool)            # ignored detections are neither TP nor FP
+            img.append(np.full(keep.sum(), i)); score.append(np.asarray(e['dtScores'])[keep])
+            tp.append(np.asarray(e['dtMatches'][0])[keep] > 0)
+        if not n_gt.any(): continue                                # no ground truth: absent, as in det_ap50
+        img, score, tp = (np.concatenate(a) if a else np.zeros(0) for a in (img, score, tp))
+        order = np.argsort(-score, kind='mergesort')              # accumulate's order: by score, ties by image
+        out[c] = dict(img=img[order].astype(int), tp=tp[order].astype(bool), n_gt=n_gt)
+    return out
+
+def table_ap(tp: np.ndarray, n_gt: float, rec_thrs=np.linspace(0, 1, 101)) -> float:
+    "AP of detections in score order (`tp`: matched or not) against `n_gt` boxes, as pycocotools' accumulate does."
+    tps = np.cumsum(tp, dtype=float); fps = np.cumsum(~tp, dtype=float)
+    rc, pr = tps / n_gt, tps / (fps + tps + np.spacing(1))
+    pr = np.maximum.accumulate(pr[::-1])[::-1]                    # the envelope: best precision at any higher recall
+    k = np.searchsorted(rc, rec_thrs, side='left')
+    return float(np.where(k < len(pr), pr[np.minimum(k, len(pr) - 1)] if len(pr) else 0, 0).mean())
+
+# %% ../nbs/05_metrics.ipynb #396aa61b
+def det_bootstrap_samples(E, n: int = 1000, seed: int = 0, groups=None) -> pd.DataFrame:
+    ("AP@0.5 of each class and their mean (over the classes present in the resample) for `n` bootstrap resamples of "
+     "the images of COCOeval run `E` (`coco_eval`); `groups` (one per image, in image order) resamples clusters.")
+    tables, n_img = match_tables(E), len(E.params.imgIds)
+    if n < 1: raise ValueError(f'n must be at least 1, got {n}')
+    rec = E.params.recThrs
+    rows = []
+    for C in _resample_counts(n_img, n, seed, groups):
+        for w in C:
+            ap = {c: table_ap(np.repeat(t['tp'], w[t['img']]), w @ t['n_gt'], rec) if w @ t['n_gt'] else np.nan
+                  for c, t in tables.items()}
+            rows.append(ap)
+    s = pd.DataFrame(rows, columns=list(DET_CLASSES), dtype=float)
+    s.insert(0, 'map50', s.mean(axis=1, skipna=True))
+    return s
+
+def det_bootstrap_ci(E, n: int = 1000, seed: int = 0, level: float = 0.95, groups=None) -> dict:
+    "Percentile bootstrap intervals of the mAP and each class's AP@0.5 (None for a class without ground truth)."
+    s = det_bootstrap_samples(E, n, seed, groups)
+    a = (1 - level) / 2
+    iv = lambda v: tuple(map(float, np.nanquantile(v, [a, 1 - a]))) if np.isfinite(v).any() else None
+    return dict(map50=iv(s.map50.to_numpy()), ap50={c: iv(s[c].to_numpy()) for c in DET_CLASSES}, n_boot=int(n),
+                level=level, seed=seed)
 
 # %% ../nbs/05_metrics.ipynb #04e80f63
 def ap_table(res: dict) -> pd.DataFrame:
@@ -394,8 +490,9 @@ def _header(path) -> set:
     try: return set(pd.read_csv(path, nrows=0).columns.str.strip())
     except Exception: return set()
 
-def eval_det(gt_csv, pred_csv) -> dict:
-    "Score a detection CSV against a release-format annotation CSV: AP@0.5 per class and mAP over all images in GT_CSV."
+def eval_det(gt_csv, pred_csv, n_boot: int = 0, seed: int = 0) -> dict:
+    ("Score a detection CSV against a release-format annotation CSV: AP@0.5 per class and mAP over all images in "
+     "GT_CSV; with `n_boot`, bootstrap 95% CIs.")
     g, p = _header(gt_csv), _header(pred_csv)
     if 'score' in g and 'score' not in p and set(ANNOTATION_COLUMNS) <= p:
         raise InputError(f'{gt_csv} and {pred_csv} look swapped: the first has a score column (predictions), the '
@@ -403,7 +500,7 @@ def eval_det(gt_csv, pred_csv) -> dict:
                          'spinexr_eval_det GT_CSV PRED_CSV')
     gt = read_annotations(gt_csv)
     preds = read_det_predictions(pred_csv, set(gt.image_id))
-    res = det_ap50(gt, preds)
+    res = det_ap50(gt, preds, n_boot, seed)
     return dict(gt_csv=str(gt_csv), pred_csv=str(pred_csv), **res)
 
 # %% ../nbs/05_metrics.ipynb #d470b329
@@ -426,15 +523,17 @@ def cls_report(r: dict) -> str:
 # %% ../nbs/05_metrics.ipynb #d3b860b6
 def det_report(r: dict) -> str:
     "The detection results of `eval_det` as a text table."
-    t = ap_table(r)
+    t, ci = ap_table(r), r.get('ci')
+    iv = lambda v: f'   {v[0]:.4f} - {v[1]:.4f}' if v else ''
     lines = [f"{r['gt_csv']}: {r['n_images']} images evaluated ({r['n_normal_images']} normal; their "
              f"{r['n_pred_on_normal']} boxes count as false positives)",
-             f"{'class':<22} {'n_gt':>6} {'n_pred':>7} {'AP50':>8}"]
+             f"{'class':<22} {'n_gt':>6} {'n_pred':>7} {'AP50':>8}" +
+             (f"   95% CI ({ci['n_boot']:,} bootstrap resamples of the images)" if ci else '')]
     for c, row in t.iterrows():
         ap = f'{row.ap50:.4f}' if row.in_mean else 'absent'
-        lines.append(f"{c:<22} {row.n_gt:>6} {row.n_pred:>7} {ap:>8}")
+        lines.append(f"{c:<22} {row.n_gt:>6} {row.n_pred:>7} {ap:>8}" + (iv(ci['ap50'][c]) if ci else ''))
     label, m = f"mAP@0.5 ({len(r['classes_in_mean'])} classes)", r['map50']
-    lines.append(f"{label:<37} {'n/a' if m is None else f'{m:.4f}':>8}")
+    lines.append(f"{label:<37} {'n/a' if m is None else f'{m:.4f}':>8}" + (iv(ci['map50']) if ci else ''))
     if r['n_beyond_max_dets']:
         lines.append(f"note: {r['n_beyond_max_dets']} boxes beyond 100 per image and class were not scored (COCO "
                      f"maxDets)")
@@ -474,10 +573,14 @@ def spinexr_eval_det(
     gt_csv: str,      # ground truth in the release's annotation format; every image in it is evaluated
     pred_csv: str,    # CSV with columns image_id, lesion_type, score, xmin, ymin, xmax, ymax (one row per box)
     out: str = None,  # write the results as JSON here
-    fig: str = None): # write the precision-recall figure (PNG) here
+    fig: str = None,  # write the precision-recall figure (PNG) here
+    ci: bool = False, # add bootstrap 95% CIs (images resampled, normal ones included) of each AP50 and the mAP
+    n_boot: int = 1000,  # bootstrap resamples for --ci
+    seed: int = 0):   # bootstrap seed
     "Score box predictions with the official protocol: COCO AP@0.5 per class and mAP over all images, normal included."
     with cli_errors('spinexr_eval_det'):
-        r = eval_det(gt_csv, pred_csv)
+        if ci and n_boot < 1: raise InputError(f'--n_boot must be at least 1, got {n_boot}')
+        r = eval_det(gt_csv, pred_csv, n_boot if ci else 0, seed)
         print(det_report(r))
         if out: save_json({k: v for k, v in r.items() if k != 'pr'}, out)
         if fig: _save_figure(lambda ax: pr_figure(r, ax), fig)

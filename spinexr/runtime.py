@@ -37,6 +37,7 @@ def session_options(threads: int | None = None):
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.log_severity_level = 3                      # errors only: its warnings are about graph rewrites
+    so.add_session_config_entry('session.intra_op.allow_spinning', '0')    # sleep between runs: see above
     return so
 
 # %% ../nbs/38_runtime.ipynb #90e0145c

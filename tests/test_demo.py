@@ -25,9 +25,26 @@ def test_demo_writes_metrics_report_and_bundle(demo):
     assert {'auroc', 'sensitivity', 'specificity', 'f1', 'threshold', 'ci', 'weights'} <= set(m['ensemble'])
     for k in ('without_fusion', 'with_fusion'):
         assert set(m['detection'][k]['ap50']) == set(DET_CLASSES) and 'map50' in m['detection'][k]
+        lo, hi = m['detection'][k]['ci']['map50']
+        assert 0 <= lo <= hi <= 1 and m['detection'][k]['ci']['n_boot'] == 1000
+    t = m['detection']['tta']                                           # flip TTA + WBF, chosen on validation
+    assert t['on'] == (t['val_map50']['tta'] > t['val_map50']['plain']) and 'map50' in t['with_fusion']
+    assert (out/'model'/'detector'/'tta.json').exists()
+    sal = m['saliency']                                                 # Grad-CAM's sanity checks ran
+    assert sal['n_images'] > 0 and {'box_mass_ratio', 'randomised_rank_correlation'} <= set(sal)
+    c = m['calibration']
+    assert c['method'] in ('none', 'temperature', 'platt') and c['auroc_before'] == c['auroc_after']
+    for k in ('before', 'after'): assert {'ece', 'brier', 'ci'} <= set(c[k])
+    assert 'calibration (' in r.stdout and 'studies (' in r.stdout
+    st = m['study']
+    assert st['how'] in ('max', 'mean') and 0 < st['n_studies'] <= st['n_images'] == m['ensemble']['n']
+    assert {'auroc', 'sensitivity', 'specificity', 'f1', 'ci'} <= set(st)
     html = (out/'report.html').read_text()
     assert html.count('data:image/png;base64,') >= 4 and 'src="http' not in html and '<link' not in html
     assert '<h2>Published numbers</h2>' in html and 'Synthetic data.' in html
+    assert '95% bootstrap confidence intervals (1,000 resamples of the test' in html
+    assert '<h3>Calibration</h3>' in html and 'expected calibration error' in html and '<h3>Studies</h3>' in html
+    assert '<h3>Where the classifiers looked</h3>' in html
     assert bundle_sha256(out/'model')[:16] in html
     b = read_bundle(out/'model')
     assert b['ensemble'].names == ['densenet121', 'tf_efficientnetv2_s', 'resnet50']
@@ -107,6 +124,10 @@ def test_predict_on_unseen_dicoms_with_bad_ones(demo, unseen, tmp_path):
             # the fusion rule: only confident boxes on images called normal
             assert rec['abnormal'] or b['score'] >= pj['keep_score']
     assert sorted(p.stem for p in (res/'overlays').glob('*.png')) == sorted(p.stem for p in good)
+    studies = pd.read_csv(res/'studies.csv')                             # a row per StudyInstanceUID
+    assert set(studies.study_id) == {i['dicom']['study_uid'] for i in pj['images']}
+    assert studies.images.sum() == len(good) and len(studies) < len(good)
+    assert set(' '.join(studies.image_ids).split()) == {p.stem for p in good}
     assert {p: p.read_bytes() for p in unseen.rglob('*') if p.is_file()} == before  # the inputs are untouched
     # the boxes CSV is what spinexr_eval_det reads, in original DICOM pixels
     gt = pd.concat([pd.read_csv(unseen/'annotations'/f'{s}.csv') for s in ('train', 'test')])
@@ -114,6 +135,20 @@ def test_predict_on_unseen_dicoms_with_bad_ones(demo, unseen, tmp_path):
     r = run_cli('spinexr_eval_det', tmp_path/'gt.csv', res/'predictions.csv', timeout=300)
     assert r.returncode == 0, r.stderr
     assert 'mAP@0.5' in r.stdout
+
+def test_predict_saliency(demo, unseen, tmp_path):
+    "--saliency writes a Grad-CAM picture per image, the size of its overlay; --dicomweb with it is refused."
+    out, _ = demo
+    dicoms = sorted(unseen.glob('test_images/*.dicom'))[:3]
+    r = run_cli('spinexr_predict', out/'model', *dicoms, '--out', tmp_path/'p', '--saliency', timeout=300)
+    assert r.returncode == 0 and 'saliency' in r.stdout, r.stderr[-2000:]
+    sal = sorted((tmp_path/'p'/'saliency').glob('*.png'))
+    assert [p.stem for p in sal] == sorted(p.stem for p in dicoms)
+    import cv2
+    assert cv2.imread(str(sal[0])).shape == cv2.imread(str(tmp_path/'p'/'overlays'/sal[0].name)).shape
+    r = run_cli('spinexr_predict', out/'model', '--dicomweb', 'http://127.0.0.1:9/dicom-web', '--saliency',
+                '--out', tmp_path/'q', timeout=60)
+    assert r.returncode == 1 and 'not with --dicomweb' in r.stderr, r.stderr
 
 def test_predict_refuses_a_damaged_bundle(demo, unseen, tmp_path):
     out, _ = demo
