@@ -113,9 +113,9 @@ def main():
     def pycocotools_once(w):
         "det_ap50 (pycocotools) on the resampled set itself: each drawn copy of an image a new image."
         rep = pd.Series(np.repeat(ids, w))
-        copy = rep.groupby(rep).cumcount().astype(str)
-        pick = lambda df: df.merge(pd.DataFrame(dict(image_id=rep, copy=copy)), on='image_id').assign(
-            image_id=lambda d: d.image_id + '#' + d.copy).drop(columns='copy')
+        nth = rep.groupby(rep).cumcount().astype(str)
+        pick = lambda df: df.merge(pd.DataFrame(dict(image_id=rep, nth=nth)), on='image_id').assign(
+            image_id=lambda d: d.image_id + '#' + d.nth).drop(columns='nth')
         return det_ap50(pick(gt), pick(pr))
     _, secs = timed(lambda: [pycocotools_once(w) for w in C], 1)
     per = secs[0] / len(C)

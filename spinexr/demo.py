@@ -199,7 +199,7 @@ def evaluate_demo(out, cfg: DemoConfig) -> dict:
                 calibration=cal, study=study_results(test, ens, studies, n_boot=cfg.n_boot))
 
 # %% ../nbs/50_demo.ipynb #d4ea1f6c
-def saliency_checks(out, n_images: int = 40) -> dict:
+def saliency_checks(out, n_images: int = 24) -> dict:
     ("Grad-CAM sanity on up to `n_images` abnormal test images of a demo folder: box mass ratio, rank correlation "
      "with re-initialised networks, seconds per image.")
     import cv2

@@ -16,10 +16,10 @@ from .metrics import *
 
 # %% auto #0
 __all__ = ['COMBINE', 'CALIBRATIONS', 'STUDY_AGGREGATES', 'run_predictions', 'aligned', 'combine', 'simplex_grid',
-           'search_weights', 'logit', 'calibrate', 'fit_calibration', 'choose_calibration', 'study_predictions',
-           'fit_study_rule', 'Ensemble', 'fit_ensemble', 'ensemble_predictions', 'score_on_test', 'evaluate_ensemble',
-           'calibration_results', 'calibration_table', 'study_results', 'ensemble_table', 'ensemble_roc_figure',
-           'fusion_results', 'fusion_table']
+           'search_weights', 'logit', 'calibrate', 'platt_targets', 'fit_calibration', 'choose_calibration',
+           'study_predictions', 'fit_study_rule', 'Ensemble', 'fit_ensemble', 'ensemble_predictions', 'score_on_test',
+           'evaluate_ensemble', 'calibration_results', 'calibration_table', 'study_results', 'ensemble_table',
+           'ensemble_roc_figure', 'fusion_results', 'fusion_table']
 
 # %% ../nbs/30_ensemble.ipynb #5c645518
 def run_predictions(run_dir, split: str) -> pd.DataFrame:
@@ -91,22 +91,28 @@ def logit(p) -> np.ndarray:
 
 def calibrate(p, a: float = 1.0, b: float = 0.0) -> np.ndarray:
     "sigmoid(a logit(p) + b): temperature scaling is a = 1/T, b = 0; none is a = 1, b = 0."
-    return 1 / (1 + np.exp(-(a * logit(p) + b)))
+    from scipy.special import expit
+    return expit(a * logit(p) + b)
+
+def platt_targets(y) -> np.ndarray:
+    "Platt's regularised targets: (n1 + 1) / (n1 + 2) for the positives, 1 / (n0 + 2) for the negatives."
+    y = np.asarray(y)
+    n1 = int(y.sum()); n0 = len(y) - n1
+    return np.where(y == 1, (n1 + 1) / (n1 + 2), 1 / (n0 + 2))
 
 def fit_calibration(y, p, method: str) -> tuple:
-    "(a, b) of `method` fitted to labels `y` and scores `p` by maximum likelihood."
-    from scipy.optimize import minimize_scalar
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import log_loss
+    "(a, b) of `method` fitted to labels `y` and scores `p` by maximum likelihood against `platt_targets`."
+    from scipy.optimize import minimize, minimize_scalar
     if method not in CALIBRATIONS: raise InputError(f'calibration must be one of {CALIBRATIONS}, got {method!r}')
     y, z = np.asarray(y), logit(p)
     if method == 'none' or len(set(y)) < 2: return 1.0, 0.0
+    t = platt_targets(y)
+    nll = lambda a, b: float(np.mean(np.logaddexp(0, a * z + b) - t * (a * z + b)))   # cross-entropy on logits
     if method == 'temperature':
-        r = minimize_scalar(lambda s: log_loss(y, calibrate(p, np.exp(-s)), labels=[0, 1]), bounds=(-5, 5),
-                            method='bounded')
-        return float(np.exp(-r.x)), 0.0
-    m = LogisticRegression(C=1e6).fit(z[:, None], y)
-    return float(m.coef_[0, 0]), float(m.intercept_[0])
+        r = minimize_scalar(lambda s: nll(np.exp(s), 0.0), bounds=(-8, 8), method='bounded')
+        return float(np.exp(r.x)), 0.0
+    r = minimize(lambda v: nll(np.exp(v[0]), v[1]), x0=[0.0, 0.0], method='L-BFGS-B')   # a = exp(.) > 0
+    return float(np.exp(r.x[0])), float(r.x[1])
 
 def choose_calibration(y, p, folds: int = 5, seed: int = 0) -> dict:
     ("The calibration with the lowest cross-validated log-loss on (y, p) (a validation split), refitted on all of "
