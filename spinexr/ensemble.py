@@ -85,8 +85,8 @@ def search_weights(y, P, how: str = 'logit', step: float = 0.05) -> tuple:
 CALIBRATIONS = ('none', 'temperature', 'platt')
 
 def logit(p) -> np.ndarray:
-    "log(p / (1 - p)), with p clipped to [1e-7, 1 - 1e-7]."
-    p = np.clip(np.asarray(p, dtype=float), 1e-7, 1 - 1e-7)
+    "log(p / (1 - p)), finite: only an exact 0 or 1 is moved, to the nearest float inside (0, 1)."
+    p = np.clip(np.asarray(p, dtype=float), np.finfo(float).tiny, np.nextafter(1.0, 0.0))
     return np.log(p) - np.log1p(-p)
 
 def calibrate(p, a: float = 1.0, b: float = 0.0) -> np.ndarray:
@@ -192,7 +192,8 @@ class Ensemble(JsonConfig):
 
     def __call__(self, P) -> np.ndarray:
         "The ensemble's calibrated probabilities from the models' (columns in the order of `names`)."
-        return calibrate(self.raw(P), self.cal_a, self.cal_b)
+        raw = self.raw(P)
+        return raw if self.calibration == 'none' else calibrate(raw, self.cal_a, self.cal_b)
 
 # %% ../nbs/30_ensemble.ipynb #0cd09b96
 def fit_ensemble(val: dict, how: str | None = None, step: float = 0.05, rule: str = 'youden',

@@ -327,8 +327,10 @@ def match_tables(E) -> dict:
         out[c] = dict(img=img[order].astype(int), tp=tp[order].astype(bool), n_gt=n_gt)
     return out
 
-def table_ap(tp: np.ndarray, n_gt: float, rec_thrs=np.linspace(0, 1, 101)) -> float:
-    "AP of detections in score order (`tp`: matched or not) against `n_gt` boxes, as pycocotools' accumulate does."
+def table_ap(tp: np.ndarray, n_gt: float, rec_thrs=None) -> float:
+    ("AP of detections in score order (`tp`: matched or not) against `n_gt` boxes, as pycocotools' accumulate does "
+     "(at its 101 recall points unless `rec_thrs` says otherwise).")
+    rec_thrs = np.linspace(0, 1, 101) if rec_thrs is None else rec_thrs
     tps = np.cumsum(tp, dtype=float); fps = np.cumsum(~tp, dtype=float)
     rc, pr = tps / n_gt, tps / (fps + tps + np.spacing(1))
     pr = np.maximum.accumulate(pr[::-1])[::-1]                    # the envelope: best precision at any higher recall

@@ -33,7 +33,8 @@ def test_demo_writes_metrics_report_and_bundle(demo):
     sal = m['saliency']                                                 # Grad-CAM's sanity checks ran
     assert sal['n_images'] > 0 and {'box_mass_ratio', 'randomised_rank_correlation'} <= set(sal)
     c = m['calibration']
-    assert c['method'] in ('none', 'temperature', 'platt') and c['auroc_before'] == c['auroc_after']
+    assert c['method'] in ('none', 'temperature', 'platt')
+    assert abs(c['auroc_before'] - c['auroc_after']) < 1e-9      # a tie made would move it by 1 / (2 n1 n0)
     for k in ('before', 'after'): assert {'ece', 'brier', 'ci'} <= set(c[k])
     assert 'calibration (' in r.stdout and 'studies (' in r.stdout
     st = m['study']
