@@ -252,7 +252,7 @@ def calibration_table(r: dict) -> pd.DataFrame:
     f = lambda d, k: f"{d[k]:.4f} ({d['ci'][k][0]:.4f}-{d['ci'][k][1]:.4f})" if 'ci' in d else f'{d[k]:.4f}'
     return pd.DataFrame({'before (the weighted average)': {k: f(r['before'], k) for k in ('ece', 'brier')},
                          f"after ({r['method']})": {k: f(r['after'], k) for k in ('ece', 'brier')}}).rename(
-        index=dict(ece='expected calibration error', brier='Brier score'))
+        index=dict(ece='expected calibration error', brier='Brier score')).rename_axis('on test')
 
 # %% ../nbs/30_ensemble.ipynb #46f9ec85
 def study_results(test: dict, ens: Ensemble, studies, n_boot: int = 10_000) -> dict:

@@ -73,13 +73,14 @@ def box_mass_ratio(cam: np.ndarray, boxes) -> float:
 def randomised(model, seed: int = 0):
     "A copy of `model` with every layer's weights re-initialised (the cascading randomisation of Adebayo et al.)."
     import torch
-    torch.manual_seed(seed)
     m = copy.deepcopy(model)
-    for mod in m.modules():
-        if hasattr(mod, 'reset_parameters'): mod.reset_parameters()
+    with torch.random.fork_rng():             # its own draws: the caller's random state is left as it was
+        torch.manual_seed(seed)
+        for mod in m.modules():
+            if hasattr(mod, 'reset_parameters'): mod.reset_parameters()
     return m.eval()
 
 def map_rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
-    "Spearman rank correlation of two maps of the same image (1: the same ranking of pixels)."
+    "Spearman rank correlation of two maps of the same image (1: the same ranking of pixels; NaN if one is flat)."
     from scipy.stats import spearmanr
     return float(spearmanr(a.ravel(), b.ravel()).statistic)
