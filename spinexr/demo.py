@@ -306,8 +306,9 @@ validation; 95% bootstrap confidence intervals ({{ n_boot }} resamples) under ea
 <h3>Calibration</h3>
 <p>The ensemble's probability is {{ calibration }}: temperature scaling, Platt scaling or none, whichever had the
 lowest cross-validated log-loss within validation, fitted there. Every p_abnormal spinexr reports is this
-probability, and the threshold above is on it. On test, the expected calibration error ({{ cal_bins }} equal-width bins) and the Brier score before and after,
-with 95% bootstrap confidence intervals; AUROC is the same before and after.</p>
+probability, and the threshold above is on it. On test, the expected calibration error ({{ cal_bins }} equal-width
+bins) and the Brier score before and after, with 95% bootstrap confidence intervals; AUROC is the same before and
+after.</p>
 {{ cal_table | safe }}
 {{ reliability | safe }}
 <h3>Studies</h3>
