@@ -257,10 +257,10 @@ def detection_table(m: dict) -> pd.DataFrame:
             for c in DET_CLASSES]
     rows.append(dict(cls='mAP@0.5', n_gt=sum(d['n_gt'].values()), ap=pct(d['without_fusion']),
                      fused=pct(d['with_fusion']), **extra()))
-    on = ' (on)' if t and t['on'] else ' (off: not better on validation)'
+    on = ' (on)' if t and t['on'] else ' (off)'          # the prose above the table says why
     return pd.DataFrame(rows).rename(columns=dict(cls='class', n_gt='test boxes', ap='AP50',
-                                                  fused='AP50 with the fusion rule', tta=f'AP50 flip TTA + WBF{on}',
-                                                  tta_fused='AP50 flip TTA + WBF + fusion rule')).set_index('class')
+                                                  fused='AP50, fusion rule', tta=f'AP50, TTA+WBF{on}',
+                                                  tta_fused='AP50, TTA+WBF, fusion rule')).set_index('class')
 
 def published_tables() -> tuple:
     "The paper's numbers on the real test set (Nguyen et al., MICCAI 2021): classification, detection per class (%)."
@@ -323,7 +323,7 @@ images ({{ n_normal_images }} normal, where every box is a false positive); mAP@
 test boxes. Ultralytics' own mAP50 on the same split: {{ ultralytics_map50 }} (it matches and interpolates
 differently; see 20_detect). In brackets: 95% bootstrap confidence intervals ({{ det_n_boot }} resamples of the test
 images, normal ones included).{% if tta %} {{ tta }}{% endif %}</p>
-{{ det_table | safe }}
+<div class="wide">{{ det_table | safe }}</div>
 {{ pr | safe }}
 
 <h2>Fusion rules</h2>

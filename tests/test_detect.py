@@ -24,10 +24,12 @@ def test_run_directory(run):
     assert 'official mAP50' in stdout and "ultralytics' own mAP50" in stdout
     names = {p.name for p in out.iterdir()}
     assert {'config.json', 'data.yaml', 'train.txt', 'history.csv', 'detector.json', 'detector.pt', 'metrics.json',
-            'preds_val.csv', 'preds_test.csv'} <= names
+            'preds_val.csv', 'preds_test.csv', 'preds_val_flip.csv', 'preds_test_flip.csv', 'preds_test_tta.csv',
+            'tta.json'} <= names
     assert not any(p.suffix == '.pt' and p.name != 'detector.pt' for p in out.rglob('*'))  # no ultralytics pickles left
     m = json.loads((out/'metrics.json').read_text())
-    assert set(m) == {'val', 'test', 'ultralytics_test'}
+    assert set(m) == {'val', 'test', 'ultralytics_test', 'test_tta'}          # test_tta: flip TTA + WBF (20_detect)
+    assert m['test_tta']['tta'] == json.loads((out/'tta.json').read_text())
     assert set(m['test']['ap50']) == set(DET_CLASSES) and 0 <= m['test']['map50'] <= 1
     cfg = json.loads((out/'config.json').read_text())
     assert cfg['focal_gamma'] == 2 and cfg['repeat_factor'] == 0.1
