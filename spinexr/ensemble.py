@@ -186,6 +186,11 @@ class Ensemble(JsonConfig):
         if self.study_how not in STUDY_AGGREGATES:
             raise InputError(f'study_how must be one of {STUDY_AGGREGATES}, got {self.study_how!r}')
 
+    @property
+    def study_cut(self) -> float:
+        "The study decision threshold: the one chosen on validation studies, else the image threshold."
+        return self.threshold if self.study_threshold is None else self.study_threshold
+
     def raw(self, P) -> np.ndarray:
         "The weighted average of the models' probabilities (columns in the order of `names`), before calibration."
         return combine(P, self.weights, self.how)
@@ -258,8 +263,7 @@ def calibration_table(r: dict) -> pd.DataFrame:
 def study_results(test: dict, ens: Ensemble, studies, n_boot: int = 10_000) -> dict:
     "Test metrics of the ensemble's study predictions (its study rule), with CIs from resampling studies."
     st = study_predictions(ensemble_predictions(test, ens), studies, ens.study_how)
-    t = ens.threshold if ens.study_threshold is None else ens.study_threshold
-    r = score_on_test(None, st, threshold=t, n_boot=n_boot)
+    r = score_on_test(None, st, threshold=ens.study_cut, n_boot=n_boot)
     return dict(how=ens.study_how, val_auroc=ens.study_val_auroc, n_studies=len(st), n_images=int(st.n_images.sum()),
                 **r)
 

@@ -370,12 +370,17 @@ class Predictor:
         if self.runtime == 'torch': return {a: net for a, (net, _) in self.classifiers.items()}
         return {a: load_classifier(self.model_dir/'classifiers'/a)[0] for a in self.ensemble.names}
 
+    def inputs(self, images):
+        "(arch, network, its input batch) for each classifier, the images resized once per distinct input size."
+        padded = {}
+        for a, (net, cfg) in self.classifiers.items():
+            if cfg.size not in padded: padded[cfg.size] = padded_batch(images, cfg.size)
+            yield a, net, normalised(padded[cfg.size], cfg)
+
     def saliency(self, images) -> list:
         "The ensemble's Grad-CAM map of each 8-bit image, at the image's size, in [0, 1] (`15_saliency`)."
-        t, maps, padded = time.perf_counter(), [], {}
-        for a, (_, cfg) in self.classifiers.items():
-            if cfg.size not in padded: padded[cfg.size] = padded_batch(images, cfg.size)
-            maps.append(grad_cams(self.cam_models[a], a, normalised(padded[cfg.size], cfg)))
+        t = time.perf_counter()
+        maps = [grad_cams(self.cam_models[a], a, x) for a, _, x in self.inputs(images)]
         out = [ensemble_cam([unpadded(m[k], *im.shape) for m in maps], self.ensemble.weights)
                for k, im in enumerate(images)]
         self._tick('saliency', t)
@@ -384,11 +389,8 @@ class Predictor:
     def classify(self, images) -> np.ndarray:
         "Each classifier's probabilities (n_images, n_models), columns in the ensemble's order."
         import torch
-        cols, padded = [], {}
         with torch.inference_mode():
-            for a, (net, cfg) in self.classifiers.items():
-                if cfg.size not in padded: padded[cfg.size] = padded_batch(images, cfg.size)   # one resize per size
-                cols.append(batch_probs(net, normalised(padded[cfg.size], cfg), self.tta.get(a, False)).numpy())
+            cols = [batch_probs(net, x, self.tta.get(a, False)).numpy() for a, net, x in self.inputs(images)]
         return np.stack(cols, 1)
 
     def predict(self, paths, ids=None) -> tuple:
@@ -473,9 +475,8 @@ def study_scores(records: list, ens: Ensemble) -> pd.DataFrame:
     img = pd.DataFrame(dict(image_id=[r['image_id'] for r in records], prob=[r['p_abnormal'] for r in records]))
     st = study_predictions(img, {r['image_id']: (r['dicom'] or {}).get('study_uid') or '' for r in records},
                            ens.study_how)
-    t = ens.threshold if ens.study_threshold is None else ens.study_threshold
     return pd.DataFrame(dict(study_id=st.study_id, images=st.n_images, image_ids=st.image_ids, p_abnormal=st.prob,
-                             abnormal=st.prob >= t))
+                             abnormal=st.prob >= ens.study_cut))
 
 # %% ../nbs/40_inference.ipynb #ff3de6f8
 def overlay_png(rec: dict, boxes: pd.DataFrame, threshold: float, min_score: float = 0.25, cam=None) -> bytes:
