@@ -71,15 +71,17 @@ def simplex_grid(k: int, step: float = 0.05) -> np.ndarray:
 
 # %% ../nbs/30_ensemble.ipynb #1e081239
 def search_weights(y, P, how: str = 'logit', step: float = 0.05) -> tuple:
-    ("The weights (on `simplex_grid`) with the highest AUROC of `combine(P, w, how)` against `y`; "
-     "ties go to the most even weights.")
-    from sklearn.metrics import roc_auc_score
+    ("The weights (on `simplex_grid`) with the highest AUROC of `combine(P, w, how)` against `y`, ties to the "
+     "lowest log-loss, then to the most even weights: (weights, AUROC, log-loss).")
+    from sklearn.metrics import log_loss, roc_auc_score
     W = simplex_grid(P.shape[1], step)
-    scores = np.array([roc_auc_score(y, combine(P, w, how)) for w in W])
-    best = np.flatnonzero(np.isclose(scores, scores.max(), rtol=0, atol=1e-12))
+    probs = [combine(P, w, how) for w in W]
+    auc = np.array([roc_auc_score(y, p) for p in probs])
+    best = np.flatnonzero(np.isclose(auc, auc.max(), rtol=0, atol=1e-12))
+    loss = np.array([log_loss(y, probs[i], labels=[0, 1]) for i in best])
     even = np.linalg.norm(W[best] - 1 / P.shape[1], axis=1)
-    i = best[int(np.argmin(even))]
-    return W[i], float(scores[i])
+    i = best[np.lexsort((even, np.round(loss, 12)))[0]]
+    return W[i], float(auc[i]), float(log_loss(y, probs[i], labels=[0, 1]))
 
 # %% ../nbs/30_ensemble.ipynb #024b52ad
 CALIBRATIONS = ('none', 'temperature', 'platt')
@@ -207,8 +209,8 @@ def fit_ensemble(val: dict, how: str | None = None, step: float = 0.05, rule: st
      "(image_id -> study_id) the study rule, all chosen on validation predictions ({name: table}).")
     ids, y, P = aligned(val)
     fits = {h: search_weights(y, P, h, step) for h in ([how] if how else ['logit', 'prob'])}
-    best = max(fits, key=lambda h: (fits[h][1], h == 'logit'))
-    w, auc = fits[best]
+    best = max(fits, key=lambda h: (round(fits[h][1], 12), -round(fits[h][2], 12), h == 'logit'))
+    w, auc, _ = fits[best]
     ens = Ensemble(names=list(val), weights=[float(x) for x in w], how=best, rule=rule, val_auroc=auc)
     cal = choose_calibration(y, ens.raw(P))
     ens.calibration, ens.cal_a, ens.cal_b, ens.cal_cv_log_loss = cal['method'], cal['a'], cal['b'], cal['cv_log_loss']
