@@ -11,7 +11,8 @@ import argparse, json, tempfile, time
 from pathlib import Path
 
 from spinexr.dicom_out import write_results
-from spinexr.inference import Predictor, find_inputs, predict_files
+from spinexr.inference import Predictor, predict_files
+from spinexr.inputs import find_inputs
 
 def per_image(pred, paths, dicom: bool) -> float:
     "Seconds per image of `predict_files` on `paths` with a loaded `pred`, with or without DICOM results."

@@ -107,7 +107,8 @@ def variants(model_dir, paths) -> dict:
 def input_preparation(model_dir, paths) -> dict:
     "Seconds per image to make the classifiers' inputs: once per classifier (before) and once per size (now)."
     from spinexr.classify import ClsConfig
-    from spinexr.inference import classifier_inputs, normalised, padded_batch, read_bundle, read_input
+    from spinexr.inference import classifier_inputs, normalised, padded_batch, read_bundle
+    from spinexr.inputs import read_input
     b = read_bundle(model_dir)
     cfgs = [ClsConfig.load(Path(model_dir)/'classifiers'/a/'config.json') for a in b['ensemble'].names]
     imgs = [read_input(p, int(b['prep_size']))[0] for p in paths[:8]]
@@ -124,7 +125,8 @@ def input_preparation(model_dir, paths) -> dict:
 
 def loading_overlap(model_dir, paths, runtime: str) -> dict:
     "Seconds to load the models and decode the first batch: one after the other, and overlapped in a thread."
-    from spinexr.inference import Predictor, read_bundle, read_input
+    from spinexr.inference import Predictor, read_bundle
+    from spinexr.inputs import read_input
     size = int(read_bundle(model_dir)['prep_size'])
     decode = lambda: [read_input(p, size) for p in paths[:8]]
     t0 = time.perf_counter(); Predictor(model_dir, runtime); t1 = time.perf_counter(); decode()
@@ -159,7 +161,7 @@ if __name__ == '__main__':
     a = ap.parse_args()
     sys.path.insert(0, str(REPO/'bench'))
     from spinexr.export import export_bundle
-    from spinexr.inference import find_inputs
+    from spinexr.inputs import find_inputs
     paths = find_inputs([a.dicoms])[:a.n]
     print(f'{len(paths)} DICOMs from {a.dicoms}; {os.cpu_count()} CPUs; baseline: spinexr at {a.baseline}; '
           f"s/image of spinexr_predict's whole chain (overlays on), the fastest of {ROUNDS} rounds; "

@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from spinexr.inference import find_inputs, predict_files
+from spinexr.inference import predict_files
+from spinexr.inputs import find_inputs
 
 def free_port() -> int:
     with socket.socket() as s:

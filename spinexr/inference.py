@@ -13,9 +13,9 @@ import pandas as pd
 from fastcore.script import call_parse, Param
 
 from .core import *
-from .dicom import (radiograph_warnings, read_dicom, resize_to, target_shape, to_original_coords,
-                           to_stored_coords, to_uint8)
-from .prep import DICOM_SUFFIXES, PrepTree, find_dicoms, has_dicm_marker
+from .dicom import to_original_coords, to_stored_coords
+from .prep import PrepTree
+from .inputs import find_inputs, image_ids, read_input
 from .metrics import fusion_rule
 from .classify import ClsConfig, batch_probs, load_classifier
 from .saliency import ensemble_cam, grad_cams, heatmap_over, unpadded
@@ -27,14 +27,12 @@ from .dicomweb import (connect, fetch_instance, http_reason, plan_study, store_i
 from .runtime import OnnxNet, load_onnx_detector, onnxruntime_problem
 
 # %% auto #0
-__all__ = ['BUNDLE_FORMAT', 'BUNDLE_VERSION', 'BUNDLE_PACKAGES', 'RUNTIMES', 'ONNX_DIR', 'COLOUR_LEVELS', 'COLOUR_SHARE',
-           'MIN_GREY_SPREAD', 'MIN_GREY_LEVELS', 'IMAGE_SUFFIXES', 'STAGES', 'STUDY_COLUMNS', 'NO_DICOM_SOURCE',
-           'DICOMWEB_COLUMNS', 'package_versions', 'training_record', 'validation_record', 'make_bundle', 'read_bundle',
-           'bundle_warnings', 'bundle_files', 'bundle_sha256', 'network_sources', 'onnx_problem', 'choose_runtime',
-           'colour_problem', 'radiograph_problem', 'find_inputs', 'image_ids', 'dicom_facts', 'read_input',
-           'padded_batch', 'normalised', 'classifier_inputs', 'channels_last', 'Predictor', 'draw_overlay',
-           'study_scores', 'overlay_png', 'image_record', 'predict_files', 'tiny_bundle', 'predict_dicomweb',
-           'timing_table', 'spinexr_predict']
+__all__ = ['BUNDLE_FORMAT', 'BUNDLE_VERSION', 'BUNDLE_PACKAGES', 'RUNTIMES', 'ONNX_DIR', 'STAGES', 'STUDY_COLUMNS',
+           'NO_DICOM_SOURCE', 'DICOMWEB_COLUMNS', 'package_versions', 'training_record', 'validation_record',
+           'make_bundle', 'read_bundle', 'bundle_warnings', 'bundle_files', 'bundle_sha256', 'network_sources',
+           'onnx_problem', 'choose_runtime', 'padded_batch', 'normalised', 'classifier_inputs', 'channels_last',
+           'Predictor', 'draw_overlay', 'study_scores', 'overlay_png', 'image_record', 'predict_files', 'tiny_bundle',
+           'predict_dicomweb', 'timing_table', 'spinexr_predict']
 
 # %% ../nbs/40_inference.ipynb #237fe24c
 BUNDLE_FORMAT, BUNDLE_VERSION = 'spinexr-bundle', 2   # 2: bundle.json records `trained_on`
@@ -194,100 +192,6 @@ def choose_runtime(model_dir, bundle: dict, runtime: str = 'auto') -> str:
     problem = problem or onnxruntime_problem()
     if problem and runtime == 'onnx': raise InputError(problem, model_dir)
     return 'torch' if problem else 'onnx'
-
-# %% ../nbs/40_inference.ipynb #2305a846
-COLOUR_LEVELS, COLOUR_SHARE = 16, 0.01     # a pixel is coloured when its channels differ by more than 16 levels
-MIN_GREY_SPREAD, MIN_GREY_LEVELS = 16, 16  # a radiograph's middle 98% spans far more grey levels than this
-
-def colour_problem(img: np.ndarray) -> str | None:
-    "Why a 3- or 4-channel 8-bit image is a colour picture rather than a grey one saved in colour; None if grey."
-    c = img[..., :3].astype(np.int16)
-    share = float(((c.max(-1) - c.min(-1)) > COLOUR_LEVELS).mean())
-    if share <= COLOUR_SHARE: return None
-    return (f'a colour image ({share:.0%} of its pixels are coloured): a radiograph is grey; '
-            'photographs and screenshots are not read')
-
-def radiograph_problem(img: np.ndarray) -> str | None:
-    "Why an 8-bit grey image is too far from a radiograph's tonal spread for the models; None if it is plausible."
-    lo, hi = np.percentile(img, (1, 99))
-    if hi - lo < MIN_GREY_SPREAD:
-        return (f'almost uniform (the middle 98% of its pixels span {hi - lo:.0f} grey levels, a radiograph '
-                f'far more): no radiograph to read')
-    levels = len(np.unique(img))
-    if levels < MIN_GREY_LEVELS: return f'only {levels} grey levels: a drawing or a mask, not a radiograph'
-    return None
-
-# %% ../nbs/40_inference.ipynb #ae701fce
-IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
-
-def find_inputs(inputs) -> list:
-    "The files to predict: files as given, folders searched for DICOMs and PNG/JPEG images (sorted, no repeats)."
-    missing = [str(i) for i in inputs if not Path(i).exists()]
-    if missing:
-        more = f' and {len(missing) - 3} more' if len(missing) > 3 else ''
-        raise InputError(f"no such file or folder: {', '.join(missing[:3])}{more}")
-    out = []
-    for i in inputs:
-        p = Path(i)
-        if p.is_dir():
-            dicoms, _ = find_dicoms(p)
-            images = [q for q in p.rglob('*') if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file()
-                      and not any(s.startswith('.') for s in q.relative_to(p).parts)]
-            out += sorted({*dicoms, *images})
-        else: out.append(p)
-    return list(dict.fromkeys(out))
-
-def image_ids(paths) -> list:
-    "A safe, unique id per input: its file stem (unsafe characters replaced), with -2, -3... for repeats."
-    seen, ids = {}, []
-    for p in paths:
-        stem = re.sub(r'[^A-Za-z0-9._-]', '_', Path(p).stem).lstrip('.') or 'image'
-        seen[stem] = seen.get(stem, 0) + 1
-        ids.append(stem if seen[stem] == 1 else f'{stem}-{seen[stem]}')
-    return ids
-
-def _is_dicom(p: Path) -> bool:
-    "By suffix; a file with another suffix by its DICM marker (`03_dicom`'s test)."
-    return p.suffix.lower() in DICOM_SUFFIXES or (p.suffix.lower() not in IMAGE_SUFFIXES and has_dicm_marker(p))
-
-def dicom_facts(info: dict) -> dict:
-    "What a DICOM's header said, from `read_dicom`'s info: ids, Modality, body part, size, spacing, window used."
-    sp = [info['spacing_row_mm'], info['spacing_col_mm']]
-    return dict(study_uid=info['study_id'], series_uid=info['series_id'], sop_uid=info['sop_uid'],
-                modality=info['modality'], body_part=info['body_part'], view=info['view'],
-                photometric=info['photometric'], bits_stored=info['bits_stored'],
-                transfer_syntax=info['transfer_syntax'],
-                pixel_spacing_mm=None if any(np.isnan(sp)) else [round(float(v), 6) for v in sp],
-                window=info['window'], voi=info['voi'], decoder=info['decoder'])
-
-def _plausible(img: np.ndarray, path) -> np.ndarray:
-    problem = radiograph_problem(img)
-    if problem: raise InputError(problem, path)
-    return img
-
-def read_input(path, size: int) -> tuple:
-    "An input as an 8-bit image of long side `size`, and its info (original and stored size, kind, header, warnings)."
-    import cv2
-    path = Path(path)
-    if _is_dicom(path):
-        img, info = read_dicom(path, size)
-        return _plausible(to_uint8(img), path), dict(orig_height=info['orig_height'], orig_width=info['orig_width'],
-                                                     height=info['height'], width=info['width'], kind='dicom',
-                                                     dicom=dicom_facts(info), warnings=radiograph_warnings(info))
-    if not path.is_file(): raise InputError('file not found', path)
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if img is None: raise InputError('not a readable PNG or JPEG image', path)
-    if img.dtype == np.uint16: img = (img.astype(np.float32) / 257 + 0.5).astype(np.uint8)
-    if img.dtype != np.uint8: raise InputError(f'unsupported pixel type {img.dtype}', path)
-    if img.ndim == 3:
-        if problem := colour_problem(img): raise InputError(problem, path)
-        img = cv2.cvtColor(img, cv2.COLOR_BGRA2GRAY if img.shape[2] == 4 else cv2.COLOR_BGR2GRAY)
-    if min(img.shape) < 8:
-        raise InputError(f'image of {img.shape[1]} x {img.shape[0]} pixels is too small for a radiograph', path)
-    H, W = img.shape
-    h, w = target_shape(H, W, size)
-    return _plausible(resize_to(img, (h, w)), path), dict(orig_height=H, orig_width=W, height=h, width=w,
-                                                          kind='image', dicom=None, warnings=[])
 
 # %% ../nbs/40_inference.ipynb #1b39f242
 def padded_batch(images, size: int):

@@ -15,7 +15,8 @@ from fastcore.script import call_parse
 
 from .core import *
 from .prep import DICOM_SUFFIXES
-from .inference import (BUNDLE_PACKAGES, IMAGE_SUFFIXES, NO_DICOM_SOURCE, RUNTIMES, Predictor, bundle_sha256,
+from .inputs import IMAGE_SUFFIXES
+from .inference import (BUNDLE_PACKAGES, NO_DICOM_SOURCE, RUNTIMES, Predictor, bundle_sha256,
                                image_ids, image_record, overlay_png, package_versions, read_bundle)
 from .dicom_out import result_bytes
 
