@@ -15,10 +15,11 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['NO_FINDING', 'LESION_TYPES', 'DET_CLASSES', 'CLASS_ID', 'CLASS_COLORS', 'BOX_COLUMNS', 'ANNOTATION_COLUMNS', 'SPLITS',
-           'show_boxes', 'InputError', 'is_safe_id', 'cli_errors', 'live_progress', 'atomic_path', 'write_text',
-           'save_json', 'load_json', 'plain', 'write_csv', 'save_figure', 'check_columns', 'read_csv_checked',
-           'save_weights', 'load_weights', 'JsonConfig', 'config_flags', 'given_settings', 'seed_everything',
-           'cpu_count', 'default_threads', 'set_threads', 'keep_threads', 'map_isolated', 'cache_dir', 'offline_env']
+           'show_boxes', 'InputError', 'is_safe_id', 'cli_errors', 'live_progress', 'atomic_path', 'swap_in',
+           'write_text', 'save_json', 'load_json', 'plain', 'write_csv', 'save_figure', 'check_columns',
+           'read_csv_checked', 'save_weights', 'load_weights', 'JsonConfig', 'config_flags', 'given_settings',
+           'seed_everything', 'cpu_count', 'default_threads', 'set_threads', 'keep_threads', 'map_isolated',
+           'cache_dir', 'offline_env']
 
 # %% ../nbs/00_core.ipynb #968e4ea0
 NO_FINDING = 'No finding'
@@ -98,6 +99,17 @@ def atomic_path(path):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+# %% ../nbs/00_core.ipynb #8141622c
+def swap_in(tmp, dst) -> Path:
+    "Rename the complete folder `tmp` onto `dst`, replacing an existing `dst` only once `tmp` is in place."
+    tmp, dst = Path(tmp), Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    old = dst.with_name(f'.{dst.name}.old-{os.getpid()}') if dst.exists() else None
+    if old: os.replace(dst, old)
+    os.replace(tmp, dst)
+    if old: shutil.rmtree(old, ignore_errors=True)
+    return dst
 
 # %% ../nbs/00_core.ipynb #be32bcbc
 def write_text(path, text: str) -> Path:

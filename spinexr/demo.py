@@ -24,7 +24,8 @@ from .detect import DetConfig, evaluate_detector, load_tta, show_predictions, tr
 from .ensemble import (Ensemble, aligned, calibration_results, calibration_table, ensemble_predictions,
                               ensemble_roc_figure, evaluate_ensemble, fit_ensemble, fusion_results, fusion_table,
                               run_predictions, study_results)
-from .inference import Predictor, bundle_sha256, make_bundle, package_versions, read_bundle
+from .bundle import bundle_sha256, make_bundle, package_versions, read_bundle
+from .inference import Predictor
 from .saliency import box_mass_ratio, heatmap_over, map_rank_correlation, randomised
 
 # %% auto #0

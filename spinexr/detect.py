@@ -4,7 +4,7 @@
 
 # %% ../nbs/20_detect.ipynb #5c1f3a80
 from __future__ import annotations
-import math, shutil, sys, time
+import json, math, os, re, shutil, sys, time
 from dataclasses import dataclass
 from typing import ClassVar
 from pathlib import Path
@@ -19,10 +19,12 @@ from .weights import WEIGHTS, WeightStore, sha256_file, yolo_checkpoint_state
 from .prep import PrepTree
 
 # %% auto #0
-__all__ = ['WBF_IOU_THRS', 'WBF_SKIP_THRS', 'DetConfig', 'repeat_factors', 'train_images', 'read_prep_labels', 'write_data_yaml',
-           'focal_bce', 'FocalBCE', 'focal_criterion', 'spinexr_trainer', 'detector_start', 'save_detector',
-           'load_detector', 'train_detector', 'read_lines', 'predict_boxes', 'mirrored', 'flip_predictions', 'wbf',
-           'choose_tta', 'load_tta', 'tta_predictions', 'evaluate_detector', 'show_predictions', 'spinexr_train_det']
+__all__ = ['DETECTOR_YAMLS', 'ARCH_FIELDS', 'DET_RUN_FILES', 'WBF_IOU_THRS', 'WBF_SKIP_THRS', 'DetConfig', 'repeat_factors',
+           'train_images', 'read_prep_labels', 'write_data_yaml', 'focal_bce', 'FocalBCE', 'focal_criterion',
+           'spinexr_trainer', 'detector_start', 'detector_architecture', 'build_detector', 'save_detector',
+           'load_detector', 'start_clean_detector', 'train_detector', 'read_lines', 'predict_boxes', 'mirrored',
+           'flip_predictions', 'wbf', 'choose_tta', 'load_tta', 'tta_predictions', 'evaluate_detector',
+           'show_predictions', 'spinexr_train_det']
 
 # %% ../nbs/20_detect.ipynb #35254a69
 @dataclass
@@ -212,45 +214,94 @@ def detector_start(cfg: DetConfig, store=None):
     cfg.used_pretrained, cfg.pretrained_sha256, cfg.pretrained_tensors = True, sha, f'{n}/{len(net.state_dict())}'
     return net
 
+# %% ../nbs/20_detect.ipynb #2f70dcab
+import contextlib
+
+@contextlib.contextmanager
+def _safe_ultralytics_loads():
+    "Inside the block ultralytics parses architectures without `eval` and reads checkpoints with its allow-list."
+    import os, ultralytics.nn.tasks as tasks
+    old, env = tasks.SAFE_LOAD, os.environ.get('ULTRALYTICS_SAFE_LOAD')
+    tasks.SAFE_LOAD = True                          # this process: ultralytics read the variable when imported
+    os.environ['ULTRALYTICS_SAFE_LOAD'] = '1'       # the worker processes of multi-GPU training
+    try: yield
+    finally:
+        tasks.SAFE_LOAD = old
+        if env is None: os.environ.pop('ULTRALYTICS_SAFE_LOAD', None)
+        else: os.environ['ULTRALYTICS_SAFE_LOAD'] = env
+
+# %% ../nbs/20_detect.ipynb #00f706f6
+DETECTOR_YAMLS = re.compile(r'yolo11[nsmlx]\.yaml')     # architectures built by name, from ultralytics' own yaml
+ARCH_FIELDS = ('backbone', 'head', 'scale', 'nc', 'channels', 'activation')
+
+def detector_architecture(spec: dict, where) -> str:
+    "The name of the ultralytics yaml a detector record's architecture comes from, checked against the allow-list."
+    name = (spec.get('yaml') or {}).get('yaml_file') if isinstance(spec, dict) else None
+    if not isinstance(name, str) or not DETECTOR_YAMLS.fullmatch(name):
+        raise InputError(f'architecture {name!r} is not one spinexr builds (yolo11n.yaml ... yolo11x.yaml)', where)
+    if spec.get('names') != list(DET_CLASSES): raise InputError("class names are not VinDr-SpineXR's seven", where)
+    return name
+
+def build_detector(name: str):
+    "A fresh 1-channel, 7-class `DetectionModel` from ultralytics' own yaml `name`, parsed without `eval`."
+    offline_env()
+    with keep_threads(), _safe_ultralytics_loads():
+        from ultralytics.nn.tasks import DetectionModel
+        return DetectionModel(name, ch=1, nc=len(DET_CLASSES), verbose=False)
+
 # %% ../nbs/20_detect.ipynb #a298bc49
 def save_detector(model, run_dir) -> Path:
-    "Save a YOLO detection model's architecture (JSON) and weights (state_dict) atomically."
+    "Save a 7-class YOLO detection model's architecture (JSON record) and weights (state_dict) atomically."
     run_dir = Path(run_dir)
     net = getattr(model, 'model', model)      # a YOLO wrapper or a DetectionModel
+    if net.yaml.get('nc') != len(DET_CLASSES): raise InputError(f"a detector of {net.yaml.get('nc')} classes, not 7")
     sha = save_weights({k: v.float() for k, v in net.state_dict().items()}, run_dir/'detector.pt')
-    save_json(dict(yaml=net.yaml, names=[net.names[i] for i in range(len(net.names))], weights_sha256=sha),
-              run_dir/'detector.json')
+    save_json(dict(yaml=net.yaml, names=list(DET_CLASSES), weights_sha256=sha), run_dir/'detector.json')
     return run_dir/'detector.pt'
 
+def _detector_spec(f: Path) -> dict:
+    try: spec = load_json(f)
+    except (ValueError, UnicodeDecodeError) as e: raise InputError(f'not valid JSON ({e})', f) from None
+    if not isinstance(spec, dict) or not isinstance(spec.get('yaml'), dict):
+        raise InputError('not a detector architecture file (no yaml record)', f)
+    return spec
+
 def load_detector(run_dir):
-    "A YOLO model (ultralytics wrapper) built from `detector.json` and `detector.pt`, without unpickling."
-    import tempfile, yaml
+    ("A YOLO model (ultralytics wrapper) with `detector.pt`'s weights, its network built by name from ultralytics' "
+     "own yaml that `detector.json` names (nothing in the files is evaluated or unpickled).")
     offline_env()
     run_dir = Path(run_dir)
     for f in ('detector.json', 'detector.pt'):
         if not (run_dir/f).is_file(): raise InputError(f'no {f}: not a detector run directory', run_dir)
-    try:
-        spec = load_json(run_dir/'detector.json')
-        spec['yaml']['nc'], spec['names']
-    except (ValueError, UnicodeDecodeError, KeyError, TypeError) as e:
-        raise InputError(f'not a detector architecture file ({type(e).__name__}: {e})',
-                         run_dir/'detector.json') from None
+    spec = _detector_spec(run_dir/'detector.json')
+    name = detector_architecture(spec, run_dir/'detector.json')
     state = load_weights(run_dir/'detector.pt', spec.get('weights_sha256'))   # weights_only, SHA-256 checked (00_core)
-    with keep_threads(), tempfile.TemporaryDirectory() as tmp:
+    net = build_detector(name)
+    if any(json.dumps(spec['yaml'].get(k)) != json.dumps(net.yaml.get(k)) for k in ARCH_FIELDS):
+        raise InputError(f'the architecture recorded is not {name} with 1 channel and 7 classes: refused',
+                         run_dir/'detector.json')
+    try: net.load_state_dict(state)
+    except Exception as e:
+        raise InputError(f'weights do not fit the architecture in detector.json ({str(e)[:200]})',
+                         run_dir/'detector.pt') from None
+    with keep_threads(), _safe_ultralytics_loads():
         from ultralytics import YOLO
-        from ultralytics.nn.tasks import DetectionModel
-        net = DetectionModel(spec['yaml'], ch=spec['yaml'].get('channels', 1), nc=len(spec['names']), verbose=False)
-        try: net.load_state_dict(state)
-        except Exception as e:
-            raise InputError(f'weights do not fit the architecture in detector.json ({str(e)[:200]})',
-                             run_dir/'detector.pt') from None
-        f = Path(tmp)/Path(spec['yaml'].get('yaml_file',
-                                            'detector.yaml')).name  # ultralytics reads the scale from the name
-        f.write_text(yaml.safe_dump(spec['yaml'], sort_keys=False))
-        yolo = YOLO(str(f), task='detect', verbose=False)  # the wrapper (predict, val); its model is replaced:
+        yolo = YOLO(name, task='detect', verbose=False)   # the wrapper (predict, val); its model is replaced:
     net.args, net.task, net.names = yolo.model.args, 'detect', dict(enumerate(spec['names']))
     yolo.model = net.eval()
     return yolo
+
+# %% ../nbs/20_detect.ipynb #0c96831d
+DET_RUN_FILES = ('metrics.json', 'config.json', 'data.yaml', 'train.txt', 'history.csv', 'detector.json', 'detector.pt',
+                 'tta.json', 'preds_val.csv', 'preds_test.csv', 'preds_val_flip.csv', 'preds_test_flip.csv',
+                 'preds_test_tta.csv', '.start.pt')     # metrics.json, written last, is removed first
+
+def start_clean_detector(out: Path):
+    "Remove what an earlier detector run into `out` left: its files, ultralytics' folders, atomic writes' temporaries."
+    for name in DET_RUN_FILES: (out/name).unlink(missing_ok=True)
+    for p in out.glob('.*.tmp*'):
+        if p.is_file(): p.unlink(missing_ok=True)
+    for d in ('ultralytics', '.val'): shutil.rmtree(out/d, ignore_errors=True)
 
 # %% ../nbs/20_detect.ipynb #c56883f7
 def _train_args(cfg: DetConfig, data: Path, out: Path, verbose: bool) -> dict:
@@ -261,21 +312,6 @@ def _train_args(cfg: DetConfig, data: Path, out: Path, verbose: bool) -> dict:
                 scale=cfg.scale, device=cfg.device, workers=cfg.workers, amp=cfg.amp, patience=cfg.patience,
                 seed=cfg.seed, deterministic=True, project=str(out), name='ultralytics', exist_ok=True,
                 plots=False, verbose=verbose, val=True)
-
-import contextlib
-
-@contextlib.contextmanager
-def _safe_ultralytics_loads():
-    "Inside the block ultralytics reads checkpoints with `weights_only=True` and its allow-list of model classes."
-    import os, ultralytics.nn.tasks as tasks
-    old, env = tasks.SAFE_LOAD, os.environ.get('ULTRALYTICS_SAFE_LOAD')
-    tasks.SAFE_LOAD = True                          # this process: ultralytics read the variable when imported
-    os.environ['ULTRALYTICS_SAFE_LOAD'] = '1'       # the worker processes of multi-GPU training
-    try: yield
-    finally:
-        tasks.SAFE_LOAD = old
-        if env is None: os.environ.pop('ULTRALYTICS_SAFE_LOAD', None)
-        else: os.environ['ULTRALYTICS_SAFE_LOAD'] = env
 
 def _save_start(net, path) -> Path:
     "Write the start network as an ultralytics checkpoint (ultralytics' own `save`), for its trainer to load."
@@ -300,6 +336,7 @@ def train_detector(prep_dir, out_dir, cfg: DetConfig | None = None, verbose: boo
     read_prep_labels(prep_dir)                         # bad input and missing weights stop here, before any output
     start = detector_start(cfg, store)
     out.mkdir(parents=True, exist_ok=True)
+    start_clean_detector(out)
     offline_env()
     data = write_data_yaml(prep_dir, out, cfg)
     cfg.save(out/'config.json')

@@ -4,16 +4,16 @@
 
 # %% ../nbs/41_export.ipynb #69e3c8c9
 from __future__ import annotations
-import os, shutil, sys, tempfile, time
+import shutil, sys, tempfile, time
 from pathlib import Path
 
 from fastcore.script import call_parse
 
 from .core import *
 from .classify import load_classifier
-from .detect import DetConfig, load_detector
+from .detect import load_detector
 from .runtime import ONNX_OPSET, export_classifier, export_detector, onnxruntime_problem
-from .inference import ONNX_DIR, network_sources, package_versions, read_bundle
+from .bundle import Bundle, network_sources, package_versions, read_bundle
 
 # %% auto #0
 __all__ = ['EXPORT_FORMATS', 'EXPORT_PACKAGES', 'export_bundle', 'spinexr_export']
@@ -27,32 +27,26 @@ def export_bundle(model_dir, format: str = 'onnx', opset: int = ONNX_OPSET) -> d
     from spinexr.weights import sha256_file
     if format not in EXPORT_FORMATS:
         raise InputError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {format!r}")
-    model_dir = Path(model_dir)
-    bundle = read_bundle(model_dir)
+    b = Bundle(model_dir)
     if problem := onnxruntime_problem(): raise InputError(problem)       # every export is checked with it
-    sources = network_sources(model_dir, bundle)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{ONNX_DIR}.', dir=model_dir))
+    record = read_bundle(b, skip=b.onnx_dir.name)     # checked first; onnx/, replaced whole, may be stale or damaged
+    sources = network_sources(b, record)
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{b.onnx_dir.name}.', dir=b.path))
     try:
         nets = {}
-        for a in bundle['ensemble'].names:
-            model, cfg = load_classifier(model_dir/'classifiers'/a)
-            nets[a] = export_classifier(model, cfg.size, tmp/f'{a}.onnx', opset)
-        det_cfg = DetConfig.load(model_dir/'detector'/'config.json')
-        nets['detector'] = export_detector(load_detector(model_dir/'detector'), det_cfg.imgsz, tmp/'detector.onnx',
-                                           opset)
+        for a in record['ensemble'].names:
+            net, cfg = load_classifier(b.classifier(a))
+            nets[a] = export_classifier(net, cfg.size, tmp/f'{a}.onnx', opset)
+        nets['detector'] = export_detector(load_detector(b.detector), b.detector_config().imgsz,
+                                           tmp/'detector.onnx', opset)
         for name, rec in nets.items():
             f = tmp/f'{name}.onnx'
-            rec.update(file=f'{ONNX_DIR}/{f.name}', sha256=sha256_file(f), bytes=f.stat().st_size,
-                       source_sha256=sources[name])
+            rec.update(file=b.onnx_file(name).relative_to(b.path).as_posix(), sha256=sha256_file(f),
+                       bytes=f.stat().st_size, source_sha256=sources[name])
         record = dict(format='onnx', opset=int(opset), created=time.strftime('%Y-%m-%dT%H:%M:%S%z'),
                       versions=package_versions(EXPORT_PACKAGES), networks=nets)
-        dst, old = model_dir/ONNX_DIR, None
-        if dst.exists():
-            old = model_dir/f'.{ONNX_DIR}.old-{os.getpid()}'
-            os.replace(dst, old)
-        os.replace(tmp, dst)
-        save_json({**load_json(model_dir/'bundle.json'), 'onnx': record}, model_dir/'bundle.json')
-        if old: shutil.rmtree(old, ignore_errors=True)
+        swap_in(tmp, b.onnx_dir)
+        b.write_record({**load_json(b.json), 'onnx': record})           # bundle.json now lists the ONNX files
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return record
@@ -68,7 +62,7 @@ def spinexr_export(
         t0 = time.perf_counter()
         rec = export_bundle(model_dir, format, opset)
     v = rec['versions']
-    print(f"spinexr_export: {Path(model_dir)/ONNX_DIR} (opset {rec['opset']}; torch {v['torch']}, onnx {v['onnx']}, "
+    print(f"spinexr_export: {Bundle(model_dir).onnx_dir} (opset {rec['opset']}; torch {v['torch']}, onnx {v['onnx']}, "
           f"onnxruntime {v['onnxruntime']}, ultralytics {v['ultralytics']}) in {time.perf_counter() - t0:.1f} s")
     print(f"{'network':<22} {'input':>12} {'MB':>7} {'max |diff|':>11} {'seconds':>8}  sha256")
     for name, r in rec['networks'].items():
