@@ -133,8 +133,10 @@ def load_onnx_detector(path, sha256: str | None = None, threads: int | None = No
     offline_env()
     data = checked_bytes(path, sha256)
     from ultralytics import YOLO
-    with keep_threads():
-        yolo = YOLO(str(path), task='detect', verbose=False)
+    with keep_threads(), tempfile.TemporaryDirectory(prefix='spinexr-onnx-') as d:   # private (0700)
+        private = Path(d)/Path(path).name
+        private.write_bytes(data)           # ultralytics reads its metadata from a copy of the checked bytes
+        yolo = YOLO(str(private), task='detect', verbose=False)
         yolo.predict(np.zeros((64, 64), np.uint8), imgsz=64, verbose=False)   # ultralytics sets up its backend
     backend = yolo.predictor.model.backend
     backend.session = ort.InferenceSession(data, session_options(threads), providers=['CPUExecutionProvider'])
