@@ -531,3 +531,53 @@ def test_prep_peak_rss_does_not_grow_with_the_number_of_images(prep_runs):
     RSS_MIB.update({50: r50, 200: r200})
     print(f'spinexr_prep peak RSS: {r50:.1f} MiB for 50 images, {r200:.1f} MiB for 200 images ({r200 / r50:.3f}x)')
     assert r200 < 1.1 * r50 + 8                                            # MiB: flat, not proportional to the images
+
+# ------------------------------------------------------------------------------------------------ model bundles
+
+@pytest.fixture(scope='module')
+def tiny_model(prepared):
+    from spinexr.bundle import tiny_bundle
+    return tiny_bundle(prepared(n_studies=100, size=512, prep_size=256))
+
+def relisted(bundle: Path):
+    "Re-write bundle.json's list of files as an attacker who can write the whole bundle would."
+    from spinexr.bundle import Bundle
+    Bundle(bundle).write_record(load_json(bundle/'bundle.json'))
+
+def test_a_bundle_runs_no_code_and_every_file_is_checked(tiny_model, release, tmp_path):
+    """A detector.json carrying a Python expression where ultralytics' builder would `eval` it: refused by its SHA-256
+    as it stands, and refused by the architecture check (the expression never runs) when the list is re-written too.
+    Any changed, missing or added file stops spinexr_predict, naming the file, with no traceback."""
+    bundle, marker = tmp_path/'model', tmp_path/'expression_ran'
+    shutil.copytree(tiny_model, bundle)
+    dicom = sorted((release/'test_images').glob('*.dicom'))[0]
+    predict = lambda: run_cli('spinexr_predict', bundle, dicom, '--out', tmp_path/'p', timeout=300)
+    spec_file = bundle/'detector'/'detector.json'
+    good = spec_file.read_text()
+    spec = json.loads(good)
+    spec['yaml']['activation'] = f"__import__('pathlib').Path({str(marker)!r}).touch() or __import__('torch').nn.SiLU()"
+    spec_file.write_text(json.dumps(spec))
+    r = predict()
+    assert r.returncode == 1 and 'detector/detector.json changed after the bundle was made' in r.stderr, r.stderr
+    relisted(bundle)
+    r = predict()
+    assert r.returncode == 1 and 'the architecture recorded is not yolo11n.yaml' in r.stderr, r.stderr
+    spec['yaml']['activation'] = None; spec['yaml']['yaml_file'] = '../../../tmp/evil.yaml'
+    spec_file.write_text(json.dumps(spec)); relisted(bundle)
+    r = predict()
+    assert r.returncode == 1 and "architecture '../../../tmp/evil.yaml' is not one spinexr builds" in r.stderr
+    assert not marker.exists() and 'Traceback' not in r.stderr
+    spec_file.write_text(good); relisted(bundle)
+    smaller = lambda f: f.write_text(f.read_text().replace('"size": 64', '"size": 63'))
+    cases = {'classifiers/resnet50/config.json': ('changed after the bundle was made', smaller),
+             'detector/config.json': ('is missing', lambda f: f.unlink()),
+             'classifiers/extra.pt': ('is not part of the bundle', lambda f: f.write_bytes(b'x'))}
+    for rel, (message, damage) in cases.items():
+        keep = tmp_path/'keep'
+        shutil.copytree(bundle, keep)
+        damage(bundle/rel)
+        r = predict()
+        assert r.returncode == 1 and f'{rel} {message}' in r.stderr and 'Traceback' not in r.stderr, r.stderr
+        shutil.rmtree(bundle); keep.rename(bundle)
+    assert predict().returncode == 0                     # the bundle, put back, is accepted
+    TALLY['bad-input kinds'] += 3 + len(cases); TALLY['faults injected'] += 3 + len(cases)
