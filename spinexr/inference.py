@@ -196,7 +196,7 @@ def draw_overlay(img: np.ndarray, boxes: pd.DataFrame, p_abnormal: float, thresh
         y += lh + 8
     return out
 
-# %% ../nbs/40_inference.ipynb #35f80f22
+# %% ../nbs/40_inference.ipynb #7fc72132
 def outside(paths, folder) -> list:
     "The `paths` that are not inside `folder` (symbolic links resolved), in their order."
     folder = Path(folder).resolve()
