@@ -22,14 +22,14 @@ from .detect import predict_boxes, tta_predictions
 from .ensemble import Ensemble, study_predictions
 from .dicom_out import Algorithm, result_paths, write_results
 from .dicomweb import (connect, fetch_instance, http_reason, plan_study, store_instances, study_instances,
-                              study_uids)
+                              study_uids, uid_problem)
 from .bundle import (Bundle, bundle_warnings, choose_runtime, package_versions,
                             BUNDLE_PACKAGES, RUNTIMES, bundle_sha256, make_bundle, read_bundle, tiny_bundle)  # TEMP
 
 # %% auto #0
 __all__ = ['STAGES', 'STUDY_COLUMNS', 'NO_DICOM_SOURCE', 'DICOMWEB_COLUMNS', 'padded_batch', 'normalised', 'classifier_inputs',
            'channels_last', 'Predictor', 'draw_overlay', 'outside', 'study_scores', 'overlay_png', 'image_record',
-           'predict_files', 'predict_dicomweb', 'timing_table', 'spinexr_predict']
+           'dicom_source_problem', 'predict_files', 'predict_dicomweb', 'timing_table', 'spinexr_predict']
 
 # %% ../nbs/40_inference.ipynb #1b39f242
 def padded_batch(images, size: int):
@@ -56,6 +56,13 @@ def channels_last(model):
 
 # %% ../nbs/40_inference.ipynb #d6fb1deb
 STAGES = ('decode', 'classifiers', 'detector', 'saliency', 'write')
+
+def _no_boxes() -> pd.DataFrame: return pd.DataFrame(columns=['image_id', 'lesion_type', 'score', *BOX_COLUMNS])
+
+def _failure(path, image_id, e: Exception) -> dict:
+    "A failures row: the input and why (an `InputError`'s own words, else the exception's type and message)."
+    return dict(source=str(path), image_id=image_id, error=str(e) if isinstance(e, InputError)
+                else f'{type(e).__name__}: {e}')
 
 class Predictor:
     "A loaded model bundle: `predict(paths)` runs the whole chain on new images, its networks on `runtime`."
@@ -125,17 +132,28 @@ class Predictor:
         return np.stack(cols, 1)
 
     def predict(self, paths, ids=None) -> tuple:
-        "(one record per readable input, boxes in original pixels after fusion, failures) for a batch of paths."
+        ("(one record per readable input, boxes in original pixels after fusion, failures) for a batch of paths; "
+         "an input the models fail on fails alone, with the reason.")
         ids = image_ids(paths) if ids is None else ids
         t = time.perf_counter()
         good, failures = [], []
         for p, i in zip(paths, ids):
             try: good.append((p, i, *read_input(p, self.prep_size)))
-            except Exception as e:   # one bad file must not stop the others: report it with its reason
-                failures.append(dict(source=str(p), image_id=i, error=str(e) if isinstance(e, InputError)
-                                     else f'{type(e).__name__}: {e}'))
-        t = self._tick('decode', t)
-        if not good: return [], pd.DataFrame(columns=['image_id', 'lesion_type', 'score', *BOX_COLUMNS]), failures
+            except Exception as e: failures.append(_failure(p, i, e))   # one bad file must not stop the others
+        self._tick('decode', t)
+        try: return (*self.run_models(good), failures)
+        except Exception:
+            if len(good) < 2: raise
+        records, boxes = [], []                 # the batch failed: each image alone, so that only the culprit fails
+        for g in good:
+            try: r, b = self.run_models([g]); records += r; boxes.append(b)
+            except Exception as e: failures.append(_failure(g[0], g[1], e))
+        return records, pd.concat(boxes, ignore_index=True) if boxes else _no_boxes(), failures
+
+    def run_models(self, good) -> tuple:
+        "(records, fused boxes in original pixels) of read inputs (path, id, 8-bit image, info)."
+        if not good: return [], _no_boxes()
+        t = time.perf_counter()
         imgs = [g[2] for g in good]
         P = self.classify(imgs)
         prob = self.ensemble(P)
@@ -151,7 +169,7 @@ class Predictor:
                         orig_height=int(g[3]['orig_height']), orig_width=int(g[3]['orig_width']), dicom=g[3]['dicom'],
                         warnings=[*self.warnings, *g[3]['warnings']], image=g[2])
                    for g, pa, row in zip(good, prob, P)]
-        return records, boxes, failures
+        return records, boxes
 
 # %% ../nbs/40_inference.ipynb #258e1df7
 def _bgr(hex_colour: str) -> tuple:
@@ -196,11 +214,11 @@ def draw_overlay(img: np.ndarray, boxes: pd.DataFrame, p_abnormal: float, thresh
         y += lh + 8
     return out
 
-# %% ../nbs/40_inference.ipynb #7fc72132
-def outside(paths, folder) -> list:
-    "The `paths` that are not inside `folder` (symbolic links resolved), in their order."
-    folder = Path(folder).resolve()
-    return [p for p in paths if not Path(p).resolve().is_relative_to(folder)]
+# %% ../nbs/40_inference.ipynb #b108045f
+def outside(paths, folder, named=()) -> list:
+    "The `paths` that are `named` or not inside `folder` (symbolic links resolved), in their order."
+    folder, named = Path(folder).resolve(), {Path(p) for p in named}
+    return [p for p in paths if Path(p) in named or not Path(p).resolve().is_relative_to(folder)]
 
 # %% ../nbs/40_inference.ipynb #eccade92
 STUDY_COLUMNS = ('study_id', 'images', 'image_ids', 'p_abnormal', 'abnormal')
@@ -237,9 +255,18 @@ def image_record(rec: dict, boxes: pd.DataFrame) -> dict:
 
 NO_DICOM_SOURCE = 'no DICOM presentation state or SR: the input is not a DICOM file'
 
+def dicom_source_problem(rec: dict) -> str | None:
+    "Why no DICOM result can reference a record's source (not a DICOM, or a DICOM without its UIDs); None if one can."
+    d = rec.get('dicom')
+    if not d: return NO_DICOM_SOURCE
+    missing = [f'{n} Instance UID' for n in ('Study', 'Series', 'SOP') if not d.get(f'{n.lower()}_uid')]
+    if missing: return (f"no DICOM presentation state or SR: the DICOM has no {' or '.join(missing)} for them to "
+                        'reference')
+    return None
+
 def _with_dicom_results(rec: dict, out_dir: Path, algo: Algorithm, failures: list) -> dict:
     "`rec` with the paths of its presentation state and SR, written to `out_dir`/dicom (a failure is reported)."
-    if not rec['dicom']: return {**rec, 'warnings': [*rec['warnings'], NO_DICOM_SOURCE]}
+    if problem := dicom_source_problem(rec): return {**rec, 'warnings': [*rec['warnings'], problem]}
     try: paths = write_results(rec, out_dir/'dicom', algo)
     except Exception as e:     # the prediction stands; the image's DICOM objects are reported as failed
         failures.append(dict(source=rec['source'], image_id=rec['image_id'],
@@ -255,7 +282,7 @@ def predict_files(model_dir, inputs, out_dir, batch: int = 8, min_score: float =
      "`dicom`, each DICOM input's presentation state and SR under dicom/) to `out_dir`.")
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
-    paths = outside(find_inputs(inputs), out_dir)      # never this run's own outputs
+    paths = outside(find_inputs(inputs), out_dir, [i for i in inputs if Path(i).is_file()])   # not its own outputs
     if not paths: raise InputError('no input files (DICOM, PNG or JPEG) found', ', '.join(map(str, inputs)))
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError('is a file, not a folder for the predictions', out_dir)
@@ -283,9 +310,7 @@ def predict_files(model_dir, inputs, out_dir, batch: int = 8, min_score: float =
             records.append(_with_dicom_results(rec, out_dir, algo, fails) if dicom else rec)
         pred._tick('write', t)
         all_boxes.append(boxes); failures += fails
-    boxes = pd.concat(all_boxes,
-                      ignore_index=True) if all_boxes else pd.DataFrame(columns=['image_id', 'lesion_type', 'score',
-                                                                                 *BOX_COLUMNS])
+    boxes = pd.concat(all_boxes, ignore_index=True) if all_boxes else _no_boxes()
     t = time.perf_counter()
     ens = pred.ensemble
     save_json(dict(model_dir=str(Path(model_dir).absolute()), trained_on=pred.record['trained_on'],
@@ -316,15 +341,23 @@ def predict_files(model_dir, inputs, out_dir, batch: int = 8, min_score: float =
 # %% ../nbs/40_inference.ipynb #1342b235
 DICOMWEB_COLUMNS = ('study', 'series', 'instance', 'status', 'reason')
 
+def _shown(uid) -> str:
+    "A UID as a row shows it: as it is if it is one, else quoted and cut (a server's odd id never reaches a file raw)."
+    return uid if not uid or uid_problem(uid) is None else ascii(uid)[:72]
+
 def _row(where, status: str, reason: str = '') -> dict:
     "A row of dicomweb.csv about `where`: a study (its UID) or an `Instance`."
     study, series, sop = (where, '', '') if isinstance(where, str) else (where.study, where.series, where.sop)
-    return dict(study=study, series=series, instance=sop, status=status, reason=reason)
+    return dict(study=_shown(study), series=_shown(series), instance=_shown(sop), status=status, reason=reason)
+
+def _study_list(client, studies) -> list:
+    try: return study_uids(client, studies)
+    except Exception as e: raise InputError(f'cannot list the studies on the server: {http_reason(e)}') from None
 
 def _plans(client, studies, algo, rows: list) -> list:
     "Each study's plan (what needs results); a study that cannot be listed, or has no image, is a failed row."
     plans = []
-    for study in study_uids(client, studies):
+    for study in _study_list(client, studies):
         try: plan = plan_study(study, study_instances(client, study), algo)
         except Exception as e:
             rows.append(_row(study, 'failed', f'cannot list its instances: {http_reason(e)}')); continue
@@ -334,32 +367,45 @@ def _plans(client, studies, algo, rows: list) -> list:
         plans.append(plan)
     return plans
 
-def predict_dicomweb(model_dir, url: str, out_dir, studies=None, batch: int = 8, min_score: float = 0.25,
-                     overlays: bool = True, predictor: Predictor | None = None, progress: bool = False,
-                     timeout: float = 20, runtime: str = 'auto') -> dict:
-    ("Predict the images of DICOMweb studies (`studies`, or all) and store each one's presentation state and SR "
-     "back into its study; rows per instance in OUT/dicomweb.csv.")
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir(): raise InputError('is a file, not a folder for the predictions',
-                                                                   out_dir)
-    client = connect(url, timeout)                 # the server answers before the models load
-    pred = predictor or Predictor(model_dir, runtime)
-    algo, rows, fetched = pred.algorithm(min_score), [], {}
-    for plan in _plans(client, studies, algo, rows):
+def _fetch_all(client, plans, folder: Path, rows: list) -> dict:
+    "{fetched file: (its instance, the objects it lacks)} of every planned image; a failed fetch is a failed row."
+    fetched = {}
+    for plan in plans:
         for inst, missing in plan.todo.items():
-            try: fetched[str(fetch_instance(client, inst, out_dir/'fetched'))] = (inst, missing)
+            try: fetched[str(fetch_instance(client, inst, folder))] = (inst, missing)
             except Exception as e: rows.append(_row(inst, 'failed', f'cannot fetch it: {http_reason(e)}'))
-    summary = predict_files(model_dir, list(fetched), out_dir, batch, min_score, overlays, pred, progress,
-                            dicom=True) if fetched else None
+    return fetched
+
+def _store_all(client, fetched: dict, summary, out_dir: Path, rows: list):
+    "Store each predicted image's missing objects back into its study; a row per image."
     failed = {f['image_id']: f['error'] for f in (summary or {}).get('failures', [])}
-    for src, (inst, missing) in fetched.items():
-        image_id = Path(src).stem
+    for (src, (inst, missing)), image_id in zip(fetched.items(), image_ids(list(fetched))):  # as predict_files
         if image_id in failed: rows.append(_row(inst, 'failed', failed[image_id])); continue
         paths = result_paths(out_dir/'dicom', image_id)
         try:
             store_instances(client, inst.study, [paths[k] for k in missing])
             rows.append(_row(inst, 'stored', ' and '.join(missing)))
         except Exception as e: rows.append(_row(inst, 'failed', f'cannot store its results: {http_reason(e)}'))
+
+def predict_dicomweb(model_dir, url: str, out_dir, studies=None, batch: int = 8, min_score: float = 0.25,
+                     overlays: bool = True, predictor: Predictor | None = None, progress: bool = False,
+                     timeout: float = 20, runtime: str = 'auto', deadline: float = 300,
+                     keep_fetched: bool = False) -> dict:
+    ("Predict the images of DICOMweb studies (`studies`, or all) and store each one's presentation state and SR "
+     "back into its study; rows per instance in OUT/dicomweb.csv; the fetched images removed unless `keep_fetched`.")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir(): raise InputError('is a file, not a folder for the predictions',
+                                                                   out_dir)
+    client = connect(url, timeout, deadline=deadline)       # the server answers before the models load
+    pred = predictor or Predictor(model_dir, runtime)
+    rows, summary = [], None
+    try:
+        fetched = _fetch_all(client, _plans(client, studies, pred.algorithm(min_score), rows), out_dir/'fetched', rows)
+        if fetched: summary = predict_files(model_dir, list(fetched), out_dir, batch, min_score, overlays, pred,
+                                            progress, dicom=True)
+        _store_all(client, fetched, summary, out_dir, rows)
+    finally:
+        if not keep_fetched: shutil.rmtree(out_dir/'fetched', ignore_errors=True)    # patient data: not left behind
     write_csv(pd.DataFrame(rows, columns=list(DICOMWEB_COLUMNS)), out_dir/'dicomweb.csv')
     count = lambda s: sum(r['status'] == s for r in rows)
     return dict(n_studies=len({r['study'] for r in rows}), n_stored=count('stored'),
@@ -387,6 +433,8 @@ def spinexr_predict(
     dicomweb: str = None,                    # a DICOMweb server's URL: predict its studies, store the results back
     study: Param('with --dicomweb: these Study Instance UIDs (default: every study)', str, nargs='+') = None,
     timeout: float = 20,                     # with --dicomweb: seconds to wait for each answer of the server
+    deadline: float = 300,                   # with --dicomweb: seconds one request to the server may take in all
+    keep_fetched: bool = False,              # with --dicomweb: keep the fetched images in OUT/fetched (else removed)
     runtime: str = 'auto',                   # networks on: torch, onnx (after spinexr_export), auto (onnx if exported)
     saliency: bool = False):                 # also write OUT/saliency/<image_id>.png: the ensemble's Grad-CAM map
     "Predict radiographs with a bundle: abnormality score, fused lesion boxes in original pixels; exit 1 if any fail."
@@ -394,11 +442,12 @@ def spinexr_predict(
         if bool(inputs) == bool(dicomweb):
             raise InputError('give input files or folders, or --dicomweb URL (one of them)')
         if study and not dicomweb: raise InputError('--study needs --dicomweb')
+        if keep_fetched and not dicomweb: raise InputError('--keep_fetched needs --dicomweb')
         if saliency and dicomweb: raise InputError('--saliency writes files for input files; not with --dicomweb')
         if dicomweb:
             w = predict_dicomweb(model_dir, dicomweb, out, study, batch=batch, min_score=min_score,
                                  overlays=not no_overlays, progress=live_progress(), timeout=timeout,
-                                 runtime=runtime)
+                                 runtime=runtime, deadline=deadline, keep_fetched=keep_fetched)
             s = w['predict']
         else:
             s = predict_files(model_dir, inputs, out, batch=batch, min_score=min_score, overlays=not no_overlays,

@@ -220,7 +220,18 @@ def test_dicomweb_round_trip(bundle, distributed, orthanc, tmp_path):
     assert {row['instance'] for row in rows2 if row['status'] == 'already stored'} == set(heads)
     assert not any(row['status'] in ('stored', 'failed') for row in rows2)
     assert {s: len(qido(orthanc, f'studies/{s}/instances')) for s in studies} == counts
-    assert not (out2/'fetched').exists()
+    assert not (out2/'fetched').exists() and not (out/'fetched').exists()     # patient data is not left behind
+    # one new image, fetched and kept with --keep_fetched: owner-only, under its study and series
+    new = pydicom.dcmread(files[0]); new.SOPInstanceUID = '1.2.826.0.1.3680043.10.999.1'
+    buf = io.BytesIO(); new.save_as(buf, enforce_file_format=True)
+    assert httpx.post(f'{orthanc}/instances', content=buf.getvalue(), timeout=30).status_code == 200
+    out4 = tmp_path/'run4'
+    r = run_cli('spinexr_predict', bundle, '--dicomweb', web, '--study', str(new.StudyInstanceUID), '--out', out4,
+                '--keep_fetched')
+    assert r.returncode == 0, r.stderr[-3000:]
+    kept = list((out4/'fetched').rglob('*.dcm'))
+    assert [p.name for p in kept] == [f'{new.SOPInstanceUID}.dcm'], kept
+    assert kept[0].stat().st_mode & 0o777 == 0o600 and (out4/'fetched').stat().st_mode & 0o777 == 0o700
     # a server that is down: named before the models load
     t0 = time.time()
     r = run_cli('spinexr_predict', bundle, '--dicomweb', f'http://127.0.0.1:{free_port()}/dicom-web', '--out',
