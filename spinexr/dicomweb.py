@@ -4,9 +4,12 @@
 
 # %% ../nbs/36_dicomweb.ipynb #18cfdf2c
 from __future__ import annotations
-import os
+import contextlib, functools, json, os, re, socket, threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+import requests
+from requests.adapters import HTTPAdapter
 
 from .core import *
 from .dicom import _quiet_uids
@@ -14,18 +17,95 @@ from .dicom_out import Algorithm
 
 # %% auto #0
 __all__ = ['DICOMWEB_ENV', 'RETRY_ATTEMPTS', 'RETRY_WAIT_MS', 'QIDO_FIELDS', 'NON_IMAGE_MODALITIES', 'QIDO_PAGE',
-           'dicomweb_session', 'http_reason', 'connect', 'qido_value', 'Instance', 'instance_facts', 'image_problem',
-           'StudyPlan', 'plan_study', 'study_uids', 'study_instances', 'fetch_instance', 'store_instances']
+           'QIDO_MAX_ITEMS', 'QIDO_MAX_PAGES', 'DeadlineExceeded', 'WatchedAdapter', 'DeadlineSession',
+           'dicomweb_session', 'DicomwebError', 'http_reason', 'server_errors', 'connect', 'qido_value', 'Instance',
+           'instance_facts', 'uid_problem', 'instance_problem', 'image_problem', 'StudyPlan', 'plan_study', 'qido_all',
+           'study_uids', 'study_instances', 'private_folder', 'fetch_instance', 'store_instances']
+
+# %% ../nbs/36_dicomweb.ipynb #8025efdf
+class DeadlineExceeded(requests.Timeout):
+    "A request to the DICOMweb server that got no complete answer within its deadline."
+
+class _Request:
+    "The connections one request has used so far, and whether its deadline cut them."
+    def __init__(self): self.conns, self.cut = [], False
+
+    def cut_now(self):
+        self.cut = True
+        for conn in list(self.conns):
+            if (sock := getattr(conn, 'kept_sock', None)) is None: continue
+            try: sock.shutdown(socket.SHUT_RDWR)          # a read blocked on it returns at once
+            except OSError: pass
+
+_SENDING = threading.local()                              # .request: the `_Request` this thread is sending, if any
+
+class _WatchedConnection:
+    "A urllib3 connection that joins the request its thread is sending, its socket kept at hand."
+    kept_sock = None
+
+    def connect(self):
+        super().connect()
+        self.kept_sock = self.sock
+
+    def request(self, *args, **kw):
+        if (req := getattr(_SENDING, 'request', None)) is not None: req.conns.append(self)
+        return super().request(*args, **kw)
+
+# %% ../nbs/36_dicomweb.ipynb #ca995e42
+@functools.cache
+def _watched(pool_cls):
+    "`pool_cls`, a urllib3 connection pool class, making watched connections."
+    conn_cls = type(f'Watched{pool_cls.ConnectionCls.__name__}', (_WatchedConnection, pool_cls.ConnectionCls), {})
+    return type(f'Watched{pool_cls.__name__}', (pool_cls,), dict(ConnectionCls=conn_cls, watched=True))
+
+def _watch(manager):
+    "`manager` (a urllib3 pool manager), making watched pools from now on."
+    manager.pool_classes_by_scheme = {k: c if getattr(c, 'watched', False) else _watched(c)
+                                      for k, c in manager.pool_classes_by_scheme.items()}
+    return manager
+
+class WatchedAdapter(HTTPAdapter):
+    "requests' transport adapter with watched connections, direct and through proxies."
+    def init_poolmanager(self, *args, **kw):
+        super().init_poolmanager(*args, **kw)
+        _watch(self.poolmanager)
+
+    def proxy_manager_for(self, proxy, **kw): return _watch(super().proxy_manager_for(proxy, **kw))
+
+# %% ../nbs/36_dicomweb.ipynb #5fd09ea8
+class DeadlineSession(requests.Session):
+    "A requests session in which every request ends within `deadline` seconds: headers, body and redirects."
+    def __init__(self, deadline: float = 300):
+        super().__init__()
+        self.deadline = deadline
+        for prefix in ('http://', 'https://'): self.mount(prefix, WatchedAdapter())
+
+    def send(self, request, **kw):
+        if getattr(_SENDING, 'request', None) is not None: return super().send(request, **kw)   # a redirect
+        req = _SENDING.request = _Request()
+        timer = threading.Timer(self.deadline, req.cut_now)
+        timer.daemon = True
+        timer.start()
+        try:
+            r = super().send(request, **kw)
+            r.content                                     # a streamed body is read within the deadline too
+            return r
+        except Exception:
+            if not req.cut: raise
+            raise DeadlineExceeded(f'no complete answer within the {self.deadline:g} s deadline: {request.method} '
+                                   f'{request.url}', request=request) from None
+        finally:
+            timer.cancel()
+            _SENDING.request = None
 
 # %% ../nbs/36_dicomweb.ipynb #7b0c88e2
 DICOMWEB_ENV = dict(token='SPINEXR_DICOMWEB_TOKEN', user='SPINEXR_DICOMWEB_USER',
                     password='SPINEXR_DICOMWEB_PASSWORD')
 
-def dicomweb_session(env=None):
-    "A requests session with the DICOMweb credentials of the environment (`DICOMWEB_ENV`), if any."
-    import requests
+def dicomweb_session(env=None, deadline: float = 300):
+    "A `DeadlineSession` with the DICOMweb credentials of the environment (`DICOMWEB_ENV`), if any."
     env = os.environ if env is None else env
-    s = requests.Session()
+    s = DeadlineSession(deadline)
     s.trust_env = True                       # proxies and CA bundles as the user's environment sets them
     if env.get(DICOMWEB_ENV['token']): s.headers['Authorization'] = f"Bearer {env[DICOMWEB_ENV['token']]}"
     elif env.get(DICOMWEB_ENV['user']):
@@ -34,26 +114,37 @@ def dicomweb_session(env=None):
         s.auth = (env[DICOMWEB_ENV['user']], env[DICOMWEB_ENV['password']])
     return s
 
-# %% ../nbs/36_dicomweb.ipynb #0732de39
+# %% ../nbs/36_dicomweb.ipynb #d8d62495
+class DicomwebError(InputError):
+    "A failed DICOMweb request, or an answer that cannot be used: the message says why in one line."
+
 def http_reason(e: Exception) -> str:
     "One line on a failed DICOMweb request: the HTTP status and the server's words, or the connection error."
-    import requests
     r = getattr(e, 'response', None)
     if r is not None:
         body = ' '.join((r.text or '').split())[:200]
         return f'HTTP {r.status_code} {r.reason or ""} from {r.url}' + (f': {body}' if body else '')
+    if isinstance(e, (InputError, DeadlineExceeded)): return str(e)
     if isinstance(e, requests.Timeout): return f'no answer in time ({e})'
     if isinstance(e, requests.ConnectionError): return f'cannot connect ({e.__class__.__name__}: {e})'
     return f'{type(e).__name__}: {e}'
 
+@contextlib.contextmanager
+def server_errors():
+    "Any failure inside, of a request or of reading its answer, raised as a `DicomwebError`: `http_reason`'s line."
+    try: yield
+    except InputError: raise
+    except Exception as e: raise DicomwebError(http_reason(e)) from e
+
+# %% ../nbs/36_dicomweb.ipynb #0732de39
 RETRY_ATTEMPTS, RETRY_WAIT_MS = 3, 500    # dicomweb-client retries any error, by default 5 times over 30 s
 
-def connect(url: str, timeout: float = 20, env=None):
-    "A dicomweb-client for `url` that the server has answered (one QIDO study search); an error says why not."
-    import requests
+def connect(url: str, timeout: float = 20, env=None, deadline: float = 300):
+    ("A dicomweb-client for `url` that the server has answered (one QIDO study search); an error says why not. "
+     "`timeout` bounds each wait for the server, `deadline` each request as a whole.")
     from dicomweb_client.api import DICOMwebClient
     if not url.startswith(('http://', 'https://')): raise InputError('is not an http(s) URL of a DICOMweb service', url)
-    client = DICOMwebClient(url=url.rstrip('/'), session=dicomweb_session(env), permissive_uid=True,
+    client = DICOMwebClient(url=url.rstrip('/'), session=dicomweb_session(env, deadline), permissive_uid=True,
                             timeout=timeout)
     client.set_http_retry_params(max_attempts=RETRY_ATTEMPTS, wait_exponential_multiplier=RETRY_WAIT_MS)
     try: client.search_for_studies(limit=1)
@@ -93,6 +184,25 @@ def instance_facts(item: dict) -> Instance:
                     str(qido_value(item, 'Modality', '') or ''), int(rows) if rows not in (None, '') else None,
                     int(qido_value(item, 'NumberOfFrames', 1) or 1))
 
+# %% ../nbs/36_dicomweb.ipynb #4b7aee1c
+_UID = re.compile(r'(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*')
+_RELEASE_ID = re.compile(r'[0-9a-f]{32}')
+
+def uid_problem(uid) -> str | None:
+    "Why `uid` cannot be a study's, series' or instance's id here (in URLs, in file names); None if it can."
+    if not isinstance(uid, str) or not uid: return 'is missing'
+    if len(uid) > 64: return f'is {len(uid)} characters long, more than a UID may be (64)'
+    if _UID.fullmatch(uid) or _RELEASE_ID.fullmatch(uid): return None
+    return "is not a DICOM UID (numbers joined by dots, no leading zeros) nor one of the release's 32-hex ids"
+
+def instance_problem(inst: Instance, study: str | None = None) -> str | None:
+    "Why the ids of `inst` (listed in `study`, if given) cannot be used; None if they can."
+    for name, uid in (('Study', inst.study), ('Series', inst.series), ('SOP', inst.sop)):
+        if why := uid_problem(uid): return f'its {name} Instance UID {uid[:70]!r} {why}'
+    if study is not None and inst.study != study:
+        return f'listed in study {study} but its Study Instance UID is {inst.study}'
+    return None
+
 # %% ../nbs/36_dicomweb.ipynb #70c16aba
 NON_IMAGE_MODALITIES = ('PR', 'SR', 'KO', 'SEG', 'RTSTRUCT', 'DOC', 'REG', 'FID', 'PLAN')
 
@@ -117,55 +227,82 @@ def plan_study(study: str, instances, algo: Algorithm) -> StudyPlan:
     own = {algo.uid(k, i.sop) for i in instances for k in ('gsps', 'sr')}
     for inst in instances:
         if inst.sop in own: continue
-        if problem := image_problem(inst):
+        if problem := instance_problem(inst, study) or image_problem(inst):
             plan.skipped.append((inst, problem)); continue
         missing = tuple(k for k in ('gsps', 'sr') if algo.uid(k, inst.sop) not in have)
         if missing: plan.todo[inst] = missing
         else: plan.done.append(inst)
     return plan
 
-# %% ../nbs/36_dicomweb.ipynb #cf52f87b
-QIDO_PAGE = 500
+# %% ../nbs/36_dicomweb.ipynb #bf030507
+QIDO_PAGE, QIDO_MAX_ITEMS, QIDO_MAX_PAGES = 500, 100_000, 400
 
+def qido_all(search, what: str, **kw) -> list:
+    "Every item of a QIDO-RS search, `search(offset=, limit=, **kw)` page by page, each once; bounded (see above)."
+    items, seen, offset = [], set(), 0
+    for pages in range(1, QIDO_MAX_PAGES + 1):
+        page, new = search(offset=offset, limit=QIDO_PAGE, **kw), []
+        for item in page:
+            if (key := json.dumps(item, sort_keys=True)) not in seen: seen.add(key); new.append(item)
+        items += new
+        if len(page) < QIDO_PAGE or (not new and len(page) > QIDO_PAGE): return items
+        if not new: raise DicomwebError(f'the server ignores the offset of a search for {what}: it answered the '
+                                        f'same {len(page)} at offset {offset}, so the rest cannot be listed')
+        if len(items) > QIDO_MAX_ITEMS: break
+        offset += len(page)
+    raise DicomwebError(f'the search for {what} goes on beyond {len(items)} of them in {pages} pages (at most '
+                        f'{QIDO_MAX_ITEMS} are listed, in at most {QIDO_MAX_PAGES} pages)')
+
+# %% ../nbs/36_dicomweb.ipynb #4a093e2c
 def study_uids(client, studies=None) -> list:
     "The Study Instance UIDs to work on: `studies` as given (duplicates dropped), or every study on the server."
     if studies: return list(dict.fromkeys(studies))
-    out, offset = [], 0
-    while True:
-        page = client.search_for_studies(offset=offset, limit=QIDO_PAGE, fields=['StudyInstanceUID'])
-        out += [str(qido_value(s, 'StudyInstanceUID')) for s in page if qido_value(s, 'StudyInstanceUID')]
-        if len(page) < QIDO_PAGE: return list(dict.fromkeys(out))
-        offset += len(page)
+    with server_errors():
+        found = qido_all(client.search_for_studies, 'studies', fields=['StudyInstanceUID'])
+        return list(dict.fromkeys(str(u) for s in found if (u := qido_value(s, 'StudyInstanceUID'))))
 
 def study_instances(client, study: str) -> list:
     "The `Instance`s of `study` (QIDO-RS), with the fields that decide what to do with them."
-    items, offset = [], 0
-    while True:
-        page = client.search_for_instances(study_instance_uid=study, fields=list(QIDO_FIELDS), offset=offset,
-                                           limit=QIDO_PAGE)
-        items += page
-        if len(page) < QIDO_PAGE: break
-        offset += len(page)
-    facts = [instance_facts(i) for i in items]
+    if why := uid_problem(study): raise DicomwebError(f'its Study Instance UID {str(study)[:70]!r} {why}')
+    with server_errors():
+        items = qido_all(client.search_for_instances, 'instances', study_instance_uid=study, fields=list(QIDO_FIELDS))
+        facts = [instance_facts(i) for i in items]
     return [f if f.study else replace(f, study=study) for f in facts]    # a server need not repeat the study's id
 
+# %% ../nbs/36_dicomweb.ipynb #9dc16b2a
+def private_folder(folder, *names) -> Path:
+    "`folder`/`names`..., each folder readable by its owner only (0700), made so if it was not."
+    if bad := [n for n in names if not is_safe_id(n)]: raise InputError(f'not safe as folder names: {bad}')
+    path = Path(folder)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for p in [path, *(path.joinpath(*names[:k]) for k in range(1, len(names) + 1))]:
+        p.mkdir(mode=0o700, exist_ok=True)
+        p.chmod(0o700)
+    return p
+
 def fetch_instance(client, inst: Instance, folder) -> Path:
-    "Retrieve `inst` (WADO-RS) into `folder` as `<SOP Instance UID>.dcm`, atomically; its path."
+    "Retrieve `inst` (WADO-RS) as `folder/<study>/<series>/<SOP Instance UID>.dcm`, owner-only; its path."
+    if why := instance_problem(inst): raise DicomwebError(f'{why}: not asked for')
     with _quiet_uids():
-        ds = client.retrieve_instance(inst.study, inst.series, inst.sop)
-        path = Path(folder)/f'{inst.sop}.dcm'
+        with server_errors(): ds = client.retrieve_instance(inst.study, inst.series, inst.sop)
+        if (sent := str(ds.get('SOPInstanceUID', ''))) != inst.sop:
+            raise DicomwebError(f'the server sent instance {sent[:70]!r} for {inst.sop}')
+        path = private_folder(folder, inst.study, inst.series)/f'{inst.sop}.dcm'
         with atomic_path(path) as tmp: ds.save_as(tmp, enforce_file_format=False)
+        path.chmod(0o600)                                 # in a folder only the owner can enter since it was made
     return path
 
+# %% ../nbs/36_dicomweb.ipynb #cf52f87b
 def store_instances(client, study: str, paths) -> list:
     "Store DICOM files into `study` (STOW-RS); their SOP Instance UIDs; an error names any the server refused."
     import pydicom
+    if why := uid_problem(study): raise DicomwebError(f'its Study Instance UID {str(study)[:70]!r} {why}')
     with _quiet_uids():
         datasets = [pydicom.dcmread(p) for p in paths]
-        answer = client.store_instances(datasets, study_instance_uid=study)
+        with server_errors(): answer = client.store_instances(datasets, study_instance_uid=study)
     failed = answer.get('FailedSOPSequence') if answer is not None else None
     if failed:
         why = '; '.join(f"{f.get('ReferencedSOPInstanceUID', '?')}: failure reason {f.get('FailureReason', '?')}"
                         for f in failed)
-        raise InputError(f'the server refused {len(failed)} of {len(datasets)} objects ({why})', study)
+        raise DicomwebError(f'the server refused {len(failed)} of {len(datasets)} objects ({why})')
     return [str(d.SOPInstanceUID) for d in datasets]
