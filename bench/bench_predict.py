@@ -107,7 +107,8 @@ def variants(model_dir, paths) -> dict:
 def input_preparation(model_dir, paths) -> dict:
     "Seconds per image to make the classifiers' inputs: once per classifier (before) and once per size (now)."
     from spinexr.classify import ClsConfig
-    from spinexr.inference import classifier_inputs, normalised, padded_batch, read_bundle
+    from spinexr.bundle import read_bundle
+    from spinexr.inference import classifier_inputs, normalised, padded_batch
     from spinexr.inputs import read_input
     b = read_bundle(model_dir)
     cfgs = [ClsConfig.load(Path(model_dir)/'classifiers'/a/'config.json') for a in b['ensemble'].names]
@@ -125,7 +126,8 @@ def input_preparation(model_dir, paths) -> dict:
 
 def loading_overlap(model_dir, paths, runtime: str) -> dict:
     "Seconds to load the models and decode the first batch: one after the other, and overlapped in a thread."
-    from spinexr.inference import Predictor, read_bundle
+    from spinexr.bundle import read_bundle
+    from spinexr.inference import Predictor
     from spinexr.inputs import read_input
     size = int(read_bundle(model_dir)['prep_size'])
     decode = lambda: [read_input(p, size) for p in paths[:8]]

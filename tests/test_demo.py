@@ -8,7 +8,7 @@ import pytest
 from conftest import CHROMIUM, CHROMIUM_ARGS, SHOTS, require_system, run_cli
 
 from spinexr.core import DET_CLASSES
-from spinexr.inference import bundle_sha256, read_bundle
+from spinexr.bundle import bundle_sha256, read_bundle
 
 @pytest.fixture(scope='module')
 def demo(tmp_path_factory):
@@ -205,6 +205,17 @@ def test_predict_with_no_inputs(demo, tmp_path):
     (tmp_path/'empty').mkdir()
     r = run_cli('spinexr_predict', out/'model', tmp_path/'empty', '--out', tmp_path/'p', timeout=300)
     assert r.returncode == 1 and 'no input files' in r.stderr
+
+def test_predict_never_reads_its_own_out(demo, unseen, tmp_path):
+    "An output folder inside the input folder: a second run predicts the same DICOMs, not the first run's overlays."
+    out, _ = demo
+    scans = tmp_path/'scans'
+    shutil.copytree(unseen/'test_images', scans)
+    n = len(list(scans.glob('*.dicom')))
+    for _ in range(2):
+        r = run_cli('spinexr_predict', out/'model', scans, '--out', scans/'predictions', timeout=300)
+        assert r.returncode == 0 and f'{n} of {n} images predicted' in r.stdout, r.stdout + r.stderr[-2000:]
+    assert len(list((scans/'predictions'/'overlays').glob('*.png'))) == n
 
 def test_predict_reports_every_bad_dicom_kind(demo, unseen, tmp_path):
     """The reliability suite's bad DICOMs, mixed with good ones, through spinexr_predict: each reported with its reason,

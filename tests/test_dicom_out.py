@@ -12,7 +12,7 @@ from conftest import SHOTS, command, require_system, run_cli
 
 from spinexr.dicom_out import (conformance, dciodvfy_path, presentation_state_boxes, render_presentation_state,
                                report_findings, result_paths)
-from spinexr.inference import bundle_sha256, tiny_bundle
+from spinexr.bundle import bundle_sha256, tiny_bundle
 from spinexr.phantom import as_distributed
 
 ORTHANC = '/usr/sbin/Orthanc'
