@@ -100,7 +100,7 @@ def atomic_path(path):
         Path(tmp).unlink(missing_ok=True)
         raise
 
-# %% ../nbs/00_core.ipynb #6c334af3
+# %% ../nbs/00_core.ipynb #d6ce7ebc
 def swap_in(tmp, dst) -> Path:
     "Rename the complete folder `tmp` onto `dst`, replacing an existing `dst` only once `tmp` is in place."
     tmp, dst = Path(tmp), Path(dst)

@@ -214,7 +214,7 @@ def detector_start(cfg: DetConfig, store=None):
     cfg.used_pretrained, cfg.pretrained_sha256, cfg.pretrained_tensors = True, sha, f'{n}/{len(net.state_dict())}'
     return net
 
-# %% ../nbs/20_detect.ipynb #1e4002c1
+# %% ../nbs/20_detect.ipynb #e2b9ff70
 import contextlib
 
 @contextlib.contextmanager
@@ -230,7 +230,7 @@ def _safe_ultralytics_loads():
         if env is None: os.environ.pop('ULTRALYTICS_SAFE_LOAD', None)
         else: os.environ['ULTRALYTICS_SAFE_LOAD'] = env
 
-# %% ../nbs/20_detect.ipynb #e619d139
+# %% ../nbs/20_detect.ipynb #c868ab3a
 DETECTOR_YAMLS = re.compile(r'yolo11[nsmlx]\.yaml')     # architectures built by name, from ultralytics' own yaml
 ARCH_FIELDS = ('backbone', 'head', 'scale', 'nc', 'channels', 'activation')
 
@@ -291,7 +291,7 @@ def load_detector(run_dir):
     yolo.model = net.eval()
     return yolo
 
-# %% ../nbs/20_detect.ipynb #034393b8
+# %% ../nbs/20_detect.ipynb #c8265824
 DET_RUN_FILES = ('metrics.json', 'config.json', 'data.yaml', 'train.txt', 'history.csv', 'detector.json', 'detector.pt',
                  'tta.json', 'preds_val.csv', 'preds_test.csv', 'preds_val_flip.csv', 'preds_test_flip.csv',
                  'preds_test_tta.csv', '.start.pt')     # metrics.json, written last, is removed first
