@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from fastcore.basics import noop
-from fastcore.script import Param, call_parse
+from fastcore.script import call_parse
 
 from .core import *
 from .metrics import *
@@ -22,7 +22,7 @@ from .prep import PrepTree
 # %% auto #0
 __all__ = ['ARCHS', 'RECIPES', 'ClsConfig', 'recipe', 'recipe_table', 'read_labels', 'cls_datablock', 'cls_dataloaders',
            'backbone_weights', 'create_backbone', 'BinaryLoss', 'cls_learner', 'batch_probs', 'predict_probs',
-           'epoch_line', 'plot_history', 'train_classifier', 'run_table', 'show_run', 'load_classifier', 'data_and_out',
+           'epoch_line', 'plot_history', 'train_classifier', 'run_table', 'show_run', 'load_classifier',
            'spinexr_train_cls']
 
 # %% ../nbs/10_classify.ipynb #a8ed4349
@@ -399,27 +399,17 @@ def _recipe_default(f) -> str:
     if len(set(map(repr, vals.values()))) == 1: return repr(vals[ARCHS[0]])
     return ', '.join(f'{a}: {v!r}' for a, v in vals.items())
 
-def data_and_out(paths, data, out) -> tuple:
-    "`--data` and `--out`, or the two positionals `DATA OUT` that earlier versions took."
-    paths = list(paths or [])
-    if paths and (data or out or len(paths) != 2):
-        raise InputError('give the prep tree with --data and the run directory with --out')
-    data, out = paths if paths else (data, out)
-    if not data or not out: raise InputError('give the prep tree with --data and the run directory with --out')
-    return data, out
-
 @call_parse
 @config_flags(ClsConfig, default_text=_recipe_default,
               helps=dict(pretrained='train from scratch on purpose: no ImageNet weights',
                          arch='timm backbone: densenet121, tf_efficientnetv2_s or resnet50; its recipe sets every '
                               'other default'))
-def spinexr_train_cls(paths: Param('(deprecated) DATA OUT as positionals', str, nargs='*', opt=False) = None,
-                      data: str = None,     # a prep tree written by spinexr_prep (images/, labels.csv)
+def spinexr_train_cls(data: str = None,     # a prep tree written by spinexr_prep (images/, labels.csv)
                       out: str = None,      # the run directory to write
                       **settings):
     "Train one classifier of the recipe of --arch on a prep tree; under `torchrun`/`accelerate launch`, with DDP."
     with cli_errors('spinexr_train_cls'):
-        data, out = data_and_out(paths, data, out)
+        if not data or not out: raise InputError('give the prep tree with --data and the run directory with --out')
         given = given_settings(ClsConfig, settings)
         cfg = recipe(given.pop('arch', ClsConfig.arch), **given)
         m = train_classifier(data, out, cfg)

@@ -386,15 +386,6 @@ def predict_boxes(yolo, images, cfg: DetConfig, ids=None, batch: int = 16) -> pd
                              and x[3] > x[1]]  # a box clipped to nothing is no detection
     return pd.DataFrame(rows, columns=['image_id', 'lesion_type', 'score', *BOX_COLUMNS])
 
-# %% ../nbs/20_detect.ipynb #f47ba443
-def __getattr__(name):
-    "`prep_ground_truth(prep_dir, split)` of earlier versions still works, and says where it lives now."
-    if name != 'prep_ground_truth': raise AttributeError(f"module 'spinexr.detect' has no attribute {name!r}")
-    import warnings
-    warnings.warn('spinexr.detect.prep_ground_truth(prep_dir, split) is now PrepTree(prep_dir).ground_truth(split) '
-                  '(spinexr.prep)', DeprecationWarning, stacklevel=2)
-    return lambda prep_dir, split: PrepTree(prep_dir).ground_truth(split)
-
 # %% ../nbs/20_detect.ipynb #f8b60e0e
 WBF_IOU_THRS = (0.4, 0.5, 0.55, 0.6, 0.7)       # the grid choose_tta searches on validation
 WBF_SKIP_THRS = (0.0, 0.01, 0.05)

@@ -18,7 +18,7 @@ def prep(prepared):
 def train(prep, out, *extra, launcher=(), env=None):
     "spinexr_train_cls at a tiny scale; `launcher`: a console command and its arguments that start it (torchrun)."
     cmd = (*launcher, command('spinexr_train_cls')) if launcher else ('spinexr_train_cls',)
-    return run_cli(*cmd, prep, out, *TINY, *extra, timeout=900, env=env)
+    return run_cli(*cmd, '--data', prep, '--out', out, *TINY, *extra, timeout=900, env=env)
 
 def test_run_directory(prep, tmp_path):
     r = train(prep, tmp_path/'run')
@@ -53,9 +53,9 @@ def test_ddp_on_cpu_with_two_gloo_processes(prep, tmp_path):
     (['--weights', '/nonexistent/w.pth'], 'weights file not found'),
 ])
 def test_bad_settings(prep, tmp_path, args, message):
-    r = run_cli('spinexr_train_cls', prep, tmp_path/'run', *TINY, *args, timeout=300)
+    r = run_cli('spinexr_train_cls', '--data', prep, '--out', tmp_path/'run', *TINY, *args, timeout=300)
     assert r.returncode == 1 and message in r.stderr and 'Traceback' not in r.stderr
 
 def test_not_a_prep_tree(tmp_path):
-    r = run_cli('spinexr_train_cls', tmp_path, tmp_path/'run', *TINY)
+    r = run_cli('spinexr_train_cls', '--data', tmp_path, '--out', tmp_path/'run', *TINY)
     assert r.returncode == 1 and 'no labels.csv' in r.stderr and 'Traceback' not in r.stderr

@@ -337,7 +337,7 @@ def cls_env() -> dict:
     return dict(os.environ, SPINEXR_THREADS='1')
 
 def train_cls(prep_dir, out):
-    return run_cli('spinexr_train_cls', prep_dir, out, *CLS_ARGS, timeout=600, env=cls_env())
+    return run_cli('spinexr_train_cls', '--data', prep_dir, '--out', out, *CLS_ARGS, timeout=600, env=cls_env())
 
 def run_file(name: str, data: bytes) -> bytes:
     "A classifier run's file without what measures time (train_seconds, the time column of the log)."
@@ -412,7 +412,7 @@ def test_classifier_kill9_then_rerun(cls_prep, cls_run, tmp_path):
     watcher.start()
     seed = int(np.random.default_rng().integers(2 ** 31)); rng = np.random.default_rng(seed)
     fit_s = load_json(cls_run/'metrics.json')['train_seconds']
-    cmd = [command('spinexr_train_cls'), cls_prep, run, *CLS_ARGS]
+    cmd = [command('spinexr_train_cls'), '--data', cls_prep, '--out', run, *CLS_ARGS]
     k1 = kill_when(cmd, lambda: (run/'.checkpoints'/'history.csv').exists(), rng.uniform(0, 0.5 * fit_s), psutil,
                    env=cls_env())
     left1 = check_run_dir(run, expected)                          # (the older run's metrics.json would fail this)
