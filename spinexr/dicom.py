@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_dicom.ipynb #3935b5f7
 from __future__ import annotations
-import contextlib, io, math, re, struct, warnings
+import contextlib, io, math, re, struct, warnings, zlib
 from pathlib import Path
 
 import numpy as np
@@ -13,14 +13,57 @@ import pandas as pd
 from .core import *
 
 # %% auto #0
-__all__ = ['MIN_SIDE', 'RADIOGRAPH_MODALITIES', 'SPINE_WORDS', 'PERCENTILES', 'DicomError', 'open_dicom', 'read_header',
-           'radiograph_warnings', 'j2k_header', 'target_shape', 'choose_reduce', 'decode_stored', 'voi_record',
-           'display_values', 'to_display', 'resize_to', 'align_reduced', 'read_dicom', 'to_uint8', 'scale_boxes',
-           'to_stored_coords', 'to_original_coords']
+__all__ = ['MAX_PIXELS', 'INFLATE_SLACK', 'MIN_SIDE', 'RADIOGRAPH_MODALITIES', 'SPINE_WORDS', 'PERCENTILES', 'DicomError',
+           'TooManyPixels', 'DicomTooManyPixels', 'pixel_budget', 'check_budget', 'open_dicom', 'read_header',
+           'radiograph_warnings', 'j2k_header', 'target_shape', 'choose_reduce', 'shape_problem', 'decode_stored',
+           'voi_record', 'display_values', 'to_display', 'resize_to', 'align_reduced', 'check_dicom', 'read_dicom',
+           'to_uint8', 'scale_boxes', 'to_stored_coords', 'to_original_coords']
 
 # %% ../nbs/03_dicom.ipynb #5eb60a55
 class DicomError(InputError):
     "A DICOM file that cannot be read as a grayscale radiograph: the message names the file and the reason."
+
+# %% ../nbs/03_dicom.ipynb #cf8c5a56
+MAX_PIXELS = 60_000_000  # pixels a file may declare (rows x columns x frames x samples): above any radiograph
+
+class TooManyPixels(InputError):
+    "A file declaring more pixels than the budget: refused before any decoder allocates them."
+    def __init__(self, declared: str, pixels: int, max_pixels: int, path=None):
+        self.pixels, self.max_pixels = int(pixels), int(max_pixels)
+        super().__init__(f'{declared} ({self.pixels:,} pixels), more than the budget of {self.max_pixels:,} pixels '
+                         f'(--max_pixels): refused before decoding', path)
+
+class DicomTooManyPixels(TooManyPixels, DicomError):
+    "A DICOM file over the pixel budget: a `TooManyPixels` and a `DicomError` both."
+
+def pixel_budget(max_pixels=None) -> int:
+    "The pixel budget to apply: `MAX_PIXELS` for None, else `max_pixels`, a whole number of at least 1."
+    if max_pixels is None: return MAX_PIXELS
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1:
+        raise InputError(f'max_pixels must be a whole number of pixels, at least 1, not {max_pixels!r}')
+    return int(max_pixels)
+
+# %% ../nbs/03_dicom.ipynb #d953353a
+def _whole(ds, tag: str, path, default=None) -> int | None:
+    "A header count (Rows, NumberOfFrames...) as an int; `default` when absent; a `DicomError` when not a count."
+    v = ds.get(tag)
+    if v is None or v == '': return default
+    try: n = int(str(v).strip())
+    except (TypeError, ValueError): raise DicomError(f'{tag} {str(v)!r} is not a whole number', path) from None
+    if n < 0: raise DicomError(f'{tag} {n} is negative', path)
+    return n
+
+def check_budget(ds, path='', max_pixels=MAX_PIXELS) -> int:
+    "Refuse a header declaring more than `max_pixels` (rows x columns x frames x samples); the count declared."
+    budget = pixel_budget(max_pixels)
+    R, C = _whole(ds, 'Rows', path), _whole(ds, 'Columns', path)
+    if R is None or C is None: return 0                           # no size: `_header_info` says so
+    frames, spp = _whole(ds, 'NumberOfFrames', path, 1) or 1, _whole(ds, 'SamplesPerPixel', path, 1) or 1
+    n = R * C * frames * spp
+    if n > budget:
+        extra = ''.join(f' x {k} {what}' for k, what in ((frames, 'frames'), (spp, 'samples')) if k > 1)
+        raise DicomTooManyPixels(f'the header declares {R} x {C} pixels{extra}', n, budget, path)
+    return n
 
 # %% ../nbs/03_dicom.ipynb #d51349b7
 _PIXEL_TAGS = (b'\xe0\x7f\x10\x00', b'\x7f\xe0\x00\x10')  # (7FE0,0010) Pixel Data, little and big endian
@@ -48,7 +91,52 @@ def _infer_syntax(ds, path):
     ds.file_meta.TransferSyntaxUID = uid
     return f'no file meta information: transfer syntax inferred as {uid.name}'
 
-def open_dicom(path, stop_before_pixels: bool = False):
+# %% ../nbs/03_dicom.ipynb #e96feb12
+INFLATE_SLACK = 1 << 22  # bytes a deflated data set may hold beyond its pixels: any header and trailing elements
+
+def _inflate(raw: bytes, start: int, path, max_pixels) -> bytes:
+    "The deflated data set from byte `start` inflated, refused over the pixel budget or beyond what its pixels need."
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import read_dataset
+    d = zlib.decompressobj(-zlib.MAX_WBITS)
+    try: head = d.decompress(raw[start:], INFLATE_SLACK)
+    except zlib.error as e: raise DicomError(f'corrupt deflated data set (zlib: {e})', path) from None
+    try: hdr = read_dataset(DicomBytesIO(head), False, True, stop_when=lambda tag, vr, n: tag.group > 0x0028)
+    except Exception: hdr = {}
+    if hdr.get('Rows') is None or hdr.get('Columns') is None:
+        if d.eof: return head                                  # all of it: the reader names what is missing
+        raise DicomError(f'no image size (Rows, Columns) in the first {INFLATE_SLACK >> 20} MiB of the inflated '
+                         'data set', path)
+    n = check_budget(hdr, path, max_pixels)
+    cap = n * -(-(_whole(hdr, 'BitsAllocated', path, 16) or 16) // 8) + INFLATE_SLACK
+    if d.eof: return head
+    try: rest = d.decompress(d.unconsumed_tail, cap + 1 - len(head))
+    except zlib.error as e: raise DicomError(f'corrupt deflated data set (zlib: {e})', path) from None
+    if len(head) + len(rest) > cap:
+        raise DicomError(f'the deflated data set inflates to more than {cap:,} bytes, more than its header '
+                         f'({int(hdr.Rows)} x {int(hdr.Columns)} pixels) needs: refused (a decompression bomb?)', path)
+    return head + rest
+
+# %% ../nbs/03_dicom.ipynb #c585cc91
+def _read_deflated(raw: bytes, path, stop_before_pixels: bool, max_pixels):
+    "A deflated data set read as `dcmread` would, inflated under `_inflate`'s caps; None for any other file."
+    from pydicom.dataset import FileDataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+    fp = io.BytesIO(raw)
+    try: preamble, meta = read_preamble(fp, False), _read_file_meta_info(fp)
+    except Exception: return None                              # dcmread names what is wrong with it
+    if meta.get('TransferSyntaxUID') != DeflatedExplicitVRLittleEndian: return None
+    data = _inflate(raw, fp.tell(), path, max_pixels)
+    stop = (lambda tag, vr, n: tag.group == 0x7FE0 and tag.element in (8, 9, 0x10)) if stop_before_pixels else None
+    dataset = read_dataset(DicomBytesIO(data), False, True, stop_when=stop)
+    ds = FileDataset(str(path), dataset, preamble, meta, False, True)
+    ds.set_original_encoding(False, True, dataset._character_set)
+    return ds
+
+# %% ../nbs/03_dicom.ipynb #31dc27e5
+def open_dicom(path, stop_before_pixels: bool = False, max_pixels=MAX_PIXELS):
     "Read a DICOM file with pydicom; returns (dataset, notes). Raises `DicomError` for anything unreadable."
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -57,11 +145,14 @@ def open_dicom(path, stop_before_pixels: bool = False):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         warnings.filterwarnings('ignore', message='Invalid value for VR UI')
-        try: ds = pydicom.dcmread(io.BytesIO(raw), stop_before_pixels=stop_before_pixels)
+        try:
+            ds = _read_deflated(raw, path, stop_before_pixels, max_pixels)
+            if ds is None: ds = pydicom.dcmread(io.BytesIO(raw), stop_before_pixels=stop_before_pixels)
         except InvalidDicomError:
             try: ds = pydicom.dcmread(io.BytesIO(raw), force=True, stop_before_pixels=False)
             except Exception: raise DicomError('not a DICOM file (no "DICM" marker at byte 128)', path) from None
             if 'TransferSyntaxUID' not in getattr(ds, 'file_meta', {}): notes.append(_infer_syntax(ds, path))
+        except DicomError: raise
         except Exception as e:
             raise DicomError(f'unreadable DICOM, corrupt or truncated ({type(e).__name__}: {e})', path) from None
     notes += [f'pydicom: {w.message}' for w in caught]
@@ -79,15 +170,22 @@ def open_dicom(path, stop_before_pixels: bool = False):
 # %% ../nbs/03_dicom.ipynb #c7ce6653
 MIN_SIDE = 16  # pixels: the smallest side of an image spinexr accepts (and the smallest PNG spinexr_prep writes)
 
+def _finite(v) -> float:
+    "A header number as a float: NaN when it is missing, not a number, or not finite ('nan', 'inf', '1e999', text)."
+    try: x = float(v)
+    except (TypeError, ValueError): return math.nan
+    return x if math.isfinite(x) else math.nan
+
 def _spacing(ds):
-    "Row and column spacing in mm: PixelSpacing, else ImagerPixelSpacing (DX), else NaN."
+    "Row and column spacing in mm: PixelSpacing, else ImagerPixelSpacing (DX), each two positive numbers; else NaN."
     for tag in ('PixelSpacing', 'ImagerPixelSpacing'):
         v = ds.get(tag)
-        if v is not None and len(v) == 2:
-            try: return float(v[0]), float(v[1])
-            except (TypeError, ValueError): pass
+        pair = (isinstance(v, (list, tuple)) or type(v).__name__ == 'MultiValue') and len(v) == 2
+        sy, sx = (_finite(v[0]), _finite(v[1])) if pair else (math.nan, math.nan)
+        if sy > 0 and sx > 0: return sy, sx
     return math.nan, math.nan
 
+# %% ../nbs/03_dicom.ipynb #b5b46cf8
 def _str(ds, tag):
     v = ds.get(tag)
     return '' if v is None else str(v)
@@ -97,12 +195,12 @@ def _header_info(ds, path) -> dict:
     for tag in ('Rows', 'Columns', 'BitsAllocated'):
         if ds.get(tag) in (None, ''): raise DicomError(f'no {tag}: not an image', path)
     photometric = _str(ds, 'PhotometricInterpretation').strip().upper()
-    spp = int(ds.get('SamplesPerPixel') or 1)
+    spp = _whole(ds, 'SamplesPerPixel', path, 1) or 1
     if photometric not in ('MONOCHROME1', 'MONOCHROME2') or spp != 1:
         what = 'colour' if spp > 1 or photometric.startswith(('RGB', 'YBR', 'PALETTE')) else 'unsupported'
         raise DicomError(f'{what} image (PhotometricInterpretation {photometric or "missing"!r}, SamplesPerPixel '
                          f'{spp}): only grayscale MONOCHROME1/MONOCHROME2 radiographs are supported', path)
-    frames = int(ds.get('NumberOfFrames') or 1)
+    frames = _whole(ds, 'NumberOfFrames', path, 1) or 1
     if frames != 1: raise DicomError(f'{frames} frames: a single-frame radiograph is expected', path)
     if min(int(ds.Rows), int(ds.Columns)) < MIN_SIDE:
         raise DicomError(f'image of {int(ds.Rows)} x {int(ds.Columns)} pixels: too small to be a radiograph '
@@ -212,6 +310,18 @@ def choose_reduce(height: int, width: int, size: int | None, levels: int) -> int
     while r < levels and _ceil_div(height, 2 ** (r + 1)) >= th and _ceil_div(width, 2 ** (r + 1)) >= tw: r += 1
     return r
 
+# %% ../nbs/03_dicom.ipynb #b498ad9b
+def shape_problem(height: int, width: int, size: int | None = None) -> str | None:
+    "Why an image of `height` x `width` cannot be read at long side `size` (a side under `MIN_SIDE`); None if it can."
+    if min(height, width) < MIN_SIDE:
+        return (f'image of {height} x {width} pixels: too small to be a radiograph (at least {MIN_SIDE} pixels '
+                'a side)')
+    h, w = target_shape(height, width, size)
+    if min(h, w) < MIN_SIDE:
+        return (f'image of {height} x {width} pixels: too thin to be a radiograph (resized to a long side of {size} '
+                f'it would be {h} x {w} pixels, under {MIN_SIDE} a side)')
+    return None
+
 # %% ../nbs/03_dicom.ipynb #dcf58167
 _J2K = {'1.2.840.10008.1.2.4.90', '1.2.840.10008.1.2.4.91', '1.2.840.10008.1.2.4.92', '1.2.840.10008.1.2.4.93',
         '1.2.840.10008.1.2.4.201', '1.2.840.10008.1.2.4.202', '1.2.840.10008.1.2.4.203'}
@@ -229,10 +339,26 @@ def _frame(ds) -> bytes:
     from pydicom.encaps import get_frame
     return get_frame(ds.PixelData, 0, number_of_frames=1)
 
-def _check_declared_size(ds, path):
-    "Refuse a header whose declared size the pixel data cannot hold, before a decoder allocates that size."
-    from pydicom.pixels.utils import _get_jpg_parameters, get_expected_length
-    from pydicom.uid import JPEGLSTransferSyntaxes, JPEGTransferSyntaxes, RLELossless
+def _codestream_size(ds, cs: bytes):
+    "(what, rows, columns, components) a JPEG, JPEG-LS or JPEG 2000 frame declares; None for other syntaxes or junk."
+    from pydicom.pixels.utils import _get_jpg_parameters
+    from pydicom.uid import JPEGLSTransferSyntaxes, JPEGTransferSyntaxes
+    uid = ds.file_meta.TransferSyntaxUID
+    try:
+        if str(uid) in _J2K: h, what = j2k_header(cs), 'JPEG 2000'
+        elif uid in JPEGTransferSyntaxes or uid in JPEGLSTransferSyntaxes:
+            h, what = _get_jpg_parameters(cs), 'JPEG-LS' if uid in JPEGLSTransferSyntaxes else 'JPEG'
+        else: return None
+        return what, int(h['height']), int(h['width']), int(h.get('components') or 1)
+    except Exception: return None                              # unparsable: the decoder names what is wrong
+
+# %% ../nbs/03_dicom.ipynb #87d69bb5
+def _check_declared_size(ds, path, max_pixels=MAX_PIXELS):
+    "Refuse a header or codestream declaring more than the budget, or than the pixel data can hold, before decoding."
+    from pydicom.pixels.utils import get_expected_length
+    from pydicom.uid import RLELossless
+    budget = pixel_budget(max_pixels)
+    check_budget(ds, path, budget)
     uid, R, C = ds.file_meta.TransferSyntaxUID, int(ds.Rows), int(ds.Columns)
     declared = f'the header declares {R} x {C} pixels'
     if not uid.is_compressed:
@@ -240,18 +366,17 @@ def _check_declared_size(ds, path):
         if have < need: raise DicomError(f'{declared} ({need} bytes), but the Pixel Data holds {have} bytes', path)
         return
     try: cs = _frame(ds)
-    except Exception: return                               # the decoder names what is wrong
-    if str(uid) in _J2K or uid in JPEGTransferSyntaxes or uid in JPEGLSTransferSyntaxes:
-        try:
-            if str(uid) in _J2K: h = j2k_header(cs); what = 'JPEG 2000'
-            else: h = _get_jpg_parameters(cs); what = 'JPEG-LS' if uid in JPEGLSTransferSyntaxes else 'JPEG'
-            got = (int(h['height']), int(h['width']))
-        except Exception: return                           # unparsable: the decoder names what is wrong
-        if got[0] and got != (R, C):                       # a JPEG height of 0 is defined later (DNL marker)
-            raise DicomError(f'{declared}, but its {what} codestream holds {got[0]} x {got[1]}', path)
+    except Exception: return                                   # the decoder names what is wrong
+    if got := _codestream_size(ds, cs):
+        what, h, w, k = got
+        if h * w * k > budget:                                 # the decoder allocates what the codestream says
+            raise DicomTooManyPixels(f'{declared}, but its {what} codestream declares {h} x {w} pixels'
+                                     + (f' x {k} components' if k > 1 else ''), h * w * k, budget, path)
+        if h and (h, w) != (R, C):                             # a JPEG height of 0 is defined later (DNL marker)
+            raise DicomError(f'{declared}, but its {what} codestream holds {h} x {w}', path)
     elif uid == RLELossless and len(cs) >= 64:
         segments = struct.unpack_from('<I', cs)[0]
-        need = 64 + segments * 2 * _ceil_div(R * C, 128)   # each segment: R*C bytes in runs of at most 128
+        need = 64 + segments * 2 * _ceil_div(R * C, 128)       # each segment: R*C bytes in runs of at most 128
         if 0 < segments <= 15 and len(cs) < need:
             raise DicomError(f'{declared}, more than {len(cs)} bytes of RLE data can hold (at least {need} bytes '
                              f'needed)', path)
@@ -280,11 +405,11 @@ def _decode_failure(ds, e) -> str:
         except Exception: pass
     return f'cannot decode the pixel data ({msg})'
 
-def decode_stored(ds, size: int | None = None, path='') -> tuple:
+def decode_stored(ds, size: int | None = None, path='', max_pixels=MAX_PIXELS) -> tuple:
     "Stored values (integers) of a single-frame image, at reduced resolution where the syntax allows; (array, info)."
     notes, r, decoder = [], 0, 'pydicom'
     _check_decodable(ds, path)
-    _check_declared_size(ds, path)
+    _check_declared_size(ds, path, max_pixels)
     arr = None
     if size and str(ds.file_meta.TransferSyntaxUID) in _J2K:
         try: got = _reduced_j2k(ds, size, notes)
@@ -352,7 +477,22 @@ def _describe(ds, kind: str) -> str:
                 + (f' [1st of {len(seq)}]' if len(seq) > 1 else ''))
     (c, k), (w, _) = _first(ds.WindowCenter), _first(ds.WindowWidth)
     func = _str(ds, 'VOILUTFunction').upper() or 'LINEAR'
-    return f'{func} WC={float(c):g} WW={float(w):g}' + (f' [1st of {k}]' if k > 1 else '')
+    return f'{func} WC={_num(c)} WW={_num(w)}' + (f' [1st of {k}]' if k > 1 else '')
+
+# %% ../nbs/03_dicom.ipynb #dee47524
+def _num(v) -> str:
+    "A header number as text: `%g` when finite, else the element's text quoted."
+    return f'{_finite(v):g}' if math.isfinite(_finite(v)) else repr(str(v))
+
+def _check_numbers(ds, kind: str):
+    "Raise a ValueError naming a rescale or window number that is not finite (or a width that is not positive)."
+    tags = ['RescaleSlope', 'RescaleIntercept'] if kind == 'modality' else ['WindowCenter', 'WindowWidth']
+    for tag in tags:
+        v = ds.get(tag)
+        if v is None or (kind == 'modality' and v == ''): continue
+        x = _finite(_first(v)[0])
+        if not math.isfinite(x) or (tag == 'WindowWidth' and x <= 0):
+            raise ValueError(f'{tag} {_num(_first(v)[0])} is not a finite{" positive" * (tag == "WindowWidth")} number')
 
 # %% ../nbs/03_dicom.ipynb #92a82b24
 def _percentiles(x, q, weights=None) -> np.ndarray:
@@ -377,7 +517,7 @@ def display_values(x: np.ndarray, ds, weights=None) -> tuple:
     "Stored values `x` through pydicom's Modality LUT and VOI, scaled to [0, 1]; returns (values, VOI used, notes)."
     from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing
     notes = []
-    try: m = apply_modality_lut(x, ds)
+    try: _check_numbers(ds, 'modality'); m = apply_modality_lut(x, ds)
     except Exception as e: raise DicomError(f'cannot apply the Modality LUT ({type(e).__name__}: {e})', '') from None
     for kind in _voi_candidates(ds):
         try:
@@ -387,7 +527,7 @@ def display_values(x: np.ndarray, ds, weights=None) -> tuple:
                 if kind == 'lut':  # a LUT indexes integers: pass integral modality values as such
                     y = apply_voi(m.astype(np.int64) if m.dtype.kind == 'f' and np.array_equal(m, np.floor(m)) else m,
                                   ds, 0)
-                else: y = apply_windowing(m, ds, 0)
+                else: _check_numbers(ds, 'window'); y = apply_windowing(m, ds, 0)
                 lo, hi = _voi_range(ds, kind, notes)
             if not hi > lo: raise ValueError(f'empty output range [{lo}, {hi}]')
             notes += [f'pydicom: {w.message}' for w in caught]
@@ -436,14 +576,26 @@ def align_reduced(img: np.ndarray, r: int, height: int, width: int) -> np.ndarra
     return cv2.warpAffine(img, M, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                           borderMode=cv2.BORDER_REPLICATE)
 
-# %% ../nbs/03_dicom.ipynb #9414042a
-def read_dicom(path, size: int | None = None) -> tuple:
-    "Read a grayscale DICOM radiograph as float32 in [0, 1] (bone bright), long side `size` if given; (image, info)."
+# %% ../nbs/03_dicom.ipynb #7f162c09
+def check_dicom(path, size: int | None = None, max_pixels=MAX_PIXELS) -> tuple:
+    "Open a DICOM and run every check that needs no decoding (budget, header, size, syntax, data); (ds, info, notes)."
     path = Path(path)
     with _quiet_uids():
-        ds, notes = open_dicom(path)
+        ds, notes = open_dicom(path, max_pixels=max_pixels)
+        check_budget(ds, path, max_pixels)
         info = _header_info(ds, path)
-        stored, dec = decode_stored(ds, size, path)
+        if problem := shape_problem(info['orig_height'], info['orig_width'], size): raise DicomError(problem, path)
+        _check_decodable(ds, path)
+        _check_declared_size(ds, path, max_pixels)
+    return ds, info, notes
+
+# %% ../nbs/03_dicom.ipynb #9414042a
+def read_dicom(path, size: int | None = None, max_pixels=MAX_PIXELS) -> tuple:
+    "Read a grayscale DICOM radiograph as float32 in [0, 1] (bone bright), long side `size` if given; (image, info)."
+    path = Path(path)
+    ds, info, notes = check_dicom(path, size, max_pixels)
+    with _quiet_uids():
+        stored, dec = decode_stored(ds, size, path, max_pixels)
         try: img, voi, vnotes = to_display(stored, ds, info['photometric'])
         except DicomError as e: raise DicomError(e.reason, path) from None
     H, W = info['orig_height'], info['orig_width']

@@ -18,11 +18,11 @@ from .core import *
 from .annotations import (annotation_paths, clip_boxes, image_table, images_dir, load_release,
                                  split_train_val)
 from .phantom import is_phantom
-from .dicom import DicomError, read_dicom, to_original_coords, to_stored_coords, to_uint8
+from .dicom import MAX_PIXELS, pixel_budget, read_dicom, to_original_coords, to_stored_coords, to_uint8
 
 # %% auto #0
 __all__ = ['LABEL_COLUMNS', 'DICOM_SUFFIXES', 'PREP_VERSION', 'PNG_COMPRESSION', 'PNG_STRATEGY', 'CRASHED', 'MANIFEST_COLUMNS',
-           'PrepTree', 'has_dicm_marker', 'find_dicoms', 'PrepJob', 'png_params', 'convert_one', 'convert_all',
+           'KEPT', 'PrepTree', 'has_dicm_marker', 'find_dicoms', 'PrepJob', 'png_params', 'convert_one', 'convert_all',
            'write_yolo', 'prep', 'summary_line', 'spinexr_prep', 'prepared_phantom']
 
 # %% ../nbs/07_prep.ipynb #e35c7710
@@ -137,10 +137,12 @@ class PrepJob:
     size: int = 0             # long side of the PNG
     png: str = ''
     record: str = ''
+    max_pixels: int = MAX_PIXELS  # the pixel budget: a source declaring more is refused before decoding
 
-    def into(self, tree: PrepTree, size: int) -> PrepJob:
-        "This job, writing into `tree` at long side `size`."
-        return replace(self, size=size, png=str(tree.png(self.image_id)), record=str(tree.record(self.image_id)))
+    def into(self, tree: PrepTree, size: int, max_pixels: int = MAX_PIXELS) -> PrepJob:
+        "This job, writing into `tree` at long side `size`, with pixel budget `max_pixels`."
+        return replace(self, size=size, png=str(tree.png(self.image_id)), record=str(tree.record(self.image_id)),
+                       max_pixels=max_pixels)
 
 # %% ../nbs/07_prep.ipynb #7bc700e9
 def _is_release(src: Path) -> bool:
@@ -156,7 +158,8 @@ def _plan_release(src: Path, val_frac: float, seed: int) -> tuple:
     for r in imgs.itertuples():
         path = images_dir(src, 'test' if r.split == 'test' else 'train')/f'{r.image_id}.dicom'
         if path.is_file(): jobs.append(PrepJob(r.image_id, _abs(path), r.split, r.study_id))
-        else: failures.append(dict(path=_abs(path), error='annotated image has no DICOM file'))
+        else: failures.append(dict(path=_abs(path), error='annotated image has no DICOM file',  # its job: for
+                                   job=PrepJob(r.image_id, _abs(path), r.split, r.study_id)))  # earlier output
     known = {Path(j.path).name for j in jobs}
     extra = sum(1 for s in ('train', 'test') if images_dir(src, s).is_dir()
                 for p in images_dir(src, s).iterdir() if p.suffix.lower() in DICOM_SUFFIXES and p.name not in known)
@@ -204,7 +207,7 @@ def convert_one(job: PrepJob) -> dict:
     import cv2
     try:
         key = _source_key(job)
-        img, info = read_dicom(job.path, job.size)
+        img, info = read_dicom(job.path, job.size, job.max_pixels)
         png = Path(job.png)
         with atomic_path(png) as tmp:
             if not cv2.imwrite(str(tmp), to_uint8(img), png_params()):
@@ -214,18 +217,26 @@ def convert_one(job: PrepJob) -> dict:
         rec = dict(key=key, image_id=job.image_id, png_size=st.st_size, png_mtime_ns=st.st_mtime_ns, info=info)
         save_json(rec, job.record)
         return dict(ok=True, record=rec)
-    except DicomError as e: return dict(ok=False, path=job.path, error=e.reason)
+    except InputError as e: return dict(ok=False, path=job.path, error=e.reason)   # a DicomError, TooManyPixels
     except Exception as e: return dict(ok=False, path=job.path, error=' '.join(f'{type(e).__name__}: {e}'.split()))
 
-def _done_record(job: PrepJob):
-    "The record of a job finished by an earlier run, if it still holds (same source, same size, PNG untouched)."
+# %% ../nbs/07_prep.ipynb #65c91b67
+def _earlier(job: PrepJob):
+    "An earlier run's record of this image, from this source path at this size, with its PNG intact; else None."
     try:
-        rec = load_json(job.record)
-        st = os.stat(job.png)
-        if rec['key'] == _source_key(job) and (rec['png_size'], rec['png_mtime_ns']) == (st.st_size, st.st_mtime_ns):
+        rec, st = load_json(job.record), os.stat(job.png)
+        key = rec['key']
+        if (key['version'], key['source'], key['size']) == (PREP_VERSION, job.path, job.size) and \
+                (rec['png_size'], rec['png_mtime_ns']) == (st.st_size, st.st_mtime_ns):
             return rec
     except (OSError, ValueError, KeyError, TypeError): pass
     return None
+
+def _done_record(job: PrepJob):
+    "The record of a job finished by an earlier run, if it still holds (same source, same size, PNG untouched)."
+    rec = _earlier(job)
+    try: return rec if rec is not None and rec['key'] == _source_key(job) else None
+    except OSError: return None                                # the source cannot be looked at: convert it again
 
 # %% ../nbs/07_prep.ipynb #a0360183
 CRASHED = 'the worker process died while converting this file (a crash in a decoder?)'
@@ -338,21 +349,74 @@ def _clean_temporaries(out: Path):
     for d in (out/'.yolo.tmp', out/'.yolo.old'): shutil.rmtree(d, ignore_errors=True)
 
 
-# %% ../nbs/07_prep.ipynb #14c350d4
-def prep(src, out, size: int = 1024, workers: int | None = None, val_frac: float = 0.15, seed: int = 42,
-         progress: bool = True, convert=None) -> dict:
-    "A release or a folder of DICOMs into OUT (PNGs, manifest, failures; labels, boxes, YOLO for a release); a summary."
-    src, out = Path(src), Path(out)
-    tree = PrepTree(out)
+# %% ../nbs/07_prep.ipynb #7c4b4c29
+KEPT = 'kept from an earlier run: this run could not convert the source'
+
+def _convert(todo: list, workers: int, convert, lock_fd, progress: bool) -> list:
+    "The results of `convert` over `todo` in up to `workers` processes, with a progress bar."
+    from tqdm import tqdm
+    if not todo: return []
+    with tqdm(total=len(todo), disable=None if progress else True, unit='img', desc='spinexr_prep', file=sys.stderr,
+              leave=False) as bar:
+        return convert_all(todo, min(workers, len(todo)), convert, lock_fd, bar)
+
+def _keep(job: PrepJob, error: str, records: dict) -> int:
+    "Keep the earlier output of a failed image in `records` if it is intact, noting why; 1 if kept, else 0."
+    rec = _earlier(job)
+    if rec is None: return 0
+    records[job.image_id] = dict(rec, info=dict(rec['info'], notes=[*(rec['info'].get('notes') or []),
+                                                                     f'{KEPT} ({error})']))
+    return 1
+
+def _fold(todo: list, results: list, records: dict, failures: list) -> int:
+    "Add results to `records` and `failures`; a failed image with intact earlier output keeps it. How many kept."
+    by_path, kept = {j.path: j for j in todo}, 0
+    for r in results:
+        if r['ok']: records[r['record']['image_id']] = r['record']; continue
+        failures.append(dict(path=r['path'], error=r['error']))
+        if (job := by_path.get(r['path'])) is not None: kept += _keep(job, r['error'], records)
+    return kept
+
+def _missing(failures: list, tree: PrepTree, size: int, max_pixels: int, records: dict) -> tuple:
+    "The planned jobs whose source is missing (a release's annotated image): (those whose output is kept, count)."
+    jobs = [f.pop('job').into(tree, size, max_pixels) for f in failures if 'job' in f]
+    kept = [j for j in jobs if _keep(j, 'annotated image has no DICOM file', records)]
+    return kept, len(kept)
+
+# %% ../nbs/07_prep.ipynb #07b3d822
+def _write_tables(tree: PrepTree, jobs: list, records: dict, failures: list) -> pd.DataFrame:
+    "manifest.csv and failures.csv; then the PNGs and records of images not in the manifest are removed."
+    rows = [_manifest_row(j, records[j.image_id]) for j in jobs if j.image_id in records]
+    manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS)).sort_values('image_id').reset_index(drop=True)
+    write_csv(manifest, tree.manifest_csv)
+    failed = pd.DataFrame(failures, columns=['path', 'error']).sort_values('path').reset_index(drop=True)
+    write_csv(failed, tree.failures_csv)
+    keep = set(manifest.image_id)
+    for p in list(tree.images.glob('*.png')) + list(tree.records.glob('*.json')):
+        if p.stem not in keep: p.unlink(missing_ok=True)
+    return manifest
+
+# %% ../nbs/07_prep.ipynb #9bfb5837
+def _check_args(src: Path, tree: PrepTree, size, workers, max_pixels) -> tuple:
+    "Refuse an unusable SRC, OUT or setting before anything is written; (workers, max_pixels) to use."
+    out = tree.root
     if not src.is_dir(): raise InputError('source folder not found', src)
     if out.absolute().resolve().is_relative_to(src.absolute().resolve()):
         raise InputError(f'the output folder {out} is inside the source folder; the source tree is never written to',
                          src)
     if size is None or size < 16: raise InputError(f'size must be at least 16 pixels, got {size}')
-    workers = workers or cpu_count()
+    workers, max_pixels = workers or cpu_count(), pixel_budget(max_pixels)
     if workers < 1: raise InputError(f'workers must be at least 1, got {workers}')
     if out.exists() and any(out.iterdir()) and not tree.lock.exists():
         raise InputError('folder is not empty and is not a spinexr_prep output; choose an empty folder', out)
+    return workers, max_pixels
+
+# %% ../nbs/07_prep.ipynb #14c350d4
+def prep(src, out, size: int = 1024, workers: int | None = None, val_frac: float = 0.15, seed: int = 42,
+         progress: bool = True, convert=None, max_pixels: int = MAX_PIXELS) -> dict:
+    "A release or a folder of DICOMs into OUT (PNGs, manifest, failures; labels, boxes, YOLO for a release); a summary."
+    src, out, tree = Path(src), Path(out), PrepTree(out)
+    workers, max_pixels = _check_args(src, tree, size, workers, max_pixels)
     t_start = time.perf_counter()
     release = _is_release(src)         # SRC is read and checked before anything is written
     if release: jobs, failures, ann, imgs, facts = _plan_release(src, val_frac, seed)
@@ -362,45 +426,34 @@ def prep(src, out, size: int = 1024, workers: int | None = None, val_frac: float
     with _locked(out) as lock_fd:
         for d in (tree.images, tree.records): d.mkdir(exist_ok=True)
         _clean_temporaries(out)
-        jobs = [j.into(tree, size) for j in jobs]
+        jobs = [j.into(tree, size, max_pixels) for j in jobs]
         records = {j.image_id: r for j in jobs if (r := _done_record(j)) is not None}
         todo = [j for j in jobs if j.image_id not in records]
-        from tqdm import tqdm
+        gone, n_gone = _missing(failures, tree, size, max_pixels, records)
         t0 = time.perf_counter()
-        with tqdm(total=len(todo), disable=None if progress else True, unit='img', desc='spinexr_prep', file=sys.stderr,
-                  leave=False) as bar:
-            n = min(workers, max(len(todo), 1))
-            results = convert_all(todo, n, convert or convert_one, lock_fd, bar) if todo else []
+        results = _convert(todo, workers, convert or convert_one, lock_fd, progress)
         secs = time.perf_counter() - t0
-        for r in results:
-            if r['ok']: records[r['record']['image_id']] = r['record']
-            else: failures.append(dict(path=r['path'], error=r['error']))
-        rows = [_manifest_row(j, records[j.image_id]) for j in jobs if j.image_id in records]
-        manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS)).sort_values('image_id').reset_index(drop=True)
-        write_csv(manifest, tree.manifest_csv)
-        failed = pd.DataFrame(failures, columns=['path', 'error']).sort_values('path').reset_index(drop=True)
-        write_csv(failed, tree.failures_csv)
-        keep = set(manifest.image_id)
-        for p in list(tree.images.glob('*.png')) + list(tree.records.glob('*.json')):
-            if p.stem not in keep: p.unlink(missing_ok=True)
+        n_kept = _fold(todo, results, records, failures) + n_gone
+        manifest = _write_tables(tree, jobs + gone, records, failures)
         if release: facts.update(_release_outputs(out, ann, imgs, manifest))
         n_new = sum(r['ok'] for r in results)
         summary = dict(src=_abs(src), out=_abs(out), size=size, workers=workers, release=release, val_frac=val_frac,
-                       seed=seed, n_images=len(manifest), n_converted=n_new, n_skipped=len(jobs) - len(todo),
-                       n_failed=len(failures), seconds=round(time.perf_counter() - t_start, 2),
+                       seed=seed, max_pixels=max_pixels, n_images=len(manifest), n_converted=n_new,
+                       n_skipped=len(jobs) - len(todo), n_kept=n_kept, n_failed=len(failures),
+                       seconds=round(time.perf_counter() - t_start, 2),
                        images_per_s=round(n_new / secs, 2) if n_new else None, version=PREP_VERSION,
                        phantom=release and is_phantom(src), **facts)
         save_json(summary, tree.summary_json)
     return summary
-
 
 # %% ../nbs/07_prep.ipynb #fcae67e5
 def summary_line(s: dict) -> str:
     "The one-line summary that spinexr_prep prints."
     speed = f", {s['images_per_s']} images/s with {s['workers']} workers" if s.get('images_per_s') else ''
     failed = f"; {s['n_failed']} FAILED (see {Path(s['out'])/'failures.csv'})" if s['n_failed'] else '; 0 failed'
+    kept = f", {s['n_kept']} kept from an earlier run" if s.get('n_kept') else ''
     return (f"spinexr_prep: {s['n_images']} images in {s['out']} ({s['n_converted']} converted, "
-            f"{s['n_skipped']} already done{speed}){failed}")
+            f"{s['n_skipped']} already done{kept}{speed}){failed}")
 
 
 # %% ../nbs/07_prep.ipynb #ef2fc0bc
@@ -411,9 +464,10 @@ def spinexr_prep(src: str,                # a VinDr release root (annotations/, 
                  workers: int = None,     # processes (default: all cores)
                  val_frac: float = 0.15,  # share of train studies moved to split 'val' (releases only)
                  seed: int = 42,          # seed of the train/val split
+                 max_pixels: int = MAX_PIXELS,  # refuse an image declaring more pixels than this, before decoding
                  quiet: store_true = False):  # no progress bar
     "Convert DICOM radiographs to 8-bit PNGs with a manifest; for a release also labels, boxes and a YOLO dataset."
-    try: s = prep(src, out, size, workers, val_frac, seed, progress=not quiet)
+    try: s = prep(src, out, size, workers, val_frac, seed, progress=not quiet, max_pixels=max_pixels)
     except InputError as e:
         print(f'spinexr_prep: error: {e}', file=sys.stderr)
         sys.exit(2)

@@ -227,7 +227,7 @@ def test_dicomweb_round_trip(bundle, distributed, orthanc, tmp_path):
     assert httpx.post(f'{orthanc}/instances', content=buf.getvalue(), timeout=30).status_code == 200
     out4 = tmp_path/'run4'
     r = run_cli('spinexr_predict', bundle, '--dicomweb', web, '--study', str(new.StudyInstanceUID), '--out', out4,
-                '--keep_fetched')
+                '--min_score', 0, '--keep_fetched')
     assert r.returncode == 0, r.stderr[-3000:]
     kept = list((out4/'fetched').rglob('*.dcm'))
     assert [p.name for p in kept] == [f'{new.SOPInstanceUID}.dcm'], kept

@@ -143,3 +143,77 @@ def test_fast_decoder_fallback(release, monkeypatch):
     full, _ = dicom.read_dicom(f)
     assert (img == np.clip(dicom.resize_to(full, img.shape), 0, 1)).all()
     assert img.shape == fast.shape
+
+
+def _png_state(out: Path, image_id: str) -> tuple:
+    p = out/'images'/f'{image_id}.png'
+    return p.read_bytes(), p.stat().st_mtime_ns
+
+
+def test_unreadable_source_keeps_earlier_output(release_copy, tmp_path, monkeypatch):
+    """A source that cannot be read on a re-run (half-copied, a transient I/O error, its file briefly gone) is a
+    failure row, and the good PNG and manifest row of the earlier run stay; once the source is back, all is well."""
+    src, out = release_copy, tmp_path/'out'
+    assert run_prep(src, out, '--size', 128).returncode == 0
+    f = sorted((src/'train_images').glob('*.dicom'))[0]
+    iid, before = f.stem, _png_state(out, f.stem)
+    backup = shutil.copy2(f, tmp_path/'backup.dicom')
+
+    def check_kept(res, reason):
+        assert res.returncode == 1 and '1 FAILED' in res.stdout, res.stdout
+        assert '1 kept from an earlier run' in res.stdout, res.stdout
+        assert _png_state(out, iid) == before                                    # the PNG is untouched
+        man = pd.read_csv(out/'manifest.csv', dtype={'image_id': str}).set_index('image_id')
+        assert man.notes[iid].startswith(prep.KEPT) and reason in man.notes[iid]
+        fail = pd.read_csv(out/'failures.csv')
+        assert list(fail.path) == [str(f)] and reason in fail.error[0]
+        assert iid in set(pd.read_csv(out/'labels.csv', dtype={'image_id': str}).image_id)
+        assert any((out/'yolo'/'images').rglob(f'{iid}.png'))                # and in the YOLO tree
+
+    def check_whole(res):
+        assert res.returncode == 0 and '0 failed' in res.stdout, res.stdout + res.stderr
+        man = pd.read_csv(out/'manifest.csv', dtype={'image_id': str}).set_index('image_id')
+        assert not man.notes.astype(str).str.contains(prep.KEPT).any() and pd.read_csv(out/'failures.csv').empty
+        assert _png_state(out, iid)[0] == before[0]
+
+    f.write_bytes(backup.read_bytes()[:f.stat().st_size // 2])                  # half-copied
+    check_kept(run_prep(src, out, '--size', 128), 'truncated')
+    shutil.copy2(backup, f)                                                      # whole again, same size and time
+    check_whole(run_prep(src, out, '--size', 128))
+
+    f.rename(tmp_path/'away.dicom')                                              # briefly gone (a mount away)
+    check_kept(run_prep(src, out, '--size', 128), 'annotated image has no DICOM file')
+    (tmp_path/'away.dicom').rename(f)
+    check_whole(run_prep(src, out, '--size', 128))
+
+    real = prep.read_dicom                                                       # a transient I/O error (EIO)
+    def flaky(path, *a, **kw):
+        if Path(path) == f: raise OSError(5, 'Input/output error')
+        return real(path, *a, **kw)
+    monkeypatch.setattr(prep, 'read_dicom', flaky)                               # the workers are forked
+    os.utime(f)                                                                  # rewritten: not skipped as done
+    s = prep.prep(src, out, size=128, workers=1, progress=False)
+    assert (s['n_failed'], s['n_kept'], s['n_images']) == (1, 1, len(pd.read_csv(out/'manifest.csv')))
+    assert _png_state(out, iid) == before
+    assert pd.read_csv(out/'failures.csv').error[0] == 'OSError: [Errno 5] Input/output error'
+    monkeypatch.setattr(prep, 'read_dicom', real)
+    s = prep.prep(src, out, size=128, workers=1, progress=False)
+    assert (s['n_failed'], s['n_kept'], s['n_converted']) == (0, 0, 1) and _png_state(out, iid)[0] == before[0]
+
+
+def test_max_pixels_flag(release, tmp_path):
+    "--max_pixels: an image declaring more is a failure row with the reason; the batch goes on."
+    src = tmp_path/'src'; src.mkdir()
+    files = sorted((release/'train_images').glob('*.dicom'))[:3]
+    for f in files: shutil.copy(f, src/f.name)
+    sizes = {f.stem: pydicom.dcmread(f, stop_before_pixels=True) for f in files}
+    n = {k: int(d.Rows) * int(d.Columns) for k, d in sizes.items()}
+    budget = sorted(n.values())[1]                                               # the largest is over it
+    res = run_prep(src, tmp_path/'out', '--size', 64, '--max_pixels', budget, '--workers', 1)
+    assert res.returncode == 1 and '1 FAILED' in res.stdout, res.stdout + res.stderr
+    fail = pd.read_csv(tmp_path/'out'/'failures.csv')
+    big = max(n, key=n.get)
+    assert list(fail.path.map(lambda p: Path(p).stem)) == [big]
+    assert f'more than the budget of {budget:,} pixels (--max_pixels): refused before decoding' in fail.error[0]
+    assert json.loads((tmp_path/'out'/'prep.json').read_text())['max_pixels'] == budget
+    assert run_prep(src, tmp_path/'o2', '--max_pixels', 0).returncode == 2
