@@ -13,7 +13,7 @@ import pandas as pd
 from fastcore.script import call_parse, Param
 
 from .core import *
-from .dicom import to_original_coords, to_stored_coords
+from .dicom import MAX_PIXELS, to_original_coords, to_stored_coords
 from .inputs import find_inputs, image_ids, read_input
 from .metrics import fusion_rule
 from .classify import ClsConfig, batch_probs
@@ -66,8 +66,8 @@ def _failure(path, image_id, e: Exception) -> dict:
 
 class Predictor:
     "A loaded model bundle: `predict(paths)` runs the whole chain on new images, its networks on `runtime`."
-    def __init__(self, model_dir, runtime: str = 'auto'):
-        self.bundle = b = Bundle(model_dir)
+    def __init__(self, model_dir, runtime: str = 'auto', max_pixels: int = MAX_PIXELS):
+        self.bundle, self.max_pixels = (b := Bundle(model_dir)), int(max_pixels)   # inputs over it: refused, undecoded
         self.model_dir, r = b.path, b.record       # read, and every file checked, before anything loads
         self.runtime = choose_runtime(b, r, runtime)
         self.ensemble, self.prep_size = r['ensemble'], int(r['prep_size'])
@@ -138,7 +138,7 @@ class Predictor:
         t = time.perf_counter()
         good, failures = [], []
         for p, i in zip(paths, ids):
-            try: good.append((p, i, *read_input(p, self.prep_size)))
+            try: good.append((p, i, *read_input(p, self.prep_size, self.max_pixels)))
             except Exception as e: failures.append(_failure(p, i, e))   # one bad file must not stop the others
         self._tick('decode', t)
         try: return (*self.run_models(good), failures)
@@ -276,7 +276,7 @@ def _with_dicom_results(rec: dict, out_dir: Path, algo: Algorithm, failures: lis
 
 def predict_files(model_dir, inputs, out_dir, batch: int = 8, min_score: float = 0.25, overlays: bool = True,
                   predictor: Predictor | None = None, progress: bool = False, dicom: bool = False,
-                  runtime: str = 'auto', saliency: bool = False) -> dict:
+                  runtime: str = 'auto', saliency: bool = False, max_pixels: int = MAX_PIXELS) -> dict:
     ("Predict every input with a bundle; write predictions.json/.csv, scores.csv, failures.csv, overlays (with "
      "`saliency`, saliency/<image_id>.png; and with "
      "`dicom`, each DICOM input's presentation state and SR under dicom/) to `out_dir`.")
@@ -286,7 +286,7 @@ def predict_files(model_dir, inputs, out_dir, batch: int = 8, min_score: float =
     if not paths: raise InputError('no input files (DICOM, PNG or JPEG) found', ', '.join(map(str, inputs)))
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError('is a file, not a folder for the predictions', out_dir)
-    pred = predictor or Predictor(model_dir, runtime)   # inputs found and checked first: loading takes seconds
+    pred = predictor or Predictor(model_dir, runtime, max_pixels)   # inputs found and checked first: loading takes time
     algo = pred.algorithm(min_score) if dicom else None
     t_loaded = time.perf_counter()
     ids = image_ids(paths)
@@ -390,14 +390,14 @@ def _store_all(client, fetched: dict, summary, out_dir: Path, rows: list):
 def predict_dicomweb(model_dir, url: str, out_dir, studies=None, batch: int = 8, min_score: float = 0.25,
                      overlays: bool = True, predictor: Predictor | None = None, progress: bool = False,
                      timeout: float = 20, runtime: str = 'auto', deadline: float = 300,
-                     keep_fetched: bool = False) -> dict:
+                     keep_fetched: bool = False, max_pixels: int = MAX_PIXELS) -> dict:
     ("Predict the images of DICOMweb studies (`studies`, or all) and store each one's presentation state and SR "
      "back into its study; rows per instance in OUT/dicomweb.csv; the fetched images removed unless `keep_fetched`.")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir(): raise InputError('is a file, not a folder for the predictions',
                                                                    out_dir)
     client = connect(url, timeout, deadline=deadline)       # the server answers before the models load
-    pred = predictor or Predictor(model_dir, runtime)
+    pred = predictor or Predictor(model_dir, runtime, max_pixels)
     rows, summary = [], None
     try:
         fetched = _fetch_all(client, _plans(client, studies, pred.algorithm(min_score), rows), out_dir/'fetched', rows)
@@ -436,7 +436,8 @@ def spinexr_predict(
     deadline: float = 300,                   # with --dicomweb: seconds one request to the server may take in all
     keep_fetched: bool = False,              # with --dicomweb: keep the fetched images in OUT/fetched (else removed)
     runtime: str = 'auto',                   # networks on: torch, onnx (after spinexr_export), auto (onnx if exported)
-    saliency: bool = False):                 # also write OUT/saliency/<image_id>.png: the ensemble's Grad-CAM map
+    saliency: bool = False,                  # also write OUT/saliency/<image_id>.png: the ensemble's Grad-CAM map
+    max_pixels: int = MAX_PIXELS):           # an input declaring more pixels is refused before it is decoded
     "Predict radiographs with a bundle: abnormality score, fused lesion boxes in original pixels; exit 1 if any fail."
     with cli_errors('spinexr_predict'):
         if bool(inputs) == bool(dicomweb):
@@ -447,11 +448,12 @@ def spinexr_predict(
         if dicomweb:
             w = predict_dicomweb(model_dir, dicomweb, out, study, batch=batch, min_score=min_score,
                                  overlays=not no_overlays, progress=live_progress(), timeout=timeout,
-                                 runtime=runtime, deadline=deadline, keep_fetched=keep_fetched)
+                                 runtime=runtime, deadline=deadline, keep_fetched=keep_fetched, max_pixels=max_pixels)
             s = w['predict']
         else:
             s = predict_files(model_dir, inputs, out, batch=batch, min_score=min_score, overlays=not no_overlays,
-                              progress=live_progress(), dicom=dicom, runtime=runtime, saliency=saliency)
+                              progress=live_progress(), dicom=dicom, runtime=runtime, saliency=saliency,
+                              max_pixels=max_pixels)
     if dicomweb:
         for r in w['rows']:
             if r['status'] in ('failed', 'skipped'):

@@ -217,6 +217,18 @@ def test_predict_never_reads_its_own_out(demo, unseen, tmp_path):
         assert r.returncode == 0 and f'{n} of {n} images predicted' in r.stdout, r.stdout + r.stderr[-2000:]
     assert len(list((scans/'predictions'/'overlays').glob('*.png'))) == n
 
+def test_predict_refuses_inputs_over_the_pixel_budget(demo, unseen, tmp_path):
+    "A PNG declaring 30000 x 30000 pixels is refused from its header, the others predicted; --max_pixels sets the budget."
+    from test_inputs import png_bomb
+    out, _ = demo
+    dicoms = sorted((unseen/'test_images').glob('*.dicom'))[:2]
+    bomb = png_bomb(tmp_path/'bomb.png')
+    r = run_cli('spinexr_predict', out/'model', *dicoms, bomb, '--out', tmp_path/'p', timeout=300)
+    assert r.returncode == 1 and '2 of 3 images predicted' in r.stdout, r.stdout + r.stderr[-2000:]
+    assert 'bomb.png' in r.stderr and '30000 x 30000' in r.stderr and '--max_pixels' in r.stderr, r.stderr[-2000:]
+    r = run_cli('spinexr_predict', out/'model', *dicoms, '--out', tmp_path/'q', '--max_pixels', 1000, timeout=300)
+    assert r.returncode == 1 and '0 of 2 images predicted' in r.stdout and 'Traceback' not in r.stderr
+
 def test_predict_reports_every_bad_dicom_kind(demo, unseen, tmp_path):
     """The reliability suite's bad DICOMs, mixed with good ones, through spinexr_predict: each reported with its reason,
     every good one predicted."""
