@@ -91,7 +91,7 @@ def _listed_problems(listed: dict, found: dict) -> list:
 
 @patch
 def check_files(self: Bundle, listed: dict, skip: str | None = None):
-    "Refuse the bundle, naming each file, unless its files (but those under `skip`/) are those `listed` (path: SHA-256)."
+    "Refuse the bundle, naming each file, unless its files (but those in folder `skip`) are those `listed` (path: SHA)."
     keep = lambda k: k != 'bundle.json' and not (skip and k.startswith(f'{skip}/'))
     found, listed = {k: v for k, v in self.files.items() if keep(k)}, {k: v for k, v in listed.items() if keep(k)}
     if problems := _listed_problems(listed, found):

@@ -23,8 +23,7 @@ from .ensemble import Ensemble, study_predictions
 from .dicom_out import Algorithm, result_paths, write_results
 from .dicomweb import (connect, fetch_instance, http_reason, plan_study, store_instances, study_instances,
                               study_uids, uid_problem)
-from .bundle import (Bundle, bundle_warnings, choose_runtime, package_versions,
-                            BUNDLE_PACKAGES, RUNTIMES, bundle_sha256, make_bundle, read_bundle, tiny_bundle)  # TEMP
+from .bundle import Bundle, bundle_warnings, choose_runtime, package_versions
 
 # %% auto #0
 __all__ = ['STAGES', 'STUDY_COLUMNS', 'NO_DICOM_SOURCE', 'DICOMWEB_COLUMNS', 'padded_batch', 'normalised', 'classifier_inputs',
@@ -75,7 +74,8 @@ class Predictor:
         self.keep_score, self.tta = float(r['fusion']['keep_score']), r.get('tta', {})
         self.det_cfg, self.det_tta = b.detector_config(), b.detector_tta()   # flip TTA + WBF, where val chose it
         self.classifiers = b.classifiers(self.runtime)
-        if self.runtime == 'torch': self.classifiers = {a: (channels_last(m), c) for a, (m, c) in self.classifiers.items()}
+        if self.runtime == 'torch':
+            self.classifiers = {a: (channels_last(m), c) for a, (m, c) in self.classifiers.items()}
         self.detector = b.detector_model(self.runtime)
         self.timing = dict.fromkeys(STAGES, 0.0)
 

@@ -145,5 +145,6 @@ def pytest_terminal_summary(terminalreporter):
     if not tally: return
     mib = ', '.join(f'{v:.1f} MiB for {n} images' for n, v in sorted(rss.items(), key=lambda kv: int(kv[0])))
     terminalreporter.write_line(f"reliability: {tally['bad-input kinds']} bad-input kinds tried, "
-                                f"{tally['faults injected']} faults injected, {tally['files lost']} files lost"
+                                f"{tally['faults injected']} faults injected, {tally['5xx']} 5xx answers to bad input, "
+                                f"{tally['files lost']} files lost"
                                 + (f'; spinexr_prep peak RSS {mib}' if mib else ''))

@@ -218,7 +218,7 @@ def test_predict_never_reads_its_own_out(demo, unseen, tmp_path):
     assert len(list((scans/'predictions'/'overlays').glob('*.png'))) == n
 
 def test_predict_refuses_inputs_over_the_pixel_budget(demo, unseen, tmp_path):
-    "A PNG declaring 30000 x 30000 pixels is refused from its header, the others predicted; --max_pixels sets the budget."
+    "A PNG declaring 30000 x 30000 pixels is refused from its header, the others predicted; --max_pixels: the budget."
     from test_inputs import png_bomb
     out, _ = demo
     dicoms = sorted((unseen/'test_images').glob('*.dicom'))[:2]

@@ -12,7 +12,8 @@ from conftest import SHOTS, Visit, command, run_cli
 
 from spinexr.dicom import read_dicom, to_uint8
 from spinexr.dicom_out import presentation_state_boxes, report_findings
-from spinexr.inference import bundle_sha256, tiny_bundle
+from spinexr.bundle import bundle_sha256, tiny_bundle
+from spinexr.inputs import NOT_AN_IMAGE
 
 @pytest.fixture(scope='module')
 def bundle(prepared):
@@ -64,7 +65,8 @@ def post(url, name, data, **kw) -> httpx.Response:
     return httpx.post(f'{url}/predict', files=dict(file=(name, data)), timeout=120, **kw)
 
 def uploads_left(tmp: Path) -> list:
-    return sorted(p.name for p in Path(tmp).glob('spinexr-serve-*'))
+    "The upload folders left under the server's private parent in `tmp` (`spinexr-serve-UID/PID-START/upload-*`)."
+    return sorted(p.name for p in Path(tmp).glob('spinexr-serve-*/*/upload-*'))
 
 def as_png(dicom: Path, path: Path) -> Path:
     "A DICOM's image as a PNG, as a user might export one."
@@ -108,7 +110,8 @@ def test_answers_equal_spinexr_predicts(server, bundle, unseen, tmp_path):
 def test_health_and_model_card(server, bundle):
     url, _, _ = server
     h = httpx.get(f'{url}/health').json()
-    assert h['model_loaded'] and h['bundle']['sha256'] == bundle_sha256(bundle) and h['bundle']['version'] == 2
+    version = json.loads((Path(bundle)/'bundle.json').read_text())['version']
+    assert h['model_loaded'] and h['bundle']['sha256'] == bundle_sha256(bundle) and h['bundle']['version'] == version
     assert h['bundle']['files']['bundle.json'] and h['versions']['uvicorn'] and h['versions']['torch']
     card = httpx.get(f'{url}/model').json()
     b = json.loads((Path(bundle)/'bundle.json').read_text())
@@ -141,9 +144,12 @@ def test_every_bad_input_gets_a_4xx_and_the_reason_spinexr_predict_gives(server,
         rows.append((kind, res.status_code, body.get('error', '')))
         assert res.status_code == status and body['status'] == status, (kind, res.status_code, res.text[:300])
         assert reason in body['error'] and 'Traceback' not in res.text, (kind, body['error'])
-    for name, kind in cases:                          # the DICOM kinds: the same reason as spinexr_predict's
-        status = 400 if kind == 'zero bytes' else 422                 # an empty upload is a bad request
-        check(kind, post(url, name, (src/name).read_bytes()), status, f'{name}: {why[name]}')
+    for name, kind in cases:                          # the DICOM kinds: the same reason as spinexr_predict's ...
+        status = {'zero bytes': 400,                                  # an empty upload is a bad request
+                  'declared size far larger than the data': 413,      # over the pixel budget, from its header
+                  'text file named .dicom': 415}.get(kind, 422)       # ... but for a name the content belies
+        reason = NOT_AN_IMAGE if status == 415 else why[name]
+        check(kind, post(url, name, (src/name).read_bytes()), status, f'{name}: {reason}')
     raw = unseen[0].read_bytes()
     grey = to_uint8(read_dicom(unseen[0], 256)[0])
     photo = np.dstack([grey, grey[::-1], np.full_like(grey, 60)])
@@ -176,7 +182,7 @@ def test_every_bad_input_gets_a_4xx_and_the_reason_spinexr_predict_gives(server,
     cell = lambda v: str(v).replace('|', '\\|')
     (SHOTS/'serve_bad_inputs.md').write_text('| kind | status | reason |\n|---|---|---|\n' + ''.join(
         f'| {cell(k)} | {s} | {cell(e)} |\n' for k, s, e in rows))
-    TALLY['bad-input kinds'] += len(rows)
+    TALLY['bad-input kinds'] += len(rows); TALLY['5xx'] += sum(s >= 500 for _, s, _ in rows)
 
 def test_a_dicom_without_modality_or_body_part_is_accepted_and_a_chest_one_warned_about(server, unseen, tmp_path):
     "De-identified releases often drop Modality and Body Part Examined: accepted; a header saying CHEST: a warning."
@@ -285,3 +291,24 @@ def test_the_api_docs_render_offline_in_chromium(server, browser):
         SHOTS.mkdir(exist_ok=True)
         v.page.screenshot(path=str(SHOTS/'serve_docs.png'))
     finally: v.close()
+
+def test_the_page_and_the_docs_run_under_their_content_security_policy(server, browser, unseen):
+    """The page's inline style applies and its inline script predicts under the page's CSP, and Swagger UI draws the
+    docs under theirs: chromium reports no CSP violation; both forbid framing."""
+    url, _, _ = server
+    for path, ready in (('/', '#drop'), ('/docs', '.opblock-summary-path')):
+        ctx = browser.new_context()
+        page, console = ctx.new_page(), []
+        page.on('console', lambda m: console.append(m.text))
+        try:
+            resp = page.goto(f'{url}{path}', wait_until='networkidle')
+            assert "frame-ancestors 'none'" in resp.headers['content-security-policy'], resp.headers
+            page.wait_for_selector(ready, timeout=30_000)
+            if path == '/':
+                header = "getComputedStyle(document.querySelector('header')).backgroundColor"
+                assert page.evaluate(header) == 'rgb(23, 50, 77)'                 # the inline style applied
+                page.set_input_files('#file', str(unseen[1]))                    # the inline script runs
+                page.wait_for_selector('#result', state='visible', timeout=60_000)
+            violations = [m for m in console if 'Content Security Policy' in m or 'Refused to' in m]
+            assert violations == [], violations
+        finally: ctx.close()
