@@ -249,10 +249,7 @@ _RUN_FILES = ('metrics.json', 'config.json', 'model.pt', 'history.csv', 'curves.
 # %% ../nbs/10_classify.ipynb #d463c0f5
 def _start_clean(out: Path):
     "Remove what an earlier run into `out` left: its files, its checkpoints, temporary files of atomic writes."
-    for name in _RUN_FILES: (out/name).unlink(missing_ok=True)
-    for p in out.glob('.*.tmp*'):
-        if p.is_file(): p.unlink(missing_ok=True)
-    shutil.rmtree(out/'.checkpoints', ignore_errors=True)
+    clear_run(out, _RUN_FILES, ('.checkpoints',))
 
 def _write_predictions(learn, df: pd.DataFrame, out: Path, split: str) -> dict:
     "Write `preds_<split>.csv` and `preds_<split>_tta.csv`; returns their paths by 'plain' and 'tta'."

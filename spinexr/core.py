@@ -16,7 +16,7 @@ import numpy as np
 # %% auto #0
 __all__ = ['NO_FINDING', 'LESION_TYPES', 'DET_CLASSES', 'CLASS_ID', 'CLASS_COLORS', 'BOX_COLUMNS', 'ANNOTATION_COLUMNS', 'SPLITS',
            'show_boxes', 'InputError', 'is_safe_id', 'cli_errors', 'live_progress', 'atomic_path', 'swap_in',
-           'write_text', 'save_json', 'load_json', 'plain', 'write_csv', 'save_figure', 'check_columns',
+           'clear_run', 'write_text', 'save_json', 'load_json', 'plain', 'write_csv', 'save_figure', 'check_columns',
            'read_csv_checked', 'save_weights', 'load_weights', 'JsonConfig', 'config_flags', 'given_settings',
            'seed_everything', 'cpu_count', 'default_threads', 'set_threads', 'keep_threads', 'map_isolated',
            'cache_dir', 'offline_env']
@@ -110,6 +110,15 @@ def swap_in(tmp, dst) -> Path:
     os.replace(tmp, dst)
     if old: shutil.rmtree(old, ignore_errors=True)
     return dst
+
+# %% ../nbs/00_core.ipynb #da0d165b
+def clear_run(out, files, folders=()):
+    "Remove an earlier run's `files` and `folders` from `out`, and atomic writes' temporaries; nothing else."
+    out = Path(out)
+    for name in files: (out/name).unlink(missing_ok=True)
+    for p in out.glob('.*.tmp*'):
+        if p.is_file(): p.unlink(missing_ok=True)
+    for d in folders: shutil.rmtree(out/d, ignore_errors=True)
 
 # %% ../nbs/00_core.ipynb #be32bcbc
 def write_text(path, text: str) -> Path:

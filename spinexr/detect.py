@@ -298,10 +298,7 @@ DET_RUN_FILES = ('metrics.json', 'config.json', 'data.yaml', 'train.txt', 'histo
 
 def start_clean_detector(out: Path):
     "Remove what an earlier detector run into `out` left: its files, ultralytics' folders, atomic writes' temporaries."
-    for name in DET_RUN_FILES: (out/name).unlink(missing_ok=True)
-    for p in out.glob('.*.tmp*'):
-        if p.is_file(): p.unlink(missing_ok=True)
-    for d in ('ultralytics', '.val'): shutil.rmtree(out/d, ignore_errors=True)
+    clear_run(out, DET_RUN_FILES, ('ultralytics', '.val'))
 
 # %% ../nbs/20_detect.ipynb #c56883f7
 def _train_args(cfg: DetConfig, data: Path, out: Path, verbose: bool) -> dict:
