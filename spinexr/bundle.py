@@ -20,8 +20,8 @@ from .runtime import OnnxNet, load_onnx_detector, onnxruntime_problem
 # %% auto #0
 __all__ = ['BUNDLE_FORMAT', 'BUNDLE_VERSION', 'BUNDLE_PACKAGES', 'ONNX_DIR', 'RUNTIMES', 'package_versions', 'Bundle',
            'hash_files', 'combined_sha256', 'bundle_files', 'bundle_sha256', 'read_bundle', 'bundle_warnings',
-           'training_record', 'validation_record', 'make_bundle', 'network_sources', 'onnx_problem', 'choose_runtime',
-           'tiny_bundle']
+           'training_record', 'validation_record', 'make_bundle', 'tiny_bundle', 'network_sources', 'onnx_problem',
+           'choose_runtime']
 
 # %% ../nbs/39_bundle.ipynb #e5bba39e
 BUNDLE_FORMAT, BUNDLE_VERSION = 'spinexr-bundle', 3   # 2: `trained_on`; 3: `files`, the SHA-256 of every file
@@ -208,6 +208,32 @@ def make_bundle(out, cls_runs, det_run, ens: Ensemble, prep_dir, keep_score: flo
         shutil.rmtree(tmp, ignore_errors=True)
     return out
 
+# %% ../nbs/39_bundle.ipynb #3d6fa98d
+def tiny_bundle(prep_dir, out=None, size: int = 64, imgsz: int = 128) -> Path:
+    ("A bundle trained for one epoch on the prep tree `prep_dir` (for tests and demos: machinery, not a model); "
+     "made once under `out` (default: beside the tree), reused after.")
+    import fcntl
+    from spinexr.classify import ARCHS, recipe, train_classifier
+    from spinexr.detect import train_detector
+    from spinexr.ensemble import fit_ensemble, run_predictions
+    prep_dir = Path(prep_dir)
+    out = Path(out or prep_dir.parent/(f"tiny-bundle-{prep_dir.name}-c{size}-d{imgsz}-{package_versions()['spinexr']}"
+                                       f"-v{BUNDLE_VERSION}"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent/f'.{out.name}.lock', 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)          # one process trains; the others wait, then read it
+        if (out/'bundle.json').is_file(): return out
+        work = Path(tempfile.mkdtemp(prefix='.tiny-bundle-', dir=out.parent))
+        try:
+            runs = [work/a for a in ARCHS]
+            for a, r in zip(ARCHS, runs):
+                train_classifier(prep_dir, r, recipe(a, size=size, epochs=1, bs=16, pretrained=False), progress=False)
+            train_detector(prep_dir, work/'det', DetConfig(model='yolo11n.yaml', imgsz=imgsz, epochs=1, batch=16,
+                                                           workers=0, pretrained=False))
+            ens = fit_ensemble({a: run_predictions(r, 'val') for a, r in zip(ARCHS, runs)})
+            return make_bundle(out, runs, work/'det', ens, prep_dir, trained_on=dict(command='tiny_bundle'))
+        finally: shutil.rmtree(work, ignore_errors=True)
+
 # %% ../nbs/39_bundle.ipynb #4c65eae9
 RUNTIMES = ('auto', 'torch', 'onnx')
 
@@ -232,7 +258,6 @@ def onnx_problem(b: Bundle, record: dict) -> str | None:
                     'run spinexr_export MODEL_DIR again, or use --runtime torch')
     return None
 
-# %% ../nbs/39_bundle.ipynb #cf1f931c
 def choose_runtime(b: Bundle, record: dict, runtime: str = 'auto') -> str:
     "'torch' or 'onnx' for `runtime` (auto, torch or onnx), or an error saying why the one asked for cannot run."
     if runtime not in RUNTIMES: raise InputError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
@@ -264,29 +289,3 @@ def detector_model(self: Bundle, runtime: str = 'torch'):
     "The detector, an ultralytics YOLO wrapper, on PyTorch or on ONNX Runtime."
     if runtime == 'torch': return load_detector(self.detector)
     return load_onnx_detector(self.onnx_file('detector'), self.record['onnx']['networks']['detector']['sha256'])
-
-# %% ../nbs/39_bundle.ipynb #3d6fa98d
-def tiny_bundle(prep_dir, out=None, size: int = 64, imgsz: int = 128) -> Path:
-    ("A bundle trained for one epoch on the prep tree `prep_dir` (for tests and demos: machinery, not a model); "
-     "made once under `out` (default: beside the tree), reused after.")
-    import fcntl
-    from spinexr.classify import ARCHS, recipe, train_classifier
-    from spinexr.detect import train_detector
-    from spinexr.ensemble import fit_ensemble, run_predictions
-    prep_dir = Path(prep_dir)
-    out = Path(out or prep_dir.parent/(f"tiny-bundle-{prep_dir.name}-c{size}-d{imgsz}-{package_versions()['spinexr']}"
-                                       f"-v{BUNDLE_VERSION}"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.parent/f'.{out.name}.lock', 'w') as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)          # one process trains; the others wait, then read it
-        if (out/'bundle.json').is_file(): return out
-        work = Path(tempfile.mkdtemp(prefix='.tiny-bundle-', dir=out.parent))
-        try:
-            runs = [work/a for a in ARCHS]
-            for a, r in zip(ARCHS, runs):
-                train_classifier(prep_dir, r, recipe(a, size=size, epochs=1, bs=16, pretrained=False), progress=False)
-            train_detector(prep_dir, work/'det', DetConfig(model='yolo11n.yaml', imgsz=imgsz, epochs=1, batch=16,
-                                                           workers=0, pretrained=False))
-            ens = fit_ensemble({a: run_predictions(r, 'val') for a, r in zip(ARCHS, runs)})
-            return make_bundle(out, runs, work/'det', ens, prep_dir, trained_on=dict(command='tiny_bundle'))
-        finally: shutil.rmtree(work, ignore_errors=True)
