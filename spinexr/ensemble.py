@@ -15,11 +15,11 @@ from .core import *
 from .metrics import *
 
 # %% auto #0
-__all__ = ['COMBINE', 'CALIBRATIONS', 'STUDY_AGGREGATES', 'run_predictions', 'aligned', 'combine', 'simplex_grid',
-           'search_weights', 'logit', 'calibrate', 'platt_targets', 'fit_calibration', 'choose_calibration',
-           'study_predictions', 'fit_study_rule', 'Ensemble', 'fit_ensemble', 'ensemble_predictions', 'score_on_test',
-           'evaluate_ensemble', 'calibration_results', 'calibration_table', 'study_results', 'ensemble_table',
-           'ensemble_roc_figure', 'fusion_results', 'fusion_table']
+__all__ = ['COMBINE', 'CALIBRATIONS', 'STUDY_AGGREGATES', 'run_predictions', 'aligned', 'combine', 'simplex_grid', 'logit',
+           'calibrate', 'platt_targets', 'fit_calibration', 'choose_calibration', 'calibrated_log_loss',
+           'search_weights', 'study_predictions', 'fit_study_rule', 'Ensemble', 'fit_ensemble', 'ensemble_predictions',
+           'score_on_test', 'evaluate_ensemble', 'calibration_results', 'calibration_table', 'study_results',
+           'ensemble_table', 'ensemble_roc_figure', 'fusion_results', 'fusion_table']
 
 # %% ../nbs/30_ensemble.ipynb #5c645518
 def run_predictions(run_dir, split: str) -> pd.DataFrame:
@@ -68,20 +68,6 @@ def simplex_grid(k: int, step: float = 0.05) -> np.ndarray:
     if not np.isclose(n * step, 1): raise InputError(f'step must divide 1, got {step}')
     rows = [c for c in itertools.product(range(n + 1), repeat=k - 1) if sum(c) <= n]
     return np.array([[*c, n - sum(c)] for c in rows], dtype=float) / n
-
-# %% ../nbs/30_ensemble.ipynb #1e081239
-def search_weights(y, P, how: str = 'logit', step: float = 0.05) -> tuple:
-    ("The weights (on `simplex_grid`) with the highest AUROC of `combine(P, w, how)` against `y`, ties to the "
-     "lowest log-loss, then to the most even weights: (weights, AUROC, log-loss).")
-    from sklearn.metrics import log_loss, roc_auc_score
-    W = simplex_grid(P.shape[1], step)
-    probs = [combine(P, w, how) for w in W]
-    auc = np.array([roc_auc_score(y, p) for p in probs])
-    best = np.flatnonzero(np.isclose(auc, auc.max(), rtol=0, atol=1e-12))
-    loss = np.array([log_loss(y, probs[i], labels=[0, 1]) for i in best])
-    even = np.linalg.norm(W[best] - 1 / P.shape[1], axis=1)
-    i = best[np.lexsort((even, np.round(loss, 12)))[0]]
-    return W[i], float(auc[i]), float(log_loss(y, probs[i], labels=[0, 1]))
 
 # %% ../nbs/30_ensemble.ipynb #024b52ad
 CALIBRATIONS = ('none', 'temperature', 'platt')
@@ -135,6 +121,27 @@ def choose_calibration(y, p, folds: int = 5, seed: int = 0) -> dict:
     a, b = fit_calibration(y, p, best)
     if a <= 0: best, a, b = 'none', 1.0, 0.0
     return dict(method=best, a=a, b=b, cv_log_loss=cv)
+
+# %% ../nbs/30_ensemble.ipynb #2b2be094
+def calibrated_log_loss(y, p) -> float:
+    "The log-loss of scores `p` against labels `y` after Platt scaling fitted to them: prediction, scale aside."
+    from sklearn.metrics import log_loss
+    a, b = fit_calibration(y, p, 'platt')
+    return float(log_loss(y, calibrate(p, a, b), labels=[0, 1]))
+
+# %% ../nbs/30_ensemble.ipynb #1e081239
+def search_weights(y, P, how: str = 'logit', step: float = 0.05) -> tuple:
+    ("The weights (on `simplex_grid`) with the highest AUROC of `combine(P, w, how)` against `y`, ties to the "
+     "lowest `calibrated_log_loss`, then to the most even weights: (weights, AUROC, calibrated log-loss).")
+    from sklearn.metrics import roc_auc_score
+    W = simplex_grid(P.shape[1], step)
+    probs = [combine(P, w, how) for w in W]
+    auc = np.array([roc_auc_score(y, p) for p in probs])
+    best = np.flatnonzero(np.isclose(auc, auc.max(), rtol=0, atol=1e-12))
+    loss = np.array([calibrated_log_loss(y, probs[i]) for i in best])
+    even = np.linalg.norm(W[best] - 1 / P.shape[1], axis=1)
+    k = np.lexsort((even, np.round(loss, 6)))[0]      # equal to 6 decimals: equal (the fit's own noise is below)
+    return W[best[k]], float(auc[best[k]]), float(loss[k])
 
 # %% ../nbs/30_ensemble.ipynb #85210205
 STUDY_AGGREGATES = ('max', 'mean')
@@ -209,7 +216,7 @@ def fit_ensemble(val: dict, how: str | None = None, step: float = 0.05, rule: st
      "(image_id -> study_id) the study rule, all chosen on validation predictions ({name: table}).")
     ids, y, P = aligned(val)
     fits = {h: search_weights(y, P, h, step) for h in ([how] if how else ['logit', 'prob'])}
-    best = max(fits, key=lambda h: (round(fits[h][1], 12), -round(fits[h][2], 12), h == 'logit'))
+    best = max(fits, key=lambda h: (round(fits[h][1], 12), -round(fits[h][2], 6), h == 'logit'))
     w, auc, _ = fits[best]
     ens = Ensemble(names=list(val), weights=[float(x) for x in w], how=best, rule=rule, val_auroc=auc)
     cal = choose_calibration(y, ens.raw(P))
