@@ -217,8 +217,10 @@ def saliency_checks(out, n_images: int = 24) -> dict:
              for i, m in zip(ids, maps)]
     pred.cam_models = {a: randomised(m) for a, m in pred.cam_models.items()}
     corr = [map_rank_correlation(a, b) for a, b in zip(maps, pred.saliency(imgs))]
-    stats = lambda v: dict(mean=float(np.nanmean(v)), median=float(np.nanmedian(v)),
-                           share_above_1=float(np.nanmean(np.asarray(v) > 1)))
+    def stats(v):          # a flat map has no ratio or correlation (NaN): left out; all flat: None
+        v = np.asarray(v, float)[~np.isnan(v)]
+        if not len(v): return dict(mean=None, median=None, share_above_1=None, n=0)
+        return dict(mean=float(v.mean()), median=float(np.median(v)), share_above_1=float((v > 1).mean()), n=len(v))
     return dict(n_images=len(ids), box_mass_ratio=stats(ratio), randomised_rank_correlation=stats(corr),
                 seconds_per_image=round(secs, 4))
 
@@ -342,11 +344,14 @@ probability and its highest box score (0 if it has none). It should raise the cl
 {% else %}<p>No abnormal test image.</p>{% endif %}
 {% if saliency %}<h3>Where the classifiers looked</h3>
 <p>The ensemble's Grad-CAM map of the same images (red: the regions whose features raised the abnormality score),
-with the ground-truth boxes. Checks on {{ sal.n_images }} abnormal test images: on average
+with the ground-truth boxes. Checks on {{ sal.n_images }} abnormal test images: {% if sal.box_mass_ratio.mean is
+not none %}on average
 {{ '%.2f' % sal.box_mass_ratio.mean }}x as much of the map's mass lies inside the boxes as their share of the image
-would give (1 for a map blind to the lesions), and the maps of the same networks with re-initialised weights have a
-rank correlation of {{ '%.2f' % sal.randomised_rank_correlation.mean }} with them (1 would mean the maps do not
-depend on what the networks learnt). {{ '%.2f' % sal.seconds_per_image }} s per image on this machine
+would give (1 for a map blind to the lesions){% else %}every map was flat (no gradient reached the last feature map),
+so there is nothing to check{% endif %}{% if sal.randomised_rank_correlation.mean is not none %}, and the maps of the
+same networks with re-initialised weights have a rank correlation of
+{{ '%.2f' % sal.randomised_rank_correlation.mean }} with them (1 would mean the maps do not depend on what the
+networks learnt){% endif %}. {{ '%.2f' % sal.seconds_per_image }} s per image on this machine
 (<code>spinexr_predict --saliency</code>).</p>
 {{ saliency | safe }}{% endif %}
 
