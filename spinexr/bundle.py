@@ -4,7 +4,7 @@
 
 # %% ../nbs/39_bundle.ipynb #fc4e1f3b
 from __future__ import annotations
-import functools, os, shutil, tempfile, time
+import shutil, tempfile, time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -102,7 +102,6 @@ def check_files(self: Bundle, listed: dict, skip: str | None = None):
 @patch
 def write_record(self: Bundle, record: dict) -> Path:
     "Write `record` as bundle.json (atomically), with `files`: the SHA-256 of every other file of the bundle."
-    self.__dict__.pop('_files', None)
     listed = {k: v for k, v in hash_files(self.path).items() if k != 'bundle.json'}
     save_json({**{k: v for k, v in record.items() if k != 'files'}, 'files': listed}, self.json)
     self.__dict__.pop('_files', None)

@@ -220,7 +220,7 @@ import contextlib
 @contextlib.contextmanager
 def _safe_ultralytics_loads():
     "Inside the block ultralytics parses architectures without `eval` and reads checkpoints with its allow-list."
-    import os, ultralytics.nn.tasks as tasks
+    import ultralytics.nn.tasks as tasks
     old, env = tasks.SAFE_LOAD, os.environ.get('ULTRALYTICS_SAFE_LOAD')
     tasks.SAFE_LOAD = True                          # this process: ultralytics read the variable when imported
     os.environ['ULTRALYTICS_SAFE_LOAD'] = '1'       # the worker processes of multi-GPU training

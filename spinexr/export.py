@@ -4,7 +4,7 @@
 
 # %% ../nbs/41_export.ipynb #69e3c8c9
 from __future__ import annotations
-import shutil, sys, tempfile, time
+import shutil, tempfile, time
 from pathlib import Path
 
 from fastcore.script import call_parse

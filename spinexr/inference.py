@@ -4,8 +4,7 @@
 
 # %% ../nbs/40_inference.ipynb #cadea5df
 from __future__ import annotations
-import functools, os, re, shutil, sys, tempfile, time
-from dataclasses import asdict
+import functools, shutil, sys, time
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +65,8 @@ def _failure(path, image_id, e: Exception) -> dict:
 class Predictor:
     "A loaded model bundle: `predict(paths)` runs the whole chain on new images, its networks on `runtime`."
     def __init__(self, model_dir, runtime: str = 'auto', max_pixels: int = MAX_PIXELS):
-        self.bundle, self.max_pixels = (b := Bundle(model_dir)), int(max_pixels)   # inputs over it: refused, undecoded
+        b = model_dir if isinstance(model_dir, Bundle) else Bundle(model_dir)     # a Bundle keeps what it checked
+        self.bundle, self.max_pixels = b, int(max_pixels)        # inputs over max_pixels: refused, undecoded
         self.model_dir, r = b.path, b.record       # read, and every file checked, before anything loads
         self.runtime = choose_runtime(b, r, runtime)
         self.ensemble, self.prep_size = r['ensemble'], int(r['prep_size'])

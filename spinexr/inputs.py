@@ -12,7 +12,7 @@ import numpy as np
 from .core import *
 from .dicom import (MAX_PIXELS, TooManyPixels, check_dicom, pixel_budget, radiograph_warnings, read_dicom,
                            resize_to, shape_problem, target_shape, to_uint8)
-from .prep import DICOM_SUFFIXES, PrepTree, find_dicoms, has_dicm_marker
+from .prep import DICOM_SUFFIXES, find_dicoms
 
 # %% auto #0
 __all__ = ['NOT_AN_IMAGE', 'COLOUR_LEVELS', 'STRONG_LEVELS', 'COLOUR_SHARE', 'MARK_SHARE', 'MARK_WIDTH', 'LONG_SPAN',

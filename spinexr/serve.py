@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException
 from .core import *
 from .dicom import MAX_PIXELS, TooManyPixels, pixel_budget
 from .inputs import NOT_AN_IMAGE, check_pixels, image_ids, input_kind
-from .bundle import BUNDLE_PACKAGES, RUNTIMES, package_versions, read_bundle
+from .bundle import BUNDLE_PACKAGES, RUNTIMES, Bundle, package_versions
 from .inference import Predictor, dicom_source_problem, image_record, overlay_png
 from .dicom_out import result_bytes
 
@@ -815,11 +815,12 @@ def spinexr_serve(model_dir: str,     # a model bundle (spinexr_demo writes one 
     import uvicorn
     with cli_errors('spinexr_serve'):
         cfg = ServeConfig(**given_settings(ServeConfig, settings))
-        read_bundle(model_dir)                          # a wrong folder or a busy port stop before the models load
+        bundle = Bundle(model_dir)
+        bundle.record                          # a wrong folder or a busy port stop before the models load
         upload_parent(); check_port(cfg.host, cfg.port)
         t0 = time.perf_counter()
         model_thread = ThreadPoolExecutor(1, 'spinexr-model')   # the models load, warm up and run on it alone
-        predictor = model_thread.submit(Predictor, model_dir, cfg.runtime, cfg.max_pixels).result()
+        predictor = model_thread.submit(Predictor, bundle, cfg.runtime, cfg.max_pixels).result()  # checked once
         model_thread.submit(predictor.warm_up).result()     # else the first request pays ~1 s of lazy set-up
         served, _ = create_app(predictor, cfg, model_thread)
     where = f'http://{"[%s]" % cfg.host if ":" in cfg.host else cfg.host}:{cfg.port}/'
