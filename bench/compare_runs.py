@@ -5,8 +5,9 @@ that should not change behaviour (a restructuring) did not, by running the same 
 
 Every file is compared by SHA-256. A file that differs is compared again without what differs between any two runs
 of the same code: in JSON, the keys that hold times, memory peaks, dates and mtimes; in `history.csv`, the time
-column; in `report.html`, whitespace, the date, the table of step times and the bundle's SHA-256 (bundle.json
-records when it was made). Ultralytics' label caches (`*.cache`, pickles with file times) are listed apart.
+column; in `report.html`, whitespace, the date, the table of step times, the seconds per image and the bundle's
+SHA-256 (bundle.json records when it was made); in a DICOM file, its dates and times (DA, TM, DT elements: when it
+was written). Ultralytics' label caches (`*.cache`, pickles with file times) are listed apart.
 The FILEs named are printed with both SHA-256s. Exit 0 if nothing else differs."""
 import hashlib, json, re, sys
 from pathlib import Path
@@ -27,6 +28,7 @@ def _strip(v):
 def _report(s: str) -> str:
     s = re.sub(r'<table class="dataframe t steps">.*?</table>', 'STEPS', s, flags=re.S)
     s = re.sub(r'written \d{4}-\d\d-\d\d \d\d:\d\d', 'written DATE', s)
+    s = re.sub(r'\d+\.\d+ s per image', 'T s per image', s)
     s = re.sub(r'[0-9a-f]{64}', 'SHA', re.sub(r'>[0-9a-f]{16}&hellip;', '>SHA&hellip;', s))
     return re.sub(r'\s+', '', s)
 
@@ -40,7 +42,14 @@ def same_but_volatile(name: str, a: Path, b: Path) -> bool:
         da, db = (pd.read_csv(p) for p in (a, b))
         return da.drop(columns='time', errors='ignore').equals(db.drop(columns='time', errors='ignore'))
     if name.endswith('report.html'): return _report(a.read_text()) == _report(b.read_text())
+    if name.endswith('.dcm'): return _dicom(a) == _dicom(b)
     return False
+
+def _dicom(p: Path) -> list:
+    "A DICOM file's elements, those in sequences too, but its dates and times."
+    import pydicom
+    ds = pydicom.dcmread(p)
+    return [(e.tag, str(e.value)) for e in ds.iterall() if e.VR not in ('DA', 'TM', 'DT', 'SQ')]
 
 def compare(a: Path, b: Path) -> dict:
     fa, fb = files(a), files(b)

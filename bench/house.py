@@ -1,10 +1,11 @@
-"""The house in figures: per module, its lines, largest exported cell, longest function, lines over the limit (but
-those nbdev writes itself: `__all__` and the module docstring) and exported definitions with no test after them.
+"""The house in figures: per module, its lines, its median and largest exported cell, its exported cells over 40
+lines, its longest function, its lines over the limit (but those nbdev writes itself: `__all__` and the module
+docstring) and its exported definitions with no test after them.
 `python bench/house.py [REPO]` (default: this checkout).
 
 A definition "has a test after it" when the next code cell of its notebook is not itself exported: a test, a
 demonstration or a figure that runs it (nbdev's `show_doc` cells do not count)."""
-import ast, json, sys
+import ast, json, statistics, sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]/'tests'))
@@ -31,8 +32,9 @@ def notebook_stats(nb: Path) -> dict:
     cs = cells(nb)
     exported = [(i, s) for i, (e, s) in enumerate(cs) if e]
     untested = sum(len(definitions(s)) for i, s in exported if i + 1 >= len(cs) or cs[i + 1][0])
-    largest = max((len(s.splitlines()) for _, s in exported), default=0)
-    return dict(largest_cell=largest, untested=untested, defs=sum(len(definitions(s)) for _, s in exported))
+    sizes = [len(s.splitlines()) for _, s in exported]
+    return dict(largest_cell=max(sizes, default=0), sizes=sizes, cells_over_40=sum(n > 40 for n in sizes),
+                untested=untested, defs=sum(len(definitions(s)) for _, s in exported))
 
 def generated_lines(py: Path) -> set:
     "Line numbers nbdev writes itself: the module docstring (a notebook's summary) and `__all__`."
@@ -71,11 +73,13 @@ def tests_over_limit(repo: Path) -> int:
 if __name__ == '__main__':
     repo = Path(sys.argv[1] if len(sys.argv) > 1 else '.')
     rows = table(repo)
-    cols = ['notebook', 'lines', 'largest_cell', 'longest_function', 'over_limit', 'defs', 'untested']
+    for r in rows: r['median_cell'] = statistics.median(r['sizes'] or [0])
+    cols = ['notebook', 'lines', 'median_cell', 'largest_cell', 'cells_over_40', 'longest_function', 'over_limit',
+            'defs', 'untested']
     print('| ' + ' | '.join(cols) + ' |'); print('|' + ' --- |' * len(cols))
     for r in rows: print('| ' + ' | '.join(str(r[c]) for c in cols) + ' |')
-    tot = {c: sum(r[c] for r in rows) for c in ('lines', 'over_limit', 'defs', 'untested')}
-    print(f"| total | {tot['lines']} | {max(r['largest_cell'] for r in rows)} | "
-          f"{max(r['longest_function'] for r in rows)} | "
-          f"{tot['over_limit']} | {tot['defs']} | {tot['untested']} |")
+    tot = {c: sum(r[c] for r in rows) for c in ('lines', 'cells_over_40', 'over_limit', 'defs', 'untested')}
+    every = [n for r in rows for n in r['sizes']]
+    print(f"| total | {tot['lines']} | {statistics.median(every)} | {max(every)} | {tot['cells_over_40']} | "
+          f"{max(r['longest_function'] for r in rows)} | {tot['over_limit']} | {tot['defs']} | {tot['untested']} |")
     print(f'tests/ lines over {LIMIT}: {tests_over_limit(repo)}')

@@ -24,6 +24,7 @@ def _split_order(splits) -> list:
     have = set(splits)
     return [s for s in SPLITS if s in have] + sorted(have - set(SPLITS))
 
+# %% ../nbs/04_analysis.ipynb #6796becc
 def _split_row(imgs: pd.DataFrame) -> dict:
     per_study = imgs.groupby('study_id').abnormal.agg(['size', 'min', 'max'])
     n = len(imgs)
@@ -35,6 +36,7 @@ def _split_row(imgs: pd.DataFrame) -> dict:
                 max_images_per_study=int(per_study['size'].max()) if len(per_study) else 0,
                 mixed_studies=int((per_study['min'] != per_study['max']).sum()))
 
+# %% ../nbs/04_analysis.ipynb #20c6d765
 def split_table(ann: pd.DataFrame) -> pd.DataFrame:
     "Per split and in total: studies, images (normal, abnormal), boxes, images per study, studies mixing both labels."
     imgs = image_table(ann)
@@ -51,6 +53,7 @@ def _presence(imgs: pd.DataFrame) -> pd.DataFrame:
     "Image x class table of 0/1: whether the image has at least one box of the class."
     return (imgs[list(DET_CLASSES)] > 0).astype(int)
 
+# %% ../nbs/04_analysis.ipynb #40ba5945
 def class_table(ann: pd.DataFrame) -> pd.DataFrame:
     "Per class: boxes, images, studies, % of abnormal images, boxes per image with it, box and image imbalance ratios."
     imgs = image_table(ann)
@@ -102,6 +105,23 @@ def cooccurrence(ann: pd.DataFrame, normalize: bool = False) -> pd.DataFrame:
 # %% ../nbs/04_analysis.ipynb #7b7f501a
 _SPLIT_COLORS = {'train': '#4363d8', 'val': '#f58231', 'test': '#3cb44b'}
 
+def _count_panel(ax, per: dict, order: list, col: str):
+    "One panel of `plot_class_counts`: `col` ('boxes' or 'images') per class, a bar per split, counts written in."
+    splits = list(per)
+    h = 0.8 / len(splits)
+    y = np.arange(len(order))
+    for i, s in enumerate(splits):
+        v = per[s][col].reindex(order).to_numpy()
+        yy = y - 0.4 + h * (i + 0.5)
+        ax.barh(yy, np.where(v > 0, v - 0.5, np.nan), left=0.5, height=h, color=_SPLIT_COLORS.get(s, 'grey'),
+                label=s)  # from 0.5: a count of 1 is a bar
+        for yi, vi in zip(yy, v): ax.text(max(vi, 1) * 1.05, yi, f'{vi:,}', va='center', fontsize=8)
+    ax.set_xscale('log')
+    ax.set_xlim(0.5, max(2, *(per[s][col].max() for s in splits)) * 4)
+    ax.set_title(f'{col} per class', fontsize=10)
+    ax.set_xlabel(f'{col} (log scale)')
+
+# %% ../nbs/04_analysis.ipynb #641b969b
 def plot_class_counts(ann: pd.DataFrame):
     "Boxes and images per class, by split (log scale), with the counts written on the bars; returns the figure."
     import matplotlib.pyplot as plt
@@ -109,20 +129,8 @@ def plot_class_counts(ann: pd.DataFrame):
     per = {s: class_table(ann if s == 'all' else ann[ann.split == s]) for s in splits}
     order = list(class_table(ann).index[::-1])              # most frequent on top
     fig, axs = plt.subplots(1, 2, figsize=(11, 0.45 * len(order) + 1.6), sharey=True)
-    h = 0.8 / len(splits)
-    y = np.arange(len(order))
-    for ax, col in zip(axs, ('boxes', 'images')):
-        for i, s in enumerate(splits):
-            v = per[s][col].reindex(order).to_numpy()
-            yy = y - 0.4 + h * (i + 0.5)
-            ax.barh(yy, np.where(v > 0, v - 0.5, np.nan), left=0.5, height=h, color=_SPLIT_COLORS.get(s, 'grey'),
-                    label=s)  # from 0.5: a count of 1 is a bar
-            for yi, vi in zip(yy, v): ax.text(max(vi, 1) * 1.05, yi, f'{vi:,}', va='center', fontsize=8)
-        ax.set_xscale('log')
-        ax.set_xlim(0.5, max(2, *(per[s][col].max() for s in splits)) * 4)
-        ax.set_title(f'{col} per class', fontsize=10)
-        ax.set_xlabel(f'{col} (log scale)')
-    axs[0].set_yticks(y, order)
+    for ax, col in zip(axs, ('boxes', 'images')): _count_panel(ax, per, order, col)
+    axs[0].set_yticks(np.arange(len(order)), order)
     axs[0].legend(fontsize=8, loc='lower right')
     fig.tight_layout()
     return fig
@@ -156,19 +164,22 @@ def _syntax_name(uid) -> str:
     from pydicom.uid import UID
     return UID(uid).name if isinstance(uid, str) and uid else ''
 
+# %% ../nbs/04_analysis.ipynb #0aa3aef3
+def _header_row(root, image_id: str, split: str) -> dict:
+    "One image's row of `header_table`: what its header says, or why it cannot be read (`error`)."
+    try:
+        h = read_header(images_dir(root, split)/f'{image_id}.dicom')
+        return dict(h, image_id=image_id, split=split, syntax_name=_syntax_name(h['transfer_syntax']),
+                    height_mm=h['orig_height'] * h['spacing_row_mm'], width_mm=h['orig_width'] * h['spacing_col_mm'],
+                    sop_matches=h['sop_uid'] == image_id, error='')
+    except DicomError as e: return dict(image_id=image_id, split=split, error=e.reason)
+
+# %% ../nbs/04_analysis.ipynb #29f1cf3c
 def header_table(root, ann: pd.DataFrame | None = None) -> pd.DataFrame:
     "One row per annotated image, from its header: size, photometric, syntax, bits, spacing, field of view; or `error`."
     ann = load_release(root) if ann is None else ann
     imgs = ann.drop_duplicates('image_id')
-    rows = []
-    for image_id, split in zip(imgs.image_id, imgs.split):
-        try:
-            h = read_header(images_dir(root, split)/f'{image_id}.dicom')
-            rows.append(dict(h, image_id=image_id, split=split, syntax_name=_syntax_name(h['transfer_syntax']),
-                             height_mm=h['orig_height'] * h['spacing_row_mm'],
-                             width_mm=h['orig_width'] * h['spacing_col_mm'],
-                             sop_matches=h['sop_uid'] == image_id, error=''))
-        except DicomError as e: rows.append(dict(image_id=image_id, split=split, error=e.reason))
+    rows = [_header_row(root, image_id, split) for image_id, split in zip(imgs.image_id, imgs.split)]
     return pd.DataFrame(rows).reindex(columns=list(HEADER_COLUMNS)).reset_index(drop=True)
 
 # %% ../nbs/04_analysis.ipynb #28e7b6b7
@@ -210,6 +221,17 @@ def plot_image_sizes(headers: pd.DataFrame):
     return fig
 
 # %% ../nbs/04_analysis.ipynb #4e3048ba
+def _box_scales(b: pd.DataFrame, headers) -> tuple:
+    "Per box: its image's column and row spacing (mm) and long side (px), from `headers`; NaN without them."
+    if headers is None:
+        sx = sy = long = pd.Series(np.nan, index=b.index)
+        return sx, sy, long
+    hd = headers.set_index('image_id')
+    sx, sy = b.image_id.map(hd.spacing_col_mm).astype(float), b.image_id.map(hd.spacing_row_mm).astype(float)
+    long = b.image_id.map(hd[['orig_height', 'orig_width']].max(axis=1)).astype(float)
+    return sx, sy, long
+
+# %% ../nbs/04_analysis.ipynb #68cc6060
 def box_stats(ann: pd.DataFrame, headers: pd.DataFrame | None = None) -> pd.DataFrame:
     "One row per box: width, height, area, aspect (w/h) in px and mm (spacing from `headers`), image's long side in px."
     b = ann[ann.lesion_type.ne(NO_FINDING)].reset_index(drop=True)
@@ -217,56 +239,61 @@ def box_stats(ann: pd.DataFrame, headers: pd.DataFrame | None = None) -> pd.Data
     out = b[keep].copy()
     w, h = (b.xmax - b.xmin).astype(float), (b.ymax - b.ymin).astype(float)
     out['width_px'], out['height_px'], out['area_px'], out['aspect'] = w, h, w * h, w / h
-    if headers is None: sx = sy = long = pd.Series(np.nan, index=b.index)
-    else:
-        hd = headers.set_index('image_id')
-        sx, sy = b.image_id.map(hd.spacing_col_mm).astype(float), b.image_id.map(hd.spacing_row_mm).astype(float)
-        long = b.image_id.map(hd[['orig_height', 'orig_width']].max(axis=1)).astype(float)
+    sx, sy, long = _box_scales(b, headers)
     out['width_mm'], out['height_mm'] = w * sx, h * sy
     out['area_mm2'] = out.width_mm * out.height_mm
     out['image_long_px'] = long
     return out
 
 # %% ../nbs/04_analysis.ipynb #ed362730
+def _size_row(g: pd.DataFrame, med: list, sizes, small: float) -> dict:
+    "One row of `box_size_table`: the boxes, their medians, and the % under `small` px at each input size."
+    r = dict(boxes=len(g), **g[med].median().to_dict())
+    for z in sizes:
+        known = g[f'side@{z}'].dropna()
+        r[f'small%@{z}'] = 100 * (known < small).mean() if len(known) else math.nan
+    return r
+
+# %% ../nbs/04_analysis.ipynb #868d3dbe
 def box_size_table(stats: pd.DataFrame, sizes=(640, 1024), small: float = 32) -> pd.DataFrame:
     "Per class and all: boxes, median sizes and aspect (px, mm); per input `size`, median side and % under `small`^2."
     s = stats.assign(side_px=np.sqrt(stats.area_px), side_mm=np.sqrt(stats.area_mm2))
     for z in sizes: s[f'side@{z}'] = s.side_px * z / s.image_long_px
     med = (['width_px', 'height_px', 'side_px', 'aspect', 'width_mm', 'height_mm', 'side_mm']
            + [f'side@{z}' for z in sizes])
-    def row(g):
-        r = dict(boxes=len(g), **g[med].median().to_dict())
-        for z in sizes:
-            known = g[f'side@{z}'].dropna()
-            r[f'small%@{z}'] = 100 * (known < small).mean() if len(known) else math.nan
-        return r
     groups = [c for c in DET_CLASSES if (s.lesion_type == c).any()]
-    out = pd.DataFrame.from_dict({**{c: row(s[s.lesion_type == c]) for c in groups}, 'all': row(s)}, orient='index')
+    rows = {**{c: _size_row(s[s.lesion_type == c], med, sizes, small) for c in groups},
+            'all': _size_row(s, med, sizes, small)}
+    out = pd.DataFrame.from_dict(rows, orient='index')
     out.index.name = 'class'
     return out
 
 # %% ../nbs/04_analysis.ipynb #b148cd08
+def _size_panel(ax, s: pd.DataFrame, classes: list, col: str, title: str):
+    "One panel of `plot_box_sizes`: a horizontal box plot of `col` per class, on a log axis."
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    data = [s.loc[s.lesion_type == c, col].dropna().to_numpy() for c in classes]
+    if any(len(d) for d in data):
+        bp = ax.boxplot(data, orientation='horizontal', widths=0.6, patch_artist=True, showfliers=True,
+                        flierprops=dict(markersize=2))
+        for patch, c in zip(bp['boxes'], classes): patch.set(facecolor=CLASS_COLORS[c], alpha=0.6)
+    ax.set_xscale('log')
+    ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f'{v:g}'))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_title(title, fontsize=10)
+
+# %% ../nbs/04_analysis.ipynb #09a6095c
 def plot_box_sizes(stats: pd.DataFrame, size: int = 640, small: float = 32):
     "Per class box plots of box side (sqrt area) in px, mm and at input `size`, and of aspect; returns the figure."
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
     s = stats.assign(side_px=np.sqrt(stats.area_px), side_mm=np.sqrt(stats.area_mm2),
                      side_at=np.sqrt(stats.area_px) * size / stats.image_long_px)
     classes = [c for c in DET_CLASSES if (s.lesion_type == c).any()][::-1]
     panels = (('side_px', 'box side sqrt(area), px (original)'), ('side_mm', 'box side sqrt(area), mm'),
               ('side_at', f'box side at {size} px input'), ('aspect', 'aspect ratio w / h'))
     fig, axs = plt.subplots(1, 4, figsize=(15, 0.45 * len(classes) + 1.8), sharey=True)
-    for ax, (col, title) in zip(axs, panels):
-        data = [s.loc[s.lesion_type == c, col].dropna().to_numpy() for c in classes]
-        if any(len(d) for d in data):
-            bp = ax.boxplot(data, orientation='horizontal', widths=0.6, patch_artist=True, showfliers=True,
-                            flierprops=dict(markersize=2))
-            for patch, c in zip(bp['boxes'], classes): patch.set(facecolor=CLASS_COLORS[c], alpha=0.6)
-        ax.set_xscale('log')
-        ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f'{v:g}'))
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_title(title, fontsize=10)
+    for ax, (col, title) in zip(axs, panels): _size_panel(ax, s, classes, col, title)
     axs[2].axvline(small, ls='--', color='k', lw=0.8)
     axs[2].text(small, len(classes) + 0.4, f' {small:g} px', fontsize=7)
     axs[3].axvline(1, ls=':', color='grey', lw=0.8)
@@ -287,6 +314,7 @@ def _pick(ann: pd.DataFrame, per_class: int, seed: int) -> list:
             out.append((label, *pool[i])); used.add(pool[i][0])
     return out
 
+# %% ../nbs/04_analysis.ipynb #c00d13a8
 def show_examples(root, ann: pd.DataFrame, per_class: int = 1, size: int = 512, seed: int = 0, ncols: int = 4):
     "A grid of `per_class` images per class (and normal) at long side `size`, with their boxes; returns the figure."
     import matplotlib.pyplot as plt
@@ -304,6 +332,18 @@ def show_examples(root, ann: pd.DataFrame, per_class: int = 1, size: int = 512, 
     return fig
 
 # %% ../nbs/04_analysis.ipynb #4f85ce54
+def _imbalance_table(ann: pd.DataFrame, train: pd.DataFrame) -> pd.DataFrame:
+    "The imbalance ratios quoted: the seed README's pair on train, most over least frequent on train and on all."
+    return pd.DataFrame(
+        dict(split=['train', 'train', 'all'],
+             pair=['Osteophytes / Vertebral collapse (seed README)', 'most / least frequent', 'most / least frequent'],
+             box_ratio=[imbalance_ratio(train, 'Osteophytes', 'Vertebral collapse'), imbalance_ratio(train),
+                        imbalance_ratio(ann)],
+             image_ratio=[imbalance_ratio(train, 'Osteophytes', 'Vertebral collapse', by='images'),
+                          imbalance_ratio(train, by='images'),
+                          imbalance_ratio(ann, by='images')]))
+
+# %% ../nbs/04_analysis.ipynb #c960030f
 def release_summary(root, headers: bool = True) -> dict:
     "Every table of the analysis for a release root, as a dict of DataFrames (the annotations included)."
     ann = load_release(root)
@@ -317,12 +357,5 @@ def release_summary(root, headers: bool = True) -> dict:
                                    'width_mm']].describe())
     out['boxes'] = box_stats(ann, hd)
     out['box_sizes'] = box_size_table(out['boxes'])
-    out['imbalance'] = pd.DataFrame(
-        dict(split=['train', 'train', 'all'],
-             pair=['Osteophytes / Vertebral collapse (seed README)', 'most / least frequent', 'most / least frequent'],
-             box_ratio=[imbalance_ratio(train, 'Osteophytes', 'Vertebral collapse'), imbalance_ratio(train),
-                        imbalance_ratio(ann)],
-             image_ratio=[imbalance_ratio(train, 'Osteophytes', 'Vertebral collapse', by='images'),
-                          imbalance_ratio(train, by='images'),
-                          imbalance_ratio(ann, by='images')]))
+    out['imbalance'] = _imbalance_table(ann, train)
     return out

@@ -13,7 +13,7 @@ from .core import *
 
 # %% auto #0
 __all__ = ['ID_COLUMNS', 'read_annotations', 'annotation_paths', 'images_dir', 'load_release', 'clip_boxes', 'image_table',
-           'split_train_val']
+           'study_strata', 'split_train_val']
 
 # %% ../nbs/01_annotations.ipynb #ec8c8278
 ID_COLUMNS = ('study_id', 'series_id', 'image_id')
@@ -22,6 +22,7 @@ def _rows(mask: pd.Series) -> pd.Index:
     "Line numbers (header = line 1) of the rows where `mask` holds."
     return mask.index[mask.to_numpy()] + 2
 
+# %% ../nbs/01_annotations.ipynb #a8107c7c
 def _fail_rows(mask, path, msg_of_first):
     "Raise an `InputError` for the first row where `mask` holds, saying how many others there are."
     rows = _rows(mask)
@@ -36,6 +37,7 @@ def _check_columns(df, path):
     extra = [c for c in df.columns if c not in ANNOTATION_COLUMNS]
     if extra: raise InputError(f'unexpected columns {extra}; expected {list(ANNOTATION_COLUMNS)}', path)
 
+# %% ../nbs/01_annotations.ipynb #a10b4ae9
 def _check_ids(df, path):
     for c in ID_COLUMNS:
         _fail_rows(~df[c].map(is_safe_id), path,
@@ -44,17 +46,20 @@ def _check_ids(df, path):
     study_of = df.groupby('image_id').study_id.nunique()
     _fail_rows(df.image_id.map(study_of) > 1, path, lambda i: f'image {df.image_id[i]} belongs to several studies')
 
+# %% ../nbs/01_annotations.ipynb #14ac2188
 def _check_lesions(df, path):
     known = df.lesion_type.isin(LESION_TYPES)
     _fail_rows(~known, path,
                lambda i: f'unknown lesion_type {df.lesion_type[i]!r}; expected one of {list(LESION_TYPES)}')
 
+# %% ../nbs/01_annotations.ipynb #6291b577
 def _to_numbers(df, path):
     for c in BOX_COLUMNS:
         num = pd.to_numeric(df[c], errors='coerce')
         _fail_rows(num.isna() & df[c].notna(), path, lambda i: f'{c} {df[c][i]!r} is not a number')
         df[c] = num.astype(float)
 
+# %% ../nbs/01_annotations.ipynb #0b634e53
 def _check_boxes(df, path):
     box = df[list(BOX_COLUMNS)]
     normal = df.lesion_type == NO_FINDING
@@ -65,6 +70,7 @@ def _check_boxes(df, path):
                lambda i: (f'inverted or empty box: xmin={df.xmin[i]}, xmax={df.xmax[i]}, '
                           f'ymin={df.ymin[i]}, ymax={df.ymax[i]}'))
 
+# %% ../nbs/01_annotations.ipynb #a981b5c3
 def _check_normal_vs_lesion(df, path):
     normal = df.lesion_type == NO_FINDING
     mixed = df.image_id.isin(df.image_id[normal]) & df.image_id.isin(df.image_id[~normal])
@@ -91,6 +97,7 @@ def annotation_paths(root) -> dict:
     "The annotation CSVs of a VinDr-SpineXR release root, by split."
     return {s: Path(root)/'annotations'/f'{s}.csv' for s in ('train', 'test')}
 
+# %% ../nbs/01_annotations.ipynb #71e92abe
 def images_dir(root, split: str) -> Path:
     "Where the release keeps the DICOMs of `split` ('train' or 'test')."
     return Path(root)/f'{split}_images'
@@ -141,7 +148,7 @@ def image_table(ann: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([imgs, counts], axis=1).reset_index()
 
 # %% ../nbs/01_annotations.ipynb #e2e67704
-def _study_strata(train: pd.DataFrame) -> pd.Series:
+def study_strata(train: pd.DataFrame) -> pd.Series:
     "Each train study's stratum: the rarest lesion class it contains, else 'normal'."
     studies = train.groupby('study_id')[list(DET_CLASSES)].sum() > 0
     rarity = studies.sum().sort_values(kind='stable')  # fewest studies first
@@ -158,7 +165,7 @@ def split_train_val(images: pd.DataFrame, val_frac: float = 0.15, seed: int = 42
     out = images.copy()
     train = out.split.eq('train') if 'split' in out else pd.Series(True, index=out.index)
     if 'split' not in out: out['split'] = 'train'
-    strata = _study_strata(out[train])
+    strata = study_strata(out[train])
     rng = np.random.default_rng(seed)
     val = []
     for name in sorted(strata.unique()):

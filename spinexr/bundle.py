@@ -12,8 +12,9 @@ from fastcore.basics import patch
 
 from .core import *
 from .prep import PrepTree
+from .families import DEFAULT_DETECTOR, detector_family
 from .classify import ClsConfig, load_classifier
-from .detect import DetConfig, load_detector, load_tta
+from .detect import DetConfig, Detector, detector_for, load_tta
 from .ensemble import Ensemble
 from .runtime import OnnxNet, load_onnx_detector, onnxruntime_problem
 
@@ -23,8 +24,10 @@ __all__ = ['BUNDLE_FORMAT', 'BUNDLE_VERSION', 'BUNDLE_PACKAGES', 'ONNX_DIR', 'RU
            'training_record', 'validation_record', 'make_bundle', 'tiny_bundle', 'network_sources', 'onnx_problem',
            'choose_runtime']
 
-# %% ../nbs/39_bundle.ipynb #e5bba39e
+# %% ../nbs/39_bundle.ipynb #41fdac91
 BUNDLE_FORMAT, BUNDLE_VERSION = 'spinexr-bundle', 3   # 2: `trained_on`; 3: `files`, the SHA-256 of every file
+
+# %% ../nbs/39_bundle.ipynb #c0610246
 BUNDLE_PACKAGES = ('spinexr', 'torch', 'timm', 'fastai', 'ultralytics', 'pydicom', 'pylibjpeg-openjpeg', 'numpy',
                    'opencv-python-headless')
 
@@ -53,13 +56,14 @@ class Bundle:
     def onnx_dir(self) -> Path: return self.path/ONNX_DIR
     def onnx_file(self, name: str) -> Path: return self.onnx_dir/f'{name}.onnx'
 
-# %% ../nbs/39_bundle.ipynb #58921acb
+# %% ../nbs/39_bundle.ipynb #7d4e84a8
 def hash_files(root) -> dict:
     "Each file under `root` (its path relative to `root`, in path order) and the file's SHA-256."
     from spinexr.weights import sha256_file
     root = Path(root)
     return {f.relative_to(root).as_posix(): sha256_file(f) for f in sorted(root.rglob('*')) if f.is_file()}
 
+# %% ../nbs/39_bundle.ipynb #a8cb460f
 def combined_sha256(files: dict) -> str:
     "One SHA-256 of each file's path and SHA-256 in path order."
     import hashlib
@@ -67,13 +71,14 @@ def combined_sha256(files: dict) -> str:
     for path, sha in files.items(): h.update(f'{path}\t{sha}\n'.encode())
     return h.hexdigest()
 
-# %% ../nbs/39_bundle.ipynb #5c9921b9
+# %% ../nbs/39_bundle.ipynb #e2470518
 @patch(as_prop=True)
 def files(self: Bundle) -> dict:
     "Each file of the bundle and its SHA-256 (`hash_files`), hashed once."
     if '_files' not in self.__dict__: self._files = hash_files(self.path)
     return self._files
 
+# %% ../nbs/39_bundle.ipynb #e52ae11d
 @patch(as_prop=True)
 def sha256(self: Bundle) -> str:
     "The bundle's SHA-256: of every file's path and SHA-256, `bundle.json` included."
@@ -82,13 +87,14 @@ def sha256(self: Bundle) -> str:
 def bundle_files(model_dir) -> dict: return Bundle(model_dir).files
 def bundle_sha256(model_dir) -> str: return Bundle(model_dir).sha256
 
-# %% ../nbs/39_bundle.ipynb #2dcd1310
+# %% ../nbs/39_bundle.ipynb #1169caf2
 def _listed_problems(listed: dict, found: dict) -> list:
     changed = [f for f in listed if f in found and found[f] != listed[f]]
     return ([f'{f} changed after the bundle was made (its SHA-256 is not the one bundle.json lists)' for f in changed] +
             [f'{f} is missing' for f in listed if f not in found] +
             [f'{f} is not part of the bundle (bundle.json does not list it)' for f in found if f not in listed])
 
+# %% ../nbs/39_bundle.ipynb #b2681e83
 @patch
 def check_files(self: Bundle, listed: dict, skip: str | None = None):
     "Refuse the bundle, naming each file, unless its files (but those in folder `skip`) are those `listed` (path: SHA)."
@@ -121,7 +127,7 @@ def _bundle_json(b: Bundle) -> dict:
     if not isinstance(r.get('files'), dict): raise InputError('no list of its files (files)', f)
     return r
 
-# %% ../nbs/39_bundle.ipynb #cd47cc8b
+# %% ../nbs/39_bundle.ipynb #e7b4b439
 def read_bundle(model_dir, skip: str | None = None) -> dict:
     ("The checked `bundle.json` of a model bundle, its `ensemble` an `Ensemble`; every file (but those in the folder "
      "`skip`) checked against its list.")
@@ -138,6 +144,7 @@ def read_bundle(model_dir, skip: str | None = None) -> dict:
     b.check_files(r['files'], skip)
     return r
 
+# %% ../nbs/39_bundle.ipynb #ba2f48e2
 @patch(as_prop=True)
 def record(self: Bundle) -> dict:
     "The checked `bundle.json` (`read_bundle`), read once."
@@ -155,13 +162,7 @@ def bundle_warnings(record: dict) -> list:
         out.append('the model comes from a rehearsal (one epoch on a few images): it checks a setup and is not a model')
     return out
 
-# %% ../nbs/39_bundle.ipynb #8402872b
-def _copy_files(src: Path, dst: Path, names):
-    dst.mkdir(parents=True)
-    for n in names:
-        if not (src/n).is_file(): raise InputError(f'no {n}: not a complete run directory', src)
-        shutil.copy2(src/n, dst/n)
-
+# %% ../nbs/39_bundle.ipynb #7bef12a0
 def training_record(prep_dir, **extra) -> dict:
     "What models trained on the prep tree `prep_dir` learnt from: phantom or release, its root, images per split."
     s = PrepTree(prep_dir).summary()
@@ -171,6 +172,7 @@ def training_record(prep_dir, **extra) -> dict:
                    images=s.get('split_counts', {}), date=time.strftime('%Y-%m-%d'),
                    spinexr=package_versions()['spinexr'], command=None), **extra}
 
+# %% ../nbs/39_bundle.ipynb #5c62b06e
 def _run_metrics(run) -> dict:
     f = Path(run)/'metrics.json'
     return load_json(f) if f.is_file() else {}
@@ -182,6 +184,21 @@ def validation_record(cls_metrics: dict, det_metrics: dict, ens: Ensemble) -> di
                 classifier_auroc={a: auroc(m) for a, m in cls_metrics.items()},
                 detector_map50=det_metrics.get('val', {}).get('map50'))
 
+# %% ../nbs/39_bundle.ipynb #7bc1af69
+def _copy_files(src: Path, dst: Path, names):
+    dst.mkdir(parents=True)
+    for n in names:
+        if not (src/n).is_file(): raise InputError(f'no {n}: not a complete run directory', src)
+        shutil.copy2(src/n, dst/n)
+
+def _pack_runs(tmp: Path, cls_runs: list, archs: list, det_run: Path):
+    "Copy the classifier runs' and the detector run's files into the bundle being made at `tmp`."
+    for r, a in zip(cls_runs, archs): _copy_files(r, Bundle(tmp).classifier(a), ('config.json', 'model.pt'))
+    files = detector_for(DetConfig.load(det_run/'config.json')).files
+    _copy_files(det_run, Bundle(tmp).detector, ('config.json', *files))
+    if (det_run/'tta.json').exists(): shutil.copy2(det_run/'tta.json', Bundle(tmp).detector/'tta.json')
+
+# %% ../nbs/39_bundle.ipynb #b0c79d72
 def make_bundle(out, cls_runs, det_run, ens: Ensemble, prep_dir, keep_score: float = 0.5,
                 trained_on: dict | None = None) -> Path:
     "Pack classifier runs, a detector run and an ensemble, trained on `prep_dir`, into the bundle `out` (atomically)."
@@ -192,9 +209,7 @@ def make_bundle(out, cls_runs, det_run, ens: Ensemble, prep_dir, keep_score: flo
     prep_size = PrepTree(prep_dir).summary()['size']
     tmp = Path(tempfile.mkdtemp(prefix=f'.{out.name}.', dir=out.parent if out.parent.exists() else None))
     try:
-        for r, a in zip(cls_runs, archs): _copy_files(r, Bundle(tmp).classifier(a), ('config.json', 'model.pt'))
-        _copy_files(Path(det_run), Bundle(tmp).detector, ('config.json', 'detector.json', 'detector.pt'))
-        if (Path(det_run)/'tta.json').exists(): shutil.copy2(Path(det_run)/'tta.json', Bundle(tmp).detector/'tta.json')
+        _pack_runs(tmp, cls_runs, archs, Path(det_run))
         run_metrics = {a: _run_metrics(r) for r, a in zip(cls_runs, archs)}
         tta = {a: bool(m.get('tta', False)) for a, m in run_metrics.items()}
         Bundle(tmp).write_record(dict(
@@ -207,14 +222,29 @@ def make_bundle(out, cls_runs, det_run, ens: Ensemble, prep_dir, keep_score: flo
         shutil.rmtree(tmp, ignore_errors=True)
     return out
 
-# %% ../nbs/39_bundle.ipynb #3d6fa98d
+# %% ../nbs/39_bundle.ipynb #618cef14
+def _tiny_detector() -> str:
+    "The smallest architecture of the default detector's family: what a tiny bundle trains (`yolo11n.yaml`)."
+    family = detector_family(DEFAULT_DETECTOR)[0]
+    return family.yaml(family.sizes[0])
+
+def _train_tiny(prep_dir: Path, work: Path, size: int, imgsz: int) -> tuple:
+    "(classifier runs, ensemble) of one epoch each on `prep_dir`, and a one-epoch detector run in `work/det`."
+    from spinexr.classify import ARCHS, recipe, train_classifier
+    from spinexr.detect import train_detector
+    from spinexr.ensemble import fit_ensemble, run_predictions
+    runs = [work/a for a in ARCHS]
+    for a, r in zip(ARCHS, runs):
+        train_classifier(prep_dir, r, recipe(a, size=size, epochs=1, bs=16, pretrained=False), progress=False)
+    train_detector(prep_dir, work/'det', DetConfig(model=_tiny_detector(), imgsz=imgsz, epochs=1, batch=16,
+                                                   workers=0, pretrained=False))
+    return runs, fit_ensemble({a: run_predictions(r, 'val') for a, r in zip(ARCHS, runs)})
+
+# %% ../nbs/39_bundle.ipynb #9f20cb97
 def tiny_bundle(prep_dir, out=None, size: int = 64, imgsz: int = 128) -> Path:
     ("A bundle trained for one epoch on the prep tree `prep_dir` (for tests and demos: machinery, not a model); "
      "made once under `out` (default: beside the tree), reused after.")
     import fcntl
-    from spinexr.classify import ARCHS, recipe, train_classifier
-    from spinexr.detect import train_detector
-    from spinexr.ensemble import fit_ensemble, run_predictions
     prep_dir = Path(prep_dir)
     out = Path(out or prep_dir.parent/(f"tiny-bundle-{prep_dir.name}-c{size}-d{imgsz}-{package_versions()['spinexr']}"
                                        f"-v{BUNDLE_VERSION}"))
@@ -224,24 +254,28 @@ def tiny_bundle(prep_dir, out=None, size: int = 64, imgsz: int = 128) -> Path:
         if (out/'bundle.json').is_file(): return out
         work = Path(tempfile.mkdtemp(prefix='.tiny-bundle-', dir=out.parent))
         try:
-            runs = [work/a for a in ARCHS]
-            for a, r in zip(ARCHS, runs):
-                train_classifier(prep_dir, r, recipe(a, size=size, epochs=1, bs=16, pretrained=False), progress=False)
-            train_detector(prep_dir, work/'det', DetConfig(model='yolo11n.yaml', imgsz=imgsz, epochs=1, batch=16,
-                                                           workers=0, pretrained=False))
-            ens = fit_ensemble({a: run_predictions(r, 'val') for a, r in zip(ARCHS, runs)})
+            runs, ens = _train_tiny(prep_dir, work, size, imgsz)
             return make_bundle(out, runs, work/'det', ens, prep_dir, trained_on=dict(command='tiny_bundle'))
         finally: shutil.rmtree(work, ignore_errors=True)
 
-# %% ../nbs/39_bundle.ipynb #4c65eae9
+# %% ../nbs/39_bundle.ipynb #30d9ebfc
+@patch
+def classifier_config(self: Bundle, arch: str) -> ClsConfig: return ClsConfig.load(self.classifier(arch)/'config.json')
+@patch
+def detector_config(self: Bundle) -> DetConfig: return DetConfig.load(self.detector/'config.json')
+@patch
+def detector_tta(self: Bundle) -> dict: return load_tta(self.detector)
+
+# %% ../nbs/39_bundle.ipynb #f2ef999e
 RUNTIMES = ('auto', 'torch', 'onnx')
 
 def network_sources(b: Bundle, record: dict) -> dict:
-    "The SHA-256 of each network's PyTorch weights (classifiers by arch, then 'detector'), as their configs record."
+    "The SHA-256 of each network's PyTorch weights (classifiers by arch, then 'detector'), as their files record."
     out = {a: ClsConfig.load(b.classifier(a)/'config.json').weights_sha256 for a in record['ensemble'].names}
-    out['detector'] = load_json(b.detector/'detector.json').get('weights_sha256')
+    out['detector'] = detector_for(b.detector_config()).weights_sha256(b.detector)
     return out
 
+# %% ../nbs/39_bundle.ipynb #0e58b4ac
 def onnx_problem(b: Bundle, record: dict) -> str | None:
     "Why a bundle's ONNX record cannot be used (none exported, damaged, or from other weights); None if it can."
     rec = record.get('onnx')
@@ -257,6 +291,7 @@ def onnx_problem(b: Bundle, record: dict) -> str | None:
                     'run spinexr_export MODEL_DIR again, or use --runtime torch')
     return None
 
+# %% ../nbs/39_bundle.ipynb #15767dcf
 def choose_runtime(b: Bundle, record: dict, runtime: str = 'auto') -> str:
     "'torch' or 'onnx' for `runtime` (auto, torch or onnx), or an error saying why the one asked for cannot run."
     if runtime not in RUNTIMES: raise InputError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
@@ -267,14 +302,7 @@ def choose_runtime(b: Bundle, record: dict, runtime: str = 'auto') -> str:
     if problem and runtime == 'onnx': raise InputError(problem, b.path)
     return 'torch' if problem else 'onnx'
 
-# %% ../nbs/39_bundle.ipynb #b6df322b
-@patch
-def classifier_config(self: Bundle, arch: str) -> ClsConfig: return ClsConfig.load(self.classifier(arch)/'config.json')
-@patch
-def detector_config(self: Bundle) -> DetConfig: return DetConfig.load(self.detector/'config.json')
-@patch
-def detector_tta(self: Bundle) -> dict: return load_tta(self.detector)
-
+# %% ../nbs/39_bundle.ipynb #e7eeeb41
 @patch
 def classifiers(self: Bundle, runtime: str = 'torch') -> dict:
     "Each classifier (ensemble order) as (network, its `ClsConfig`): a PyTorch module (eval) or an ONNX session."
@@ -283,8 +311,11 @@ def classifiers(self: Bundle, runtime: str = 'torch') -> dict:
     nets = self.record['onnx']['networks']
     return {a: (OnnxNet(self.onnx_file(a), nets[a]['sha256']), self.classifier_config(a)) for a in names}
 
+# %% ../nbs/39_bundle.ipynb #0716f22b
 @patch
-def detector_model(self: Bundle, runtime: str = 'torch'):
-    "The detector, an ultralytics YOLO wrapper, on PyTorch or on ONNX Runtime."
-    if runtime == 'torch': return load_detector(self.detector)
-    return load_onnx_detector(self.onnx_file('detector'), self.record['onnx']['networks']['detector']['sha256'])
+def detector_model(self: Bundle, runtime: str = 'torch') -> Detector:
+    "The detector (`20_detect`'s `Detector`), its network loaded on PyTorch or on ONNX Runtime."
+    detector = detector_for(self.detector_config())
+    if runtime == 'torch': return detector.load(self.detector)
+    sha = self.record['onnx']['networks']['detector']['sha256']
+    return load_onnx_detector(detector, self.onnx_file('detector'), sha)

@@ -36,6 +36,7 @@ class TooManyPixels(InputError):
 class DicomTooManyPixels(TooManyPixels, DicomError):
     "A DICOM file over the pixel budget: a `TooManyPixels` and a `DicomError` both."
 
+# %% ../nbs/03_dicom.ipynb #84c3c531
 def pixel_budget(max_pixels=None) -> int:
     "The pixel budget to apply: `MAX_PIXELS` for None, else `max_pixels`, a whole number of at least 1."
     if max_pixels is None: return MAX_PIXELS
@@ -53,6 +54,7 @@ def _whole(ds, tag: str, path, default=None) -> int | None:
     if n < 0: raise DicomError(f'{tag} {n} is negative', path)
     return n
 
+# %% ../nbs/03_dicom.ipynb #d8edd4c9
 def check_budget(ds, path='', max_pixels=MAX_PIXELS) -> int:
     "Refuse a header declaring more than `max_pixels` (rows x columns x frames x samples); the count declared."
     budget = pixel_budget(max_pixels)
@@ -76,6 +78,7 @@ def _read_bytes(path: Path) -> bytes:
     if not raw: raise DicomError('empty file (0 bytes)', path)
     return raw
 
+# %% ../nbs/03_dicom.ipynb #666733fa
 def _infer_syntax(ds, path):
     "A data set read without file meta: infer an uncompressed transfer syntax from the encoding pydicom found."
     from pydicom.dataset import FileMetaDataset
@@ -94,21 +97,31 @@ def _infer_syntax(ds, path):
 # %% ../nbs/03_dicom.ipynb #e96feb12
 INFLATE_SLACK = 1 << 22  # bytes a deflated data set may hold beyond its pixels: any header and trailing elements
 
-def _inflate(raw: bytes, start: int, path, max_pixels) -> bytes:
-    "The deflated data set from byte `start` inflated, refused over the pixel budget or beyond what its pixels need."
+def _head_elements(head: bytes):
+    "The elements up to group 0028 (the image's size) of an inflated data set's first bytes; {} if unreadable."
     from pydicom.filebase import DicomBytesIO
     from pydicom.filereader import read_dataset
+    try: return read_dataset(DicomBytesIO(head), False, True, stop_when=lambda tag, vr, n: tag.group > 0x0028)
+    except Exception: return {}
+
+# %% ../nbs/03_dicom.ipynb #7e0bda8c
+def _inflate_cap(hdr, path, max_pixels) -> int:
+    "Bytes a deflated data set may inflate to: what its declared pixels need (within the budget) + `INFLATE_SLACK`."
+    n = check_budget(hdr, path, max_pixels)
+    return n * -(-(_whole(hdr, 'BitsAllocated', path, 16) or 16) // 8) + INFLATE_SLACK
+
+# %% ../nbs/03_dicom.ipynb #88147da9
+def _inflate(raw: bytes, start: int, path, max_pixels) -> bytes:
+    "The deflated data set from byte `start` inflated, refused over the pixel budget or beyond what its pixels need."
     d = zlib.decompressobj(-zlib.MAX_WBITS)
     try: head = d.decompress(raw[start:], INFLATE_SLACK)
     except zlib.error as e: raise DicomError(f'corrupt deflated data set (zlib: {e})', path) from None
-    try: hdr = read_dataset(DicomBytesIO(head), False, True, stop_when=lambda tag, vr, n: tag.group > 0x0028)
-    except Exception: hdr = {}
+    hdr = _head_elements(head)
     if hdr.get('Rows') is None or hdr.get('Columns') is None:
         if d.eof: return head                                  # all of it: the reader names what is missing
         raise DicomError(f'no image size (Rows, Columns) in the first {INFLATE_SLACK >> 20} MiB of the inflated '
                          'data set', path)
-    n = check_budget(hdr, path, max_pixels)
-    cap = n * -(-(_whole(hdr, 'BitsAllocated', path, 16) or 16) // 8) + INFLATE_SLACK
+    cap = _inflate_cap(hdr, path, max_pixels)
     if d.eof: return head
     try: rest = d.decompress(d.unconsumed_tail, cap + 1 - len(head))
     except zlib.error as e: raise DicomError(f'corrupt deflated data set (zlib: {e})', path) from None
@@ -136,12 +149,10 @@ def _read_deflated(raw: bytes, path, stop_before_pixels: bool, max_pixels):
     return ds
 
 # %% ../nbs/03_dicom.ipynb #31dc27e5
-def open_dicom(path, stop_before_pixels: bool = False, max_pixels=MAX_PIXELS):
-    "Read a DICOM file with pydicom; returns (dataset, notes). Raises `DicomError` for anything unreadable."
+def _read_dataset(raw: bytes, path: Path, stop_before_pixels: bool, max_pixels, notes: list):
+    "The data set in `raw` as `dcmread` reads it (deflated: under `_inflate`'s caps; without file meta: forced)."
     import pydicom
     from pydicom.errors import InvalidDicomError
-    path, notes = Path(path), []
-    raw = _read_bytes(path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         warnings.filterwarnings('ignore', message='Invalid value for VR UI')
@@ -156,6 +167,11 @@ def open_dicom(path, stop_before_pixels: bool = False, max_pixels=MAX_PIXELS):
         except Exception as e:
             raise DicomError(f'unreadable DICOM, corrupt or truncated ({type(e).__name__}: {e})', path) from None
     notes += [f'pydicom: {w.message}' for w in caught]
+    return ds
+
+# %% ../nbs/03_dicom.ipynb #bd607ec0
+def _check_opened(ds, raw: bytes, path: Path, stop_before_pixels: bool):
+    "Refuse a data set without a transfer syntax, or without the Pixel Data an image needs, saying why."
     if 'TransferSyntaxUID' not in getattr(ds, 'file_meta', {}):
         raise DicomError('no Transfer Syntax UID in the file meta information', path)
     if not stop_before_pixels and 'PixelData' not in ds:
@@ -165,6 +181,14 @@ def open_dicom(path, stop_before_pixels: bool = False, max_pixels=MAX_PIXELS):
             raise DicomError('truncated file: it ends inside the Pixel Data element', path)
         sop = ds.get('SOPClassUID')
         raise DicomError(f'no Pixel Data element: not an image{f" (SOP Class {sop.name})" if sop else ""}', path)
+
+# %% ../nbs/03_dicom.ipynb #47ebf343
+def open_dicom(path, stop_before_pixels: bool = False, max_pixels=MAX_PIXELS):
+    "Read a DICOM file with pydicom; returns (dataset, notes). Raises `DicomError` for anything unreadable."
+    path, notes = Path(path), []
+    raw = _read_bytes(path)
+    ds = _read_dataset(raw, path, stop_before_pixels, max_pixels, notes)
+    _check_opened(ds, raw, path, stop_before_pixels)
     return ds, notes
 
 # %% ../nbs/03_dicom.ipynb #c7ce6653
@@ -176,6 +200,7 @@ def _finite(v) -> float:
     except (TypeError, ValueError): return math.nan
     return x if math.isfinite(x) else math.nan
 
+# %% ../nbs/03_dicom.ipynb #66a70b59
 def _spacing(ds):
     "Row and column spacing in mm: PixelSpacing, else ImagerPixelSpacing (DX), each two positive numbers; else NaN."
     for tag in ('PixelSpacing', 'ImagerPixelSpacing'):
@@ -190,8 +215,9 @@ def _str(ds, tag):
     v = ds.get(tag)
     return '' if v is None else str(v)
 
-def _header_info(ds, path) -> dict:
-    "What the header says about the image, checked: ids, size, photometric interpretation, bits, spacing."
+# %% ../nbs/03_dicom.ipynb #0a3dec45
+def _check_grayscale(ds, path) -> str:
+    "Refuse a header that is not one grayscale frame of at least `MIN_SIDE` pixels a side; its photometric."
     for tag in ('Rows', 'Columns', 'BitsAllocated'):
         if ds.get(tag) in (None, ''): raise DicomError(f'no {tag}: not an image', path)
     photometric = _str(ds, 'PhotometricInterpretation').strip().upper()
@@ -205,6 +231,12 @@ def _header_info(ds, path) -> dict:
     if min(int(ds.Rows), int(ds.Columns)) < MIN_SIDE:
         raise DicomError(f'image of {int(ds.Rows)} x {int(ds.Columns)} pixels: too small to be a radiograph '
                          f'(at least {MIN_SIDE} pixels a side)', path)
+    return photometric
+
+# %% ../nbs/03_dicom.ipynb #9c956421
+def _header_info(ds, path) -> dict:
+    "What the header says about the image, checked: ids, size, photometric interpretation, bits, spacing."
+    photometric = _check_grayscale(ds, path)
     ts = ds.file_meta.TransferSyntaxUID
     sy, sx = _spacing(ds)
     return dict(sop_uid=_str(ds, 'SOPInstanceUID'), study_id=_str(ds, 'StudyInstanceUID'),
@@ -228,6 +260,7 @@ def _quiet_uids():
             yield
     finally: log.setLevel(level)
 
+# %% ../nbs/03_dicom.ipynb #f53a17e3
 def read_header(path) -> dict:
     "The header facts of a DICOM radiograph (ids, size, photometric, bits, syntax, spacing), without decoding pixels."
     with _quiet_uids():
@@ -250,15 +283,9 @@ def radiograph_warnings(info: dict) -> list:
     return out
 
 # %% ../nbs/03_dicom.ipynb #b8fecc89
-def j2k_header(cs: bytes) -> dict:
-    "Image size, offset, components, precision, signedness and decomposition levels from a JPEG 2000 codestream."
-    start = cs.find(b'\xff\x4f\xff\x51')  # SOC then SIZ; a JP2 wrapper (non-conformant in DICOM) is skipped
-    if start < 0: raise ValueError('no JPEG 2000 codestream (SOC and SIZ markers) found')
-    p = start + 4
-    lsiz = struct.unpack_from('>H', cs, p)[0]
-    _, X, Y, X0, Y0, _, _, _, _, C = struct.unpack_from('>HIIIIIIIIH', cs, p + 2)
-    ssiz, xr, yr = cs[p + 38], cs[p + 39], cs[p + 40]
-    levels, p = None, p + lsiz
+def _j2k_levels(cs: bytes, p: int, C: int) -> int:
+    "Decomposition levels from the markers of a JPEG 2000 main header from byte `p` (COD; a COC for component 0)."
+    levels = None
     while p + 4 <= len(cs):
         marker, length = struct.unpack_from('>HH', cs, p)
         if marker in (0xFF90, 0xFF93): break                 # first tile part: end of the main header
@@ -268,24 +295,44 @@ def j2k_header(cs: bytes) -> dict:
             comp = struct.unpack_from('>H', cs, p + 4)[0] if wide else cs[p + 4]
             if comp == 0: levels = min(levels if levels is not None else 255, cs[p + 6 + wide])
         p += 2 + length
+    return levels or 0
+
+# %% ../nbs/03_dicom.ipynb #f7237e00
+def j2k_header(cs: bytes) -> dict:
+    "Image size, offset, components, precision, signedness and decomposition levels from a JPEG 2000 codestream."
+    start = cs.find(b'\xff\x4f\xff\x51')  # SOC then SIZ; a JP2 wrapper (non-conformant in DICOM) is skipped
+    if start < 0: raise ValueError('no JPEG 2000 codestream (SOC and SIZ markers) found')
+    p = start + 4
+    lsiz = struct.unpack_from('>H', cs, p)[0]
+    _, X, Y, X0, Y0, _, _, _, _, C = struct.unpack_from('>HIIIIIIIIH', cs, p + 2)
+    ssiz, xr, yr = cs[p + 38], cs[p + 39], cs[p + 40]
     return dict(offset=start, width=X - X0, height=Y - Y0, x0=X0, y0=Y0, components=C, precision=(ssiz & 0x7F) + 1,
-                signed=bool(ssiz & 0x80), subsampling=(yr, xr), levels=levels or 0)
+                signed=bool(ssiz & 0x80), subsampling=(yr, xr), levels=_j2k_levels(cs, p + lsiz, C))
 
 # %% ../nbs/03_dicom.ipynb #b0567c72
 def _ceil_div(a, b): return -(-a // b)
 
-def _pillow_j2k(cs: bytes, r: int, hdr: dict, pixel_representation: int) -> np.ndarray:
-    "Decode a single-component JPEG 2000 codestream at 1/2^r resolution with Pillow; stored values as int32."
+def _pillow_decode(cs: bytes, r: int, offset: int) -> tuple:
+    "Pillow's decode of a JPEG 2000 codestream (from byte `offset`) at 1/2^r resolution: (mode, array)."
     from PIL import Image
-    with Image.open(io.BytesIO(cs[hdr['offset']:])) as im:
+    with Image.open(io.BytesIO(cs[offset:])) as im:
         im.reduce = r
         im.load()
-        mode, a = im.mode, np.asarray(im)
+        return im.mode, np.asarray(im)
+
+def _reduced_shape(hdr: dict, r: int) -> tuple:
+    "The (height, width) of the image of a JPEG 2000 header decoded at 1/2^r (its grid offset counted)."
+    return tuple(_ceil_div(hdr[k] + o, 2 ** r) - _ceil_div(o, 2 ** r)
+                 for k, o in (('height', hdr['y0']), ('width', hdr['x0'])))
+
+# %% ../nbs/03_dicom.ipynb #5d451da5
+def _pillow_j2k(cs: bytes, r: int, hdr: dict, pixel_representation: int) -> np.ndarray:
+    "Decode a single-component JPEG 2000 codestream at 1/2^r resolution with Pillow; stored values as int32."
+    mode, a = _pillow_decode(cs, r, hdr['offset'])
     p, signed = hdr['precision'], hdr['signed']
     bits = {'L': 8, 'I;16': 16}.get(mode)
     if bits is None or p > bits: raise ValueError(f'unexpected Pillow mode {mode} for a {p}-bit codestream')
-    shape = tuple(_ceil_div(hdr[k] + o, 2 ** r) - _ceil_div(o, 2 ** r)
-                  for k, o in (('height', hdr['y0']), ('width', hdr['x0'])))
+    shape = _reduced_shape(hdr, r)
     if a.shape != shape: raise ValueError(f'Pillow returned {a.shape}, expected {shape}')
     shift = bits - p
     if shift and (a & ((1 << shift) - 1)).any():
@@ -303,6 +350,7 @@ def target_shape(height: int, width: int, size: int | None) -> tuple:
     s = size / max(height, width)
     return max(1, int(height * s + 0.5)), max(1, int(width * s + 0.5))
 
+# %% ../nbs/03_dicom.ipynb #00a79a3f
 def choose_reduce(height: int, width: int, size: int | None, levels: int) -> int:
     "The largest JPEG 2000 resolution level r <= levels whose 1/2^r image is at least `target_shape` in both sides."
     th, tw = target_shape(height, width, size)
@@ -335,10 +383,12 @@ def _check_decodable(ds, path):
         raise DicomError(f'transfer syntax {uid} ({uid.name}) cannot be decoded with the installed pydicom plugins',
                          path)
 
+# %% ../nbs/03_dicom.ipynb #3875a82c
 def _frame(ds) -> bytes:
     from pydicom.encaps import get_frame
     return get_frame(ds.PixelData, 0, number_of_frames=1)
 
+# %% ../nbs/03_dicom.ipynb #c18027a8
 def _codestream_size(ds, cs: bytes):
     "(what, rows, columns, components) a JPEG, JPEG-LS or JPEG 2000 frame declares; None for other syntaxes or junk."
     from pydicom.pixels.utils import _get_jpg_parameters
@@ -353,10 +403,28 @@ def _codestream_size(ds, cs: bytes):
     except Exception: return None                              # unparsable: the decoder names what is wrong
 
 # %% ../nbs/03_dicom.ipynb #87d69bb5
+def _check_codestream(ds, cs: bytes, path, budget: int, declared: str):
+    "Refuse a JPEG or JPEG 2000 frame over the budget or of another size than the header's; RLE data too short for it."
+    from pydicom.uid import RLELossless
+    R, C = int(ds.Rows), int(ds.Columns)
+    if got := _codestream_size(ds, cs):
+        what, h, w, k = got
+        if h * w * k > budget:                                 # the decoder allocates what the codestream says
+            raise DicomTooManyPixels(f'{declared}, but its {what} codestream declares {h} x {w} pixels'
+                                     + (f' x {k} components' if k > 1 else ''), h * w * k, budget, path)
+        if h and (h, w) != (R, C):                             # a JPEG height of 0 is defined later (DNL marker)
+            raise DicomError(f'{declared}, but its {what} codestream holds {h} x {w}', path)
+    elif ds.file_meta.TransferSyntaxUID == RLELossless and len(cs) >= 64:
+        segments = struct.unpack_from('<I', cs)[0]
+        need = 64 + segments * 2 * _ceil_div(R * C, 128)       # each segment: R*C bytes in runs of at most 128
+        if 0 < segments <= 15 and len(cs) < need:
+            raise DicomError(f'{declared}, more than {len(cs)} bytes of RLE data can hold (at least {need} bytes '
+                             f'needed)', path)
+
+# %% ../nbs/03_dicom.ipynb #a28c039c
 def _check_declared_size(ds, path, max_pixels=MAX_PIXELS):
     "Refuse a header or codestream declaring more than the budget, or than the pixel data can hold, before decoding."
     from pydicom.pixels.utils import get_expected_length
-    from pydicom.uid import RLELossless
     budget = pixel_budget(max_pixels)
     check_budget(ds, path, budget)
     uid, R, C = ds.file_meta.TransferSyntaxUID, int(ds.Rows), int(ds.Columns)
@@ -367,19 +435,7 @@ def _check_declared_size(ds, path, max_pixels=MAX_PIXELS):
         return
     try: cs = _frame(ds)
     except Exception: return                                   # the decoder names what is wrong
-    if got := _codestream_size(ds, cs):
-        what, h, w, k = got
-        if h * w * k > budget:                                 # the decoder allocates what the codestream says
-            raise DicomTooManyPixels(f'{declared}, but its {what} codestream declares {h} x {w} pixels'
-                                     + (f' x {k} components' if k > 1 else ''), h * w * k, budget, path)
-        if h and (h, w) != (R, C):                             # a JPEG height of 0 is defined later (DNL marker)
-            raise DicomError(f'{declared}, but its {what} codestream holds {h} x {w}', path)
-    elif uid == RLELossless and len(cs) >= 64:
-        segments = struct.unpack_from('<I', cs)[0]
-        need = 64 + segments * 2 * _ceil_div(R * C, 128)       # each segment: R*C bytes in runs of at most 128
-        if 0 < segments <= 15 and len(cs) < need:
-            raise DicomError(f'{declared}, more than {len(cs)} bytes of RLE data can hold (at least {need} bytes '
-                             f'needed)', path)
+    _check_codestream(ds, cs, path, budget, declared)
 
 # %% ../nbs/03_dicom.ipynb #d7937ddd
 def _reduced_j2k(ds, size, notes):
@@ -395,6 +451,7 @@ def _reduced_j2k(ds, size, notes):
         except Exception as e: notes.append(f'Pillow JPEG 2000 decode at 1/{2 ** r} failed ({type(e).__name__}: {e})')
     return None
 
+# %% ../nbs/03_dicom.ipynb #81093e32
 def _decode_failure(ds, e) -> str:
     "The reason a decode failed, naming truncation where the codestream shows it."
     msg = ' '.join(f'{type(e).__name__}: {e}'.split())
@@ -405,26 +462,37 @@ def _decode_failure(ds, e) -> str:
         except Exception: pass
     return f'cannot decode the pixel data ({msg})'
 
+# %% ../nbs/03_dicom.ipynb #d06924a2
+def _fast_j2k(ds, size, notes: list):
+    "The reduced JPEG 2000 decode where a size is asked of a JPEG 2000 file: (stored values, r), or None (noted)."
+    if not (size and str(ds.file_meta.TransferSyntaxUID) in _J2K): return None
+    try: return _reduced_j2k(ds, size, notes)
+    except Exception as e:
+        notes.append(f'JPEG 2000 fast path failed ({type(e).__name__}: {e})')
+        return None
+
+# %% ../nbs/03_dicom.ipynb #d0a2005e
+def _pydicom_decode(ds, path) -> tuple:
+    "pydicom's full decode (`pixel_array`) and its warnings as notes; a `DicomError` saying why it failed."
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        warnings.filterwarnings('ignore', message='Invalid value for VR UI')
+        try: arr = ds.pixel_array
+        except Exception as e:
+            raise DicomError(_decode_failure(ds, e), path) from None
+    return arr, [f'pydicom: {w.message}' for w in caught]
+
+# %% ../nbs/03_dicom.ipynb #10592d4b
 def decode_stored(ds, size: int | None = None, path='', max_pixels=MAX_PIXELS) -> tuple:
     "Stored values (integers) of a single-frame image, at reduced resolution where the syntax allows; (array, info)."
     notes, r, decoder = [], 0, 'pydicom'
     _check_decodable(ds, path)
     _check_declared_size(ds, path, max_pixels)
     arr = None
-    if size and str(ds.file_meta.TransferSyntaxUID) in _J2K:
-        try: got = _reduced_j2k(ds, size, notes)
-        except Exception as e:
-            got = None
-            notes.append(f'JPEG 2000 fast path failed ({type(e).__name__}: {e})')
-        if got is not None: (arr, r), decoder = got, 'pillow-j2k'
+    if (got := _fast_j2k(ds, size, notes)) is not None: (arr, r), decoder = got, 'pillow-j2k'
     if arr is None:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter('always')
-            warnings.filterwarnings('ignore', message='Invalid value for VR UI')
-            try: arr = ds.pixel_array
-            except Exception as e:
-                raise DicomError(_decode_failure(ds, e), path) from None
-        notes += [f'pydicom: {w.message}' for w in caught]
+        arr, more = _pydicom_decode(ds, path)
+        notes += more
     if arr.ndim != 2: raise DicomError(f'decoded pixel data has shape {arr.shape}, expected one 2-D frame', path)
     if arr.dtype.kind not in 'iub': raise DicomError(f'decoded pixel data is {arr.dtype}, expected integers', path)
     return arr, dict(decoder=decoder if not r else f'{decoder} 1/{2 ** r}', reduce=r, notes=notes)
@@ -440,6 +508,7 @@ def _voi_candidates(ds) -> list:
     if ds.get('WindowCenter') is not None and ds.get('WindowWidth') is not None: out.append('window')
     return out
 
+# %% ../nbs/03_dicom.ipynb #0eee390f
 def _lut_bits(ds, notes=None) -> int:
     "Bits of the first VOI LUT's output: its descriptor's, unless its entries show the descriptor is wrong."
     from pydicom.pixels import apply_voi
@@ -451,6 +520,7 @@ def _lut_bits(ds, notes=None) -> int:
         bits = max(top.bit_length(), 1)
     return bits
 
+# %% ../nbs/03_dicom.ipynb #75e1283c
 def _voi_range(ds, kind: str, notes=None) -> tuple:
     "The output range (y_min, y_max) of pydicom's VOI LUT or windowing for this data set."
     if kind == 'lut': return 0.0, float(2 ** _lut_bits(ds, notes) - 1)
@@ -463,10 +533,12 @@ def _voi_range(ds, kind: str, notes=None) -> tuple:
         lo, hi = lo * m + b, hi * m + b
     return float(lo), float(hi)
 
+# %% ../nbs/03_dicom.ipynb #e5db7200
 def _first(v) -> tuple:
     "The first of a possibly multi-valued element's values, and how many there are."
     return (v[0], len(v)) if isinstance(v, (list, tuple)) or type(v).__name__ == 'MultiValue' else (v, 1)
 
+# %% ../nbs/03_dicom.ipynb #b98a6b84
 def _describe(ds, kind: str) -> str:
     "The VOI used, in words, for the manifest."
     if kind == 'lut':
@@ -484,6 +556,7 @@ def _num(v) -> str:
     "A header number as text: `%g` when finite, else the element's text quoted."
     return f'{_finite(v):g}' if math.isfinite(_finite(v)) else repr(str(v))
 
+# %% ../nbs/03_dicom.ipynb #9fa7c138
 def _check_numbers(ds, kind: str):
     "Raise a ValueError naming a rescale or window number that is not finite (or a width that is not positive)."
     tags = ['RescaleSlope', 'RescaleIntercept'] if kind == 'modality' else ['WindowCenter', 'WindowWidth']
@@ -503,6 +576,7 @@ def _percentiles(x, q, weights=None) -> np.ndarray:
     idx = np.searchsorted(cum, np.asarray(q, dtype=float) / 100 * cum[-1], side='left')
     return np.asarray(x)[order][np.minimum(idx, len(x) - 1)]
 
+# %% ../nbs/03_dicom.ipynb #afbf83b8
 def voi_record(ds, kind: str, lo: float | None = None, hi: float | None = None) -> dict:
     "The VOI used, as a record: `text` (in words, for the manifest), `kind` and the numbers that reproduce it."
     if kind == 'lut': return dict(kind='lut', text=_describe(ds, 'lut'), index=0)
@@ -513,31 +587,43 @@ def voi_record(ds, kind: str, lo: float | None = None, hi: float | None = None) 
     return dict(kind='percentile', text=f'percentile {PERCENTILES[0]:g}-{PERCENTILES[1]:g}: {lo:g}..{hi:g}',
                 lo=float(lo), hi=float(hi))
 
+# %% ../nbs/03_dicom.ipynb #527fb3e1
+def _apply_voi(m, ds, kind: str, notes: list) -> np.ndarray:
+    "Modality values `m` through pydicom's VOI LUT (`kind` 'lut') or window, scaled to [0, 1]; raises if unusable."
+    from pydicom.pixels import apply_voi, apply_windowing
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        warnings.filterwarnings('ignore', message='Invalid value for VR UI')
+        if kind == 'lut':  # a LUT indexes integers: pass integral modality values as such
+            y = apply_voi(m.astype(np.int64) if m.dtype.kind == 'f' and np.array_equal(m, np.floor(m)) else m,
+                          ds, 0)
+        else: _check_numbers(ds, 'window'); y = apply_windowing(m, ds, 0)
+        lo, hi = _voi_range(ds, kind, notes)
+    if not hi > lo: raise ValueError(f'empty output range [{lo}, {hi}]')
+    notes += [f'pydicom: {w.message}' for w in caught]
+    return (np.asarray(y, dtype=np.float64) - lo) / (hi - lo)
+
+# %% ../nbs/03_dicom.ipynb #284ee83a
+def _percentile_window(m, weights) -> tuple:
+    "The percentile window, for a file without a usable VOI: (values in [0, 1], lo, hi)."
+    wts = weights() if callable(weights) else weights
+    lo, hi = (float(v) for v in _percentiles(m, PERCENTILES, wts))
+    y = np.clip((m - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros(np.shape(m))
+    return y, lo, hi
+
+# %% ../nbs/03_dicom.ipynb #fce7b593
 def display_values(x: np.ndarray, ds, weights=None) -> tuple:
     "Stored values `x` through pydicom's Modality LUT and VOI, scaled to [0, 1]; returns (values, VOI used, notes)."
-    from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing
+    from pydicom.pixels import apply_modality_lut
     notes = []
     try: _check_numbers(ds, 'modality'); m = apply_modality_lut(x, ds)
     except Exception as e: raise DicomError(f'cannot apply the Modality LUT ({type(e).__name__}: {e})', '') from None
     for kind in _voi_candidates(ds):
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter('always')
-                warnings.filterwarnings('ignore', message='Invalid value for VR UI')
-                if kind == 'lut':  # a LUT indexes integers: pass integral modality values as such
-                    y = apply_voi(m.astype(np.int64) if m.dtype.kind == 'f' and np.array_equal(m, np.floor(m)) else m,
-                                  ds, 0)
-                else: _check_numbers(ds, 'window'); y = apply_windowing(m, ds, 0)
-                lo, hi = _voi_range(ds, kind, notes)
-            if not hi > lo: raise ValueError(f'empty output range [{lo}, {hi}]')
-            notes += [f'pydicom: {w.message}' for w in caught]
-            return (np.asarray(y, dtype=np.float64) - lo) / (hi - lo), voi_record(ds, kind), notes
+        try: return _apply_voi(m, ds, kind, notes), voi_record(ds, kind), notes
         except Exception as e:
             notes.append(f'{_describe(ds, kind) if kind == "window" else "VOI LUT Sequence"} not used '
                          f'({type(e).__name__}: {e})')
-    wts = weights() if callable(weights) else weights
-    lo, hi = (float(v) for v in _percentiles(m, PERCENTILES, wts))
-    y = np.clip((m - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros(np.shape(m))
+    y, lo, hi = _percentile_window(m, weights)
     return y, voi_record(ds, 'percentile', lo, hi), notes
 
 # %% ../nbs/03_dicom.ipynb #7a6d1aae
@@ -617,6 +703,7 @@ def _sizes(sizes) -> pd.DataFrame:
     if isinstance(sizes, dict): sizes = pd.DataFrame.from_dict(sizes, orient='index')
     return sizes.set_index('image_id') if 'image_id' in sizes.columns else sizes
 
+# %% ../nbs/03_dicom.ipynb #3964c7bc
 def scale_boxes(boxes: pd.DataFrame, sx, sy) -> pd.DataFrame:
     "Boxes with x coordinates times `sx` and y times `sy` (numbers, or one per row)."
     out = boxes.copy()
@@ -624,6 +711,7 @@ def scale_boxes(boxes: pd.DataFrame, sx, sy) -> pd.DataFrame:
     out['ymin'], out['ymax'] = out.ymin * sy, out.ymax * sy
     return out
 
+# %% ../nbs/03_dicom.ipynb #5979d4c6
 def _stored_scale(boxes: pd.DataFrame, sizes) -> tuple:
     "Per box: stored pixels per original pixel of its image, along x and y."
     m = _sizes(sizes)
@@ -632,22 +720,13 @@ def _stored_scale(boxes: pd.DataFrame, sizes) -> tuple:
     return (boxes.image_id.map(m.width / m.orig_width).astype(float),
             boxes.image_id.map(m.height / m.orig_height).astype(float))
 
+# %% ../nbs/03_dicom.ipynb #d4893fb4
 def to_stored_coords(boxes: pd.DataFrame, sizes) -> pd.DataFrame:
     "Boxes (image_id, xmin, ymin, xmax, ymax) in original DICOM pixels -> pixels of the stored (resized) images."
     return scale_boxes(boxes, *_stored_scale(boxes, sizes))
 
+# %% ../nbs/03_dicom.ipynb #29656d51
 def to_original_coords(boxes: pd.DataFrame, sizes) -> pd.DataFrame:
     "Boxes (image_id, xmin, ymin, xmax, ymax) in stored-image pixels -> original DICOM pixels (e.g. predictions)."
     sx, sy = _stored_scale(boxes, sizes)
     return scale_boxes(boxes, 1 / sx, 1 / sy)
-
-# %% ../nbs/03_dicom.ipynb #64184954
-_MOVED_TO_PREP = ('prep', 'spinexr_prep', 'summary_line', 'convert_one', 'write_yolo', 'find_dicoms',
-                  'prepared_phantom', 'MANIFEST_COLUMNS', 'PREP_VERSION', 'DICOM_SUFFIXES')
-
-def __getattr__(name):
-    "A name that moved to `spinexr.prep`, from there, with a `DeprecationWarning`."
-    if name not in _MOVED_TO_PREP: raise AttributeError(f"module 'spinexr.dicom' has no attribute {name!r}")
-    import importlib
-    warnings.warn(f'spinexr.dicom.{name} moved to spinexr.prep.{name}', DeprecationWarning, stacklevel=2)
-    return getattr(importlib.import_module('spinexr.prep'), name)

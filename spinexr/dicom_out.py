@@ -10,6 +10,7 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+from fastcore.basics import patch
 
 from .core import *
 from .dicom import _quiet_uids, _voi_range, decode_stored
@@ -35,12 +36,14 @@ FINDING_CODES = {   # lesion class -> (code value, coding scheme, meaning); READ
     'Other lesions': ('SPX-OTHER', PRIVATE_SCHEME, 'Other spinal lesion'),
 }
 
+# %% ../nbs/35_dicom_out.ipynb #06b9d545
 def finding_code(lesion: str):
     "The coded concept of a lesion class (`FINDING_CODES`)."
     from pydicom.sr.coding import Code
     value, scheme, meaning = FINDING_CODES[lesion]
     return Code(value, scheme, meaning)
 
+# %% ../nbs/35_dicom_out.ipynb #88fd6922
 def lesion_of(code) -> str:
     "The lesion class of a coded finding (the inverse of `finding_code`)."
     for lesion, (value, scheme, _) in FINDING_CODES.items():
@@ -51,6 +54,16 @@ def lesion_of(code) -> str:
 PATIENT_STUDY_TYPE2 = ('PatientID', 'PatientName', 'PatientBirthDate', 'PatientSex', 'AccessionNumber', 'StudyID',
                        'StudyDate', 'StudyTime', 'ReferringPhysicianName')
 
+def _with_sop_class(ds, path):
+    "`ds` with its SOP Class UID: the file meta's where the data set has none; an `InputError` if neither has one."
+    if ds.get('SOPClassUID'): return ds
+    meta = getattr(ds, 'file_meta', None)
+    sop_class = meta.get('MediaStorageSOPClassUID') if meta is not None else None
+    if not sop_class: raise InputError('no SOP Class UID, in the data set or the file meta', path)
+    ds.SOPClassUID = sop_class
+    return ds
+
+# %% ../nbs/35_dicom_out.ipynb #adae7b9a
 def source_reference(path):
     ("The header of a source DICOM as a derived object references it: ids as stored, SOP Class from the file meta "
      "where the data set lacks it, absent patient/study type 2 attributes empty (a copy: the file is not touched).")
@@ -60,11 +73,7 @@ def source_reference(path):
         except Exception as e: raise InputError(f'not a readable DICOM file ({type(e).__name__}: {e})', path) from None
         for tag in ('StudyInstanceUID', 'SeriesInstanceUID', 'SOPInstanceUID', 'Rows', 'Columns'):
             if ds.get(tag) in (None, ''): raise InputError(f'no {tag}: a derived object cannot reference it', path)
-        if not ds.get('SOPClassUID'):
-            meta = getattr(ds, 'file_meta', None)
-            sop_class = meta.get('MediaStorageSOPClassUID') if meta is not None else None
-            if not sop_class: raise InputError('no SOP Class UID, in the data set or the file meta', path)
-            ds.SOPClassUID = sop_class
+        ds = _with_sop_class(ds, path)
         for tag in PATIENT_STUDY_TYPE2:
             if tag not in ds: setattr(ds, tag, None)
         if 'Modality' not in ds: ds.Modality = ''  # highdicom's image library asks; empty, it adds no descriptor
@@ -89,15 +98,32 @@ class Algorithm:
     runtime: str = 'torch'          # what ran the networks' forwards (40_inference's runtimes)
     name: str = 'spinexr'
 
-    def uid(self, kind: str, source_uid: str) -> str:
-        "The UID of the `kind` object (a SOP instance, a series, a tracking id) made by this model from `source_uid`."
-        return derived_uid(kind, source_uid, self.bundle_sha256, f'{self.min_score:g}', self.runtime)
+# %% ../nbs/35_dicom_out.ipynb #630663d1
+@patch
+def uid(self: Algorithm, kind: str, source_uid: str) -> str:
+    "The UID of the `kind` object (a SOP instance, a series, a tracking id) made by this model from `source_uid`."
+    return derived_uid(kind, source_uid, self.bundle_sha256, f'{self.min_score:g}', self.runtime)
 
-    def boxes(self, rec: dict) -> list:
-        "The boxes of a predictions.json record that the overlay draws and the derived objects hold."
-        return [b for b in rec['boxes'] if b['score'] >= self.min_score]
+# %% ../nbs/35_dicom_out.ipynb #f77f2459
+@patch
+def boxes(self: Algorithm, rec: dict) -> list:
+    "The boxes of a predictions.json record that the overlay draws and the derived objects hold."
+    return [b for b in rec['boxes'] if b['score'] >= self.min_score]
 
 # %% ../nbs/35_dicom_out.ipynb #492b8106
+def _voi_lut(ref, index: int = 0):
+    "The Softcopy VOI LUT of the file's VOI LUT `index`, its descriptor as the file has it."
+    import highdicom as hd
+    item = ref.VOILUTSequence[index]
+    descriptor = [int(v) for v in item.LUTDescriptor]
+    raw = item['LUTData'].value                            # OW bytes or US values: 16 bits an entry either way
+    data = np.frombuffer(raw, '<u2') if isinstance(raw, bytes) else np.asarray(raw, np.uint16)
+    out = hd.pr.SoftcopyVOILUTTransformation(voi_luts=[hd.VOILUT(descriptor[1], data.astype(
+        np.uint16 if descriptor[2] > 8 else np.uint8), item.get('LUTExplanation'))])
+    out.VOILUTSequence[0].LUTDescriptor = descriptor     # highdicom says 16 bits for 16-bit data; keep the file's
+    return out
+
+# %% ../nbs/35_dicom_out.ipynb #a6775897
 def voi_transformation(voi: dict, ref):
     "The Softcopy VOI LUT that shows the image as `read_dicom` did, from its VOI record (`voi_record`)."
     import highdicom as hd
@@ -109,14 +135,7 @@ def voi_transformation(voi: dict, ref):
         return hd.pr.SoftcopyVOILUTTransformation(window_center=(lo + hi) / 2, window_width=max(hi - lo, 1e-3),
                                                   window_explanation='spinexr percentile window',
                                                   voi_lut_function='LINEAR_EXACT')
-    item = ref.VOILUTSequence[voi.get('index', 0)]
-    descriptor = [int(v) for v in item.LUTDescriptor]
-    raw = item['LUTData'].value                            # OW bytes or US values: 16 bits an entry either way
-    data = np.frombuffer(raw, '<u2') if isinstance(raw, bytes) else np.asarray(raw, np.uint16)
-    out = hd.pr.SoftcopyVOILUTTransformation(voi_luts=[hd.VOILUT(descriptor[1], data.astype(
-        np.uint16 if descriptor[2] > 8 else np.uint8), item.get('LUTExplanation'))])
-    out.VOILUTSequence[0].LUTDescriptor = descriptor     # highdicom says 16 bits for 16-bit data; keep the file's
-    return out
+    return _voi_lut(ref, voi.get('index', 0))
 
 # %% ../nbs/35_dicom_out.ipynb #7e1e2222
 RESULT_LAYER = 'SPINEXR RESULT'
@@ -125,6 +144,7 @@ def layer_name(lesion: str) -> str:
     "The graphic layer of a lesion class: its name as a code string (capitals, spaces, at most 16 characters)."
     return re.sub(r'[^A-Z ]', '', lesion.upper())[:16].strip()
 
+# %% ../nbs/35_dicom_out.ipynb #3cc3d963
 def graphic_layers(lesions) -> list:
     "The presentation state's layers: one per lesion class in `lesions`, coloured as the overlay, then the result's."
     import highdicom as hd
@@ -143,41 +163,47 @@ def _corners(b: dict) -> np.ndarray:
     x0, y0, x1, y1 = (float(b[c]) for c in BOX_COLUMNS)
     return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], dtype=np.float64)
 
+def _instance_number(ref) -> int:
+    try: return max(1, int(ref.get('InstanceNumber') or 1))
+    except (TypeError, ValueError): return 1
+
+# %% ../nbs/35_dicom_out.ipynb #9b52ac43
 def decision_text(rec: dict, threshold: float) -> str:
     "The result in words: probability, decision and threshold, as the overlay writes it."
     call = 'ABNORMAL' if rec['p_abnormal'] >= threshold else 'normal'
     return f"spinexr p(abnormal) {rec['p_abnormal']:.3f}: {call} (threshold {threshold:.3f}); {RESEARCH_NOTICE}"
 
-def _instance_number(ref) -> int:
-    try: return max(1, int(ref.get('InstanceNumber') or 1))
-    except (TypeError, ValueError): return 1
+# %% ../nbs/35_dicom_out.ipynb #ffc8fd13
+def _label(b: dict, h: float, cols: int):
+    "A box's label, class and score, in a text box of height `h` just above it, inside the image's `cols` columns."
+    import highdicom as hd
+    y1, x1 = max(float(b['ymin']), h), min(float(b['xmin']) + 12 * h, float(cols))
+    return hd.pr.TextObject(f"{b['lesion_type']} {b['score']:.2f}", hd.pr.AnnotationUnitsValues.PIXEL,
+                            bounding_box=(min(float(b['xmin']), x1 - 1), y1 - h, x1, y1), text_justification='LEFT')
 
+def _box_annotations(ref, boxes: list, layers: list) -> list:
+    "A graphic annotation per class layer in `layers`: the class's boxes as closed polylines, each with its label."
+    import highdicom as hd
+    h = max(8.0, int(ref.Rows) / 40)                                  # the label's height, in image pixels
+    out = []
+    for layer in layers:
+        mine = [b for b in boxes if b['lesion_type'] == layer.GraphicLayerDescription]
+        graphics = [hd.pr.GraphicObject(hd.pr.GraphicTypeValues.POLYLINE, _corners(b),
+                                        hd.pr.AnnotationUnitsValues.PIXEL, is_filled=False) for b in mine]
+        out.append(hd.pr.GraphicAnnotation([ref], layer, graphic_objects=graphics,
+                                           text_objects=[_label(b, h, int(ref.Columns)) for b in mine]))
+    return out
+
+# %% ../nbs/35_dicom_out.ipynb #7b7a5c5f
 def presentation_state(ref, rec: dict, algo: Algorithm):
     "The GSPS of one predictions.json record on its source image `ref` (`source_reference`)."
     import highdicom as hd
-    from highdicom.pr import AnnotationUnitsValues as Units
     boxes = algo.boxes(rec)
-    rows, cols = int(ref.Rows), int(ref.Columns)
-    h = max(8.0, rows / 40)                                           # the label's height, in image pixels
     layers = graphic_layers([b['lesion_type'] for b in boxes])    # the classes' layers, then the result's
-    by_class = {l.GraphicLayerDescription: l for l in layers[:-1]}
-    annotations = []
-    for lesion in by_class:
-        mine = [b for b in boxes if b['lesion_type'] == lesion]
-        graphics = [hd.pr.GraphicObject(hd.pr.GraphicTypeValues.POLYLINE, _corners(b), Units.PIXEL, is_filled=False)
-                    for b in mine]
-        texts = []
-        for b in mine:
-            y1 = max(float(b['ymin']), h)
-            x1 = min(float(b['xmin']) + 12 * h, float(cols))
-            texts.append(hd.pr.TextObject(f"{lesion} {b['score']:.2f}", Units.PIXEL,
-                                          bounding_box=(min(float(b['xmin']), x1 - 1), y1 - h, x1, y1),
-                                          text_justification='LEFT'))
-        annotations.append(hd.pr.GraphicAnnotation([ref], by_class[lesion], graphic_objects=graphics,
-                                                   text_objects=texts))
-    annotations.append(hd.pr.GraphicAnnotation([ref], layers[-1], text_objects=[
-        hd.pr.TextObject(decision_text(rec, algo.threshold), Units.DISPLAY, bounding_box=(0.01, 0.01, 0.99, 0.05),
-                         text_justification='LEFT')]))
+    result = hd.pr.TextObject(decision_text(rec, algo.threshold), hd.pr.AnnotationUnitsValues.DISPLAY,
+                              bounding_box=(0.01, 0.01, 0.99, 0.05), text_justification='LEFT')
+    annotations = [*_box_annotations(ref, boxes, layers[:-1]),
+                   hd.pr.GraphicAnnotation([ref], layers[-1], text_objects=[result])]
     inverse = rec['dicom']['photometric'] == 'MONOCHROME1'
     pr = hd.pr.GrayscaleSoftcopyPresentationState(
         referenced_images=[ref], series_instance_uid=algo.uid('gsps series', ref.StudyInstanceUID),
@@ -205,6 +231,7 @@ def _coding_scheme():
     return CodingSchemeIdentificationItem(designator=PRIVATE_SCHEME, name='spinexr lesion classes',
                                                 responsible_organization='spinexr')
 
+# %% ../nbs/35_dicom_out.ipynb #6a730fe7
 def _library_entry(ref):
     ("The source as the SR's image library describes it: highdicom's radiograph descriptors need Patient Orientation "
      "and Imager Pixel Spacing; without them, its rows and columns only.")
@@ -213,39 +240,62 @@ def _library_entry(ref):
     entry.Modality = ''
     return entry
 
+# %% ../nbs/35_dicom_out.ipynb #219aa1aa
+def _device_context(algo: Algorithm):
+    "The SR's observation context: the model as the observing device."
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+    device = hd.sr.DeviceObserverIdentifyingAttributes(uid=algo.uid('device', algo.name), name=algo.name,
+                                                       manufacturer_name=algo.name, model_name=f'{algo.name} bundle',
+                                                       serial_number=algo.bundle_sha256)
+    return hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device, observer_identifying_attributes=device))
+
+# %% ../nbs/35_dicom_out.ipynb #2b135b03
+def _box_group(ref, b: dict, k: int, algo: Algorithm, aid):
+    "The TID 1410 group of box `b`, the `k`th: its closed polyline on the source, its finding coded, its score."
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+    source = hd.sr.SourceImageForRegion(referenced_sop_class_uid=ref.SOPClassUID,
+                                        referenced_sop_instance_uid=ref.SOPInstanceUID)
+    region = hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=_corners(b),
+                               source_image=source)
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=algo.uid(f'box {k}', ref.SOPInstanceUID),
+                                                     identifier=f"{b['lesion_type']} {k}"),
+        referenced_region=region, finding_type=finding_code(b['lesion_type']), algorithm_id=aid,
+        measurements=[hd.sr.Measurement(name=codes.SCT.Score, value=float(b['score']), unit=codes.UCUM.NoUnits,
+                                        algorithm_id=aid)])
+
+# %% ../nbs/35_dicom_out.ipynb #fa38c729
+def _image_group(ref, rec: dict, algo: Algorithm, aid):
+    "The TID 1501 group of the image: Abnormal or Normal at the spine, with the probability and the threshold."
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+    answer = codes.SCT.Abnormal if rec['p_abnormal'] >= algo.threshold else codes.SCT.Normal
+    source = hd.sr.SourceImageForMeasurementGroup(referenced_sop_class_uid=ref.SOPClassUID,
+                                                  referenced_sop_instance_uid=ref.SOPInstanceUID)
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=algo.uid('image', ref.SOPInstanceUID),
+                                                     identifier='image-level abnormality'),
+        finding_type=answer, algorithm_id=aid, finding_sites=[hd.sr.FindingSite(codes.SCT.Spine)],
+        source_images=[source],
+        measurements=[hd.sr.Measurement(name=codes.DCM.Probability, value=float(rec['p_abnormal']),
+                                        unit=codes.UCUM.NoUnits, algorithm_id=aid),
+                      hd.sr.Measurement(name=codes.DCM.ThresholdValue, value=float(algo.threshold),
+                                        unit=codes.UCUM.NoUnits)])
+
+# %% ../nbs/35_dicom_out.ipynb #84b07a13
 def measurement_report(ref, rec: dict, algo: Algorithm):
     "The Comprehensive SR (TID 1500) of one predictions.json record on its source image `ref`."
     import highdicom as hd
     from pydicom.sr.codedict import codes
     aid = _algorithm_id(algo)
-    device = hd.sr.DeviceObserverIdentifyingAttributes(uid=algo.uid('device', algo.name), name=algo.name,
-                                                       manufacturer_name=algo.name, model_name=f'{algo.name} bundle',
-                                                       serial_number=algo.bundle_sha256)
-    context = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device, observer_identifying_attributes=device))
-    source = dict(referenced_sop_class_uid=ref.SOPClassUID, referenced_sop_instance_uid=ref.SOPInstanceUID)
-    groups = []
-    for k, b in enumerate(algo.boxes(rec), 1):
-        region = hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=_corners(b),
-                                   source_image=hd.sr.SourceImageForRegion(**source))
-        groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=algo.uid(f'box {k}', ref.SOPInstanceUID),
-                                                         identifier=f"{b['lesion_type']} {k}"),
-            referenced_region=region, finding_type=finding_code(b['lesion_type']), algorithm_id=aid,
-            measurements=[hd.sr.Measurement(name=codes.SCT.Score, value=float(b['score']), unit=codes.UCUM.NoUnits,
-                                            algorithm_id=aid)]))
-    answer = codes.SCT.Abnormal if rec['p_abnormal'] >= algo.threshold else codes.SCT.Normal
-    groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=algo.uid('image', ref.SOPInstanceUID),
-                                                     identifier='image-level abnormality'),
-        finding_type=answer, algorithm_id=aid, finding_sites=[hd.sr.FindingSite(codes.SCT.Spine)],
-        source_images=[hd.sr.SourceImageForMeasurementGroup(**source)],
-        measurements=[hd.sr.Measurement(name=codes.DCM.Probability, value=float(rec['p_abnormal']),
-                                        unit=codes.UCUM.NoUnits, algorithm_id=aid),
-                      hd.sr.Measurement(name=codes.DCM.ThresholdValue, value=float(algo.threshold),
-                                        unit=codes.UCUM.NoUnits)]))
-    report = hd.sr.MeasurementReport(observation_context=context, procedure_reported=codes.SCT.ImagingProcedure,
-                                     imaging_measurements=groups, referenced_images=[_library_entry(ref)])
+    groups = [*(_box_group(ref, b, k, algo, aid) for k, b in enumerate(algo.boxes(rec), 1)),
+              _image_group(ref, rec, algo, aid)]
+    report = hd.sr.MeasurementReport(observation_context=_device_context(algo),
+                                     procedure_reported=codes.SCT.ImagingProcedure, imaging_measurements=groups,
+                                     referenced_images=[_library_entry(ref)])
     return hd.sr.ComprehensiveSR(
         evidence=[ref], content=report[0], series_instance_uid=algo.uid('sr series', ref.StudyInstanceUID),
         series_number=SR_SERIES_NUMBER, sop_instance_uid=algo.uid('sr', ref.SOPInstanceUID),
@@ -258,6 +308,7 @@ def result_paths(out_dir, image_id: str) -> dict:
     "Where `write_results` puts an image's presentation state and SR."
     return dict(gsps=Path(out_dir)/f'{image_id}.gsps.dcm', sr=Path(out_dir)/f'{image_id}.sr.dcm')
 
+# %% ../nbs/35_dicom_out.ipynb #f9739ad3
 def derived_objects(rec: dict, algo: Algorithm) -> dict:
     "The presentation state and the SR of a predictions.json record (a DICOM input), as highdicom data sets."
     if not rec.get('dicom'): raise InputError('not a DICOM input: a presentation state needs a DICOM source',
@@ -268,6 +319,7 @@ def derived_objects(rec: dict, algo: Algorithm) -> dict:
                          f'that was predicted: the file changed', rec['source'])
     with _quiet_uids(): return dict(gsps=presentation_state(ref, rec, algo), sr=measurement_report(ref, rec, algo))
 
+# %% ../nbs/35_dicom_out.ipynb #59572b9c
 def result_bytes(rec: dict, algo: Algorithm) -> dict:
     "The presentation state and SR of a predictions.json record as DICOM files' bytes (what a web answer carries)."
     from io import BytesIO
@@ -278,6 +330,7 @@ def result_bytes(rec: dict, algo: Algorithm) -> dict:
         out[kind] = buf.getvalue()
     return out
 
+# %% ../nbs/35_dicom_out.ipynb #9bb05468
 def write_results(rec: dict, out_dir, algo: Algorithm) -> dict:
     "Write the presentation state and SR of a predictions.json record to `out_dir`; their paths."
     paths = result_paths(out_dir, rec['image_id'])
@@ -305,6 +358,7 @@ def presentation_state_boxes(path) -> list:
                             **_box_of(g.GraphicData)))
     return out
 
+# %% ../nbs/35_dicom_out.ipynb #8040ebf9
 def presentation_state_text(path) -> str:
     "The result's text of a spinexr presentation state."
     import pydicom
@@ -312,6 +366,7 @@ def presentation_state_text(path) -> str:
     return next(a.TextObjectSequence[0].UnformattedTextValue for a in ds.GraphicAnnotationSequence
                 if a.GraphicLayer == RESULT_LAYER)
 
+# %% ../nbs/35_dicom_out.ipynb #48822a66
 def report_findings(path) -> dict:
     "A spinexr SR read back (highdicom): its boxes, the image-level finding, probability, threshold and algorithm."
     import highdicom as hd
@@ -334,6 +389,7 @@ def dciodvfy_path() -> str | None:
     "dicom3tools' dciodvfy, if installed (Debian: apt-get install dicom3tools)."
     return shutil.which('dciodvfy')
 
+# %% ../nbs/35_dicom_out.ipynb #213792aa
 def conformance(path, source_ids=()) -> dict:
     ("dciodvfy's verdict on `path`: its errors, the errors that only quote one of `source_ids` (identifiers a "
      "reference must repeat), and its warnings.")
@@ -364,31 +420,45 @@ def _state_as_image_tags(pr, src):
         if tag in voi: ds[tag] = voi[tag]
     return ds
 
-def _rgb(layer) -> tuple:
-    import highdicom as hd
-    v = layer.get('GraphicLayerRecommendedDisplayCIELabValue')
-    return hd.color.CIELabColor.from_dicom_value(v).to_rgb(clip=True) if v else (255, 255, 0)
-
-def render_presentation_state(pr_path, image_path, size: int = 1024) -> np.ndarray:
-    "An RGB picture of the source image as the presentation state `pr_path` displays it, long side `size`."
-    import cv2, pydicom
+# %% ../nbs/35_dicom_out.ipynb #d2a9495d
+def _displayed(pr, src, image_path, size: int) -> tuple:
+    "(the source as `pr` shows it: RGB, 8-bit grey, long side `size`; the scale from its pixels to the picture's)."
+    import cv2
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
-    with _quiet_uids():
-        pr, src = pydicom.dcmread(pr_path), pydicom.dcmread(image_path)
-        ref = pr.ReferencedSeriesSequence[0].ReferencedImageSequence[0].ReferencedSOPInstanceUID
-        if ref != src.SOPInstanceUID:
-            raise InputError(f'the presentation state references {ref}, not this image ({src.SOPInstanceUID})',
-                             image_path)
-        stored, _ = decode_stored(src, None, Path(image_path))
-        tags = _state_as_image_tags(pr, src)
-        y = apply_voi_lut(apply_modality_lut(stored, tags).astype(np.float64), tags, prefer_lut=True)
+    stored, _ = decode_stored(src, None, Path(image_path))
+    tags = _state_as_image_tags(pr, src)
+    y = apply_voi_lut(apply_modality_lut(stored, tags).astype(np.float64), tags, prefer_lut=True)
     lo, hi = _voi_range(tags, 'lut' if 'VOILUTSequence' in tags else 'window')
     grey = np.clip((y - lo) / (hi - lo), 0, 1)
     if pr.get('PresentationLUTShape') == 'INVERSE': grey = 1 - grey
     H, W = grey.shape
     s = size / max(H, W)
     img = cv2.resize((grey * 255 + 0.5).astype(np.uint8), (round(W * s), round(H * s)), interpolation=cv2.INTER_AREA)
-    out = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB), s
+
+# %% ../nbs/35_dicom_out.ipynb #9d139871
+def _rgb(layer) -> tuple:
+    import highdicom as hd
+    v = layer.get('GraphicLayerRecommendedDisplayCIELabValue')
+    return hd.color.CIELabColor.from_dicom_value(v).to_rgb(clip=True) if v else (255, 255, 0)
+
+def _draw_text(out: np.ndarray, t, s: float, colour, font, th):
+    "Draw text object `t` as large as fits its box (PIXEL units: on the image; DISPLAY: the viewport), on black."
+    import cv2
+    (x0, y0), (x1, y1) = t.BoundingBoxTopLeftHandCorner, t.BoundingBoxBottomRightHandCorner
+    k = (s, s) if t.BoundingBoxAnnotationUnits == 'PIXEL' else (out.shape[1], out.shape[0])
+    box_h, box_w = (y1 - y0) * k[1], (x1 - x0) * k[0]
+    tw = cv2.getTextSize(t.UnformattedTextValue, font, 1.0, th)[0][0]
+    fs = max(0.3, min(box_h / 30, box_w / tw))                     # as large as fits its box
+    org = (round(x0 * k[0]), round(y1 * k[1] - box_h * 0.2))
+    (w, h), base = cv2.getTextSize(t.UnformattedTextValue, font, fs, th)
+    cv2.rectangle(out, (org[0] - 2, org[1] - h - 2), (org[0] + w + 2, org[1] + base), (0, 0, 0), -1)
+    cv2.putText(out, t.UnformattedTextValue, org, font, fs, colour, th, cv2.LINE_AA)
+
+# %% ../nbs/35_dicom_out.ipynb #e34c9125
+def _draw_layers(out: np.ndarray, pr, s: float, size: int) -> np.ndarray:
+    "Draw each graphic layer of `pr` on `out` (scaled by `s`) in its order and colour: its polylines and texts."
+    import cv2
     layers = {l.GraphicLayer: l for l in pr.GraphicLayerSequence}
     font, th = cv2.FONT_HERSHEY_SIMPLEX, max(1, round(size / 512))
     for ann in sorted(pr.GraphicAnnotationSequence, key=lambda a: layers[a.GraphicLayer].GraphicLayerOrder):
@@ -396,14 +466,18 @@ def render_presentation_state(pr_path, image_path, size: int = 1024) -> np.ndarr
         for g in ann.get('GraphicObjectSequence', []):
             pts = np.asarray(g.GraphicData, np.float64).reshape(-1, 2) * s
             cv2.polylines(out, [np.round(pts).astype(np.int32)], False, colour, th, cv2.LINE_AA)
-        for t in ann.get('TextObjectSequence', []):
-            (x0, y0), (x1, y1) = t.BoundingBoxTopLeftHandCorner, t.BoundingBoxBottomRightHandCorner
-            k = (s, s) if t.BoundingBoxAnnotationUnits == 'PIXEL' else (out.shape[1], out.shape[0])
-            box_h, box_w = (y1 - y0) * k[1], (x1 - x0) * k[0]
-            tw = cv2.getTextSize(t.UnformattedTextValue, font, 1.0, th)[0][0]
-            fs = max(0.3, min(box_h / 30, box_w / tw))                     # as large as fits its box
-            org = (round(x0 * k[0]), round(y1 * k[1] - box_h * 0.2))
-            (w, h), base = cv2.getTextSize(t.UnformattedTextValue, font, fs, th)
-            cv2.rectangle(out, (org[0] - 2, org[1] - h - 2), (org[0] + w + 2, org[1] + base), (0, 0, 0), -1)
-            cv2.putText(out, t.UnformattedTextValue, org, font, fs, colour, th, cv2.LINE_AA)
+        for t in ann.get('TextObjectSequence', []): _draw_text(out, t, s, colour, font, th)
     return out
+
+# %% ../nbs/35_dicom_out.ipynb #792cc0ef
+def render_presentation_state(pr_path, image_path, size: int = 1024) -> np.ndarray:
+    "An RGB picture of the source image as the presentation state `pr_path` displays it, long side `size`."
+    import pydicom
+    with _quiet_uids():
+        pr, src = pydicom.dcmread(pr_path), pydicom.dcmread(image_path)
+        ref = pr.ReferencedSeriesSequence[0].ReferencedImageSequence[0].ReferencedSOPInstanceUID
+        if ref != src.SOPInstanceUID:
+            raise InputError(f'the presentation state references {ref}, not this image ({src.SOPInstanceUID})',
+                             image_path)
+        out, s = _displayed(pr, src, image_path, size)
+    return _draw_layers(out, pr, s, size)

@@ -11,6 +11,8 @@ from pathlib import Path
 import requests
 from requests.adapters import HTTPAdapter
 
+from fastcore.basics import patch
+
 from .core import *
 from .dicom import _quiet_uids
 from .dicom_out import Algorithm
@@ -26,6 +28,7 @@ __all__ = ['DICOMWEB_ENV', 'RETRY_ATTEMPTS', 'RETRY_WAIT_MS', 'QIDO_FIELDS', 'NO
 class DeadlineExceeded(requests.Timeout):
     "A request to the DICOMweb server that got no complete answer within its deadline."
 
+# %% ../nbs/36_dicomweb.ipynb #628da026
 class _Request:
     "The connections one request has used so far, and whether its deadline cut them."
     def __init__(self): self.conns, self.cut = [], False
@@ -37,6 +40,7 @@ class _Request:
             try: sock.shutdown(socket.SHUT_RDWR)          # a read blocked on it returns at once
             except OSError: pass
 
+# %% ../nbs/36_dicomweb.ipynb #2c7e1199
 _SENDING = threading.local()                              # .request: the `_Request` this thread is sending, if any
 
 class _WatchedConnection:
@@ -64,6 +68,7 @@ def _watch(manager):
                                       for k, c in manager.pool_classes_by_scheme.items()}
     return manager
 
+# %% ../nbs/36_dicomweb.ipynb #edd7c7cb
 class WatchedAdapter(HTTPAdapter):
     "requests' transport adapter with watched connections, direct and through proxies."
     def init_poolmanager(self, *args, **kw):
@@ -80,23 +85,27 @@ class DeadlineSession(requests.Session):
         self.deadline = deadline
         for prefix in ('http://', 'https://'): self.mount(prefix, WatchedAdapter())
 
-    def send(self, request, **kw):
-        if getattr(_SENDING, 'request', None) is not None: return super().send(request, **kw)   # a redirect
-        req = _SENDING.request = _Request()
-        timer = threading.Timer(self.deadline, req.cut_now)
-        timer.daemon = True
-        timer.start()
-        try:
-            r = super().send(request, **kw)
-            r.content                                     # a streamed body is read within the deadline too
-            return r
-        except Exception:
-            if not req.cut: raise
-            raise DeadlineExceeded(f'no complete answer within the {self.deadline:g} s deadline: {request.method} '
-                                   f'{request.url}', request=request) from None
-        finally:
-            timer.cancel()
-            _SENDING.request = None
+# %% ../nbs/36_dicomweb.ipynb #33114bba
+@patch
+def send(self: DeadlineSession, request, **kw):
+    "Send `request` (requests' own `send`) within the session's deadline, or raise `DeadlineExceeded`."
+    if getattr(_SENDING, 'request', None) is not None:                  # a redirect: part of the request sent
+        return super(DeadlineSession, self).send(request, **kw)
+    req = _SENDING.request = _Request()
+    timer = threading.Timer(self.deadline, req.cut_now)
+    timer.daemon = True
+    timer.start()
+    try:
+        r = super(DeadlineSession, self).send(request, **kw)
+        r.content                                     # a streamed body is read within the deadline too
+        return r
+    except Exception:
+        if not req.cut: raise
+        raise DeadlineExceeded(f'no complete answer within the {self.deadline:g} s deadline: {request.method} '
+                               f'{request.url}', request=request) from None
+    finally:
+        timer.cancel()
+        _SENDING.request = None
 
 # %% ../nbs/36_dicomweb.ipynb #7b0c88e2
 DICOMWEB_ENV = dict(token='SPINEXR_DICOMWEB_TOKEN', user='SPINEXR_DICOMWEB_USER',
@@ -129,6 +138,7 @@ def http_reason(e: Exception) -> str:
     if isinstance(e, requests.ConnectionError): return f'cannot connect ({e.__class__.__name__}: {e})'
     return f'{type(e).__name__}: {e}'
 
+# %% ../nbs/36_dicomweb.ipynb #12e86fdc
 @contextlib.contextmanager
 def server_errors():
     "Any failure inside, of a request or of reading its answer, raised as a `DicomwebError`: `http_reason`'s line."
@@ -162,6 +172,7 @@ def qido_value(item: dict, keyword: str, default=None):
     v = item.get(f'{tag_for_keyword(keyword):08X}', {}).get('Value')
     return v[0] if v else default
 
+# %% ../nbs/36_dicomweb.ipynb #4dd432bc
 @dataclass(frozen=True)
 class Instance:
     "One instance of a study on the server: its ids and what QIDO says it is."
@@ -176,6 +187,7 @@ class Instance:
     @property
     def where(self) -> str: return f'study {self.study} series {self.series} instance {self.sop}'
 
+# %% ../nbs/36_dicomweb.ipynb #82b97d97
 def instance_facts(item: dict) -> Instance:
     "An `Instance` from its QIDO-RS JSON."
     rows = qido_value(item, 'Rows')
@@ -195,6 +207,7 @@ def uid_problem(uid) -> str | None:
     if _UID.fullmatch(uid) or _RELEASE_ID.fullmatch(uid): return None
     return "is not a DICOM UID (numbers joined by dots, no leading zeros) nor one of the release's 32-hex ids"
 
+# %% ../nbs/36_dicomweb.ipynb #fd906b7d
 def instance_problem(inst: Instance, study: str | None = None) -> str | None:
     "Why the ids of `inst` (listed in `study`, if given) cannot be used; None if they can."
     for name, uid in (('Study', inst.study), ('Series', inst.series), ('SOP', inst.sop)):
@@ -213,6 +226,7 @@ def image_problem(inst: Instance) -> str | None:
     if inst.frames != 1: return f'{inst.frames} frames: a single-frame radiograph is expected'
     return None
 
+# %% ../nbs/36_dicomweb.ipynb #cadd93a7
 @dataclass
 class StudyPlan:
     "What to do with a study's instances: images to predict, with the results each lacks; done; skipped (why)."
@@ -221,6 +235,7 @@ class StudyPlan:
     done: list = field(default_factory=list)
     skipped: list = field(default_factory=list)    # (Instance, reason)
 
+# %% ../nbs/36_dicomweb.ipynb #01a232f3
 def plan_study(study: str, instances, algo: Algorithm) -> StudyPlan:
     "Sort the instances of `study` (QIDO `Instance`s): which images need which results of `algo`, which have them."
     plan, have = StudyPlan(study), {i.sop for i in instances}
@@ -261,6 +276,7 @@ def study_uids(client, studies=None) -> list:
         found = qido_all(client.search_for_studies, 'studies', fields=['StudyInstanceUID'])
         return list(dict.fromkeys(str(u) for s in found if (u := qido_value(s, 'StudyInstanceUID'))))
 
+# %% ../nbs/36_dicomweb.ipynb #10fe2a13
 def study_instances(client, study: str) -> list:
     "The `Instance`s of `study` (QIDO-RS), with the fields that decide what to do with them."
     if why := uid_problem(study): raise DicomwebError(f'its Study Instance UID {str(study)[:70]!r} {why}')
@@ -280,6 +296,7 @@ def private_folder(folder, *names) -> Path:
         p.chmod(0o700)
     return p
 
+# %% ../nbs/36_dicomweb.ipynb #da6c3300
 def fetch_instance(client, inst: Instance, folder) -> Path:
     "Retrieve `inst` (WADO-RS) as `folder/<study>/<series>/<SOP Instance UID>.dcm`, owner-only; its path."
     if why := instance_problem(inst): raise DicomwebError(f'{why}: not asked for')

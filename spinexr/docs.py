@@ -13,7 +13,7 @@ from fastcore.script import call_parse
 from .core import *
 
 # %% auto #0
-__all__ = ['render_readme', 'spinexr_readme', 'DocsError', 'doc_notebooks', 'page_name', 'execute_notebook', 'relink',
+__all__ = ['render_readme', 'spinexr_readme', 'doc_notebooks', 'page_name', 'DocsError', 'execute_notebook', 'relink',
            'process_notebook', 'render_notebook', 'tex_to_mathml', 'MathML', 'mkdocs_config', 'worker_env',
            'build_site', 'spinexr_docs']
 
@@ -28,7 +28,7 @@ def _directives(src: str) -> tuple[list, str]:
         while lines and not lines[0].strip(): lines.pop(0)
     return dirs, '\n'.join(lines)
 
-# %% ../nbs/90_docs.ipynb #3e0d7e5a
+# %% ../nbs/90_docs.ipynb #31b5409d
 def _outputs_md(outputs, stem: str, fig_dir: Path, n_fig: list) -> list:
     "Markdown for a code cell's outputs; PNG figures are written to `fig_dir`."
     md = []
@@ -45,6 +45,7 @@ def _outputs_md(outputs, stem: str, fig_dir: Path, n_fig: list) -> list:
             if text.strip(): md.append('```\n' + text.rstrip() + '\n```')
     return md
 
+# %% ../nbs/90_docs.ipynb #62c20338
 def render_readme(nb_path, out_path, execute: bool = True) -> Path:
     "Write `out_path` (Markdown) from the notebook at `nb_path`, executing it first if `execute`."
     from execnb.nbio import read_nb
@@ -69,49 +70,53 @@ def spinexr_readme(nb: str = 'nbs/index.ipynb',  # the notebook to render
     "Render README.md from nbs/index.ipynb without Quarto (run it from the repository root)."
     print(render_readme(nb, out, execute=not no_execute))
 
-# %% ../nbs/90_docs.ipynb #e1014754
-class DocsError(RuntimeError):
-    "A notebook could not be rendered into the site; the message names it."
-
+# %% ../nbs/90_docs.ipynb #a4a131c7
 def doc_notebooks(nbs) -> list:
     "The notebooks in folder `nbs` that are pages of the site, in sidebar order: `index.ipynb` first, then by name."
     files = [p for p in Path(nbs).glob('*.ipynb') if not p.name.startswith(('_', '.'))]
     return sorted(files, key=lambda p: (p.name != 'index.ipynb', p.name))
 
+# %% ../nbs/90_docs.ipynb #ba8f54f7
 def page_name(nb_path) -> str:
     "The Markdown page of a notebook, named as nbdev/Quarto name its HTML page: `00_core.ipynb` → `core.md`."
     from nbdev.doclinks import _nbpath2html
     return _nbpath2html(Path(Path(nb_path).name)).with_suffix('.md').name
 
-# %% ../nbs/90_docs.ipynb #1602c1a1
+# %% ../nbs/90_docs.ipynb #e2a13583
+class DocsError(RuntimeError):
+    "A notebook could not be rendered into the site; the message names it."
+
+# %% ../nbs/90_docs.ipynb #cfa78ead
+def _skipped(cell, skip_flags) -> bool:
+    "Whether `nbdev_test` skips `cell`: not code, the `nbdev_export` cell, `#| eval: false`, a flag in `skip_flags`."
+    from nbdev.process import extract_directives
+    # split: nbdev_test skips cells naming it
+    if cell.cell_type != 'code' or 'nbdev_export' + '(' in cell.source: return True
+    d = extract_directives(cell, remove=False)
+    return d.get('eval:', [''])[0].lower() == 'false' or bool(set(skip_flags) & d.keys())
+
+# %% ../nbs/90_docs.ipynb #0accfdd5
 def execute_notebook(path, skip_flags=('notest', 'slow')):
     "Run the notebook at `path` in its folder, skipping what `nbdev_test` skips; returns it with its outputs."
     from execnb.nbio import read_nb
     from execnb.shell import CaptureShell
     from fastcore.xtras import working_directory
     from nbdev.frontmatter import FrontmatterProc
-    from nbdev.process import NBProcessor, extract_directives
+    from nbdev.process import NBProcessor
     path = Path(path).resolve()
     fm = getattr(NBProcessor(path, procs=FrontmatterProc, process=True).nb, 'frontmatter_', {}) or {}
     nb = read_nb(path)
     if str(fm.get('skip_exec', '')).lower() == 'true': return nb
-    def _skip(cell):
-        # split: nbdev_test skips cells naming it
-        if cell.cell_type != 'code' or 'nbdev_export' + '(' in cell.source: return True
-        d = extract_directives(cell, remove=False)
-        return d.get('eval:', [''])[0].lower() == 'false' or bool(set(skip_flags) & d.keys())
     shell = CaptureShell(path, mpl_format='png')
     with working_directory(path.parent):
-        try: shell.run_all(nb, exc_stop=True, preproc=_skip)
+        try: shell.run_all(nb, exc_stop=True, preproc=lambda cell: _skipped(cell, skip_flags))
         except Exception as e:
             raise DocsError(f'{path.name} failed to execute:\n{shell.prettytb(fname=path)}') from e
     nb.shell_ = shell  # nbdev's convention: attributes ending in `_` are not written to the notebook
     return nb
 
-# %% ../nbs/90_docs.ipynb #99a02c30
+# %% ../nbs/90_docs.ipynb #14a369d2
 _QUARTO_OPT = re.compile(r'^\s*#\|\s*([\w-]+)\s*:\s*(.*?)\s*$')
-_NB_LINK = re.compile(r'\[([^\]\n]+)\]\(([\w.-]+\.ipynb)(#[^)\s]*)?\)')
-_SHOWDOC_HEAD = re.compile(r'^(#{2,4}) ([A-Za-z_][\w.]*)[ \t]*$', re.MULTILINE)
 
 def _cell_options(cell) -> dict:
     "Remove the Quarto `#| key: value` lines that lead a processed code cell; return them."
@@ -121,6 +126,9 @@ def _cell_options(cell) -> dict:
         opts[m.group(1)] = m.group(2).strip('"\'').lower()
     cell.source = '\n'.join(lines)
     return opts
+
+# %% ../nbs/90_docs.ipynb #d25b76fd
+_NB_LINK = re.compile(r'\[([^\]\n]+)\]\(([\w.-]+\.ipynb)(#[^)\s]*)?\)')
 
 def relink(md: str, pages: dict, doc_url: str = '') -> str:
     "Point nbdev's links to `doc_url` and links to notebooks (`pages`: notebook name -> page) at the site's pages."
@@ -133,11 +141,14 @@ def relink(md: str, pages: dict, doc_url: str = '') -> str:
         return f'[{text}]({pages[nb]}{anchor or ""})' if nb in pages else text
     return _NB_LINK.sub(_nb, md)
 
+# %% ../nbs/90_docs.ipynb #306a2115
+_SHOWDOC_HEAD = re.compile(r'^(#{2,4}) ([A-Za-z_][\w.]*)[ \t]*$', re.MULTILINE)
+
 def _anchor_show_doc(md: str) -> str:
     "Give `show_doc` headings the anchors nbdev links to (the name, lower case)."
     return _SHOWDOC_HEAD.sub(lambda m: f'{m.group(1)} {m.group(2)} {{ #{m.group(2).lower()} }}', md)
 
-# %% ../nbs/90_docs.ipynb #89c0a1ef
+# %% ../nbs/90_docs.ipynb #e08c760d
 def _show_docs_in(shell):
     "An nbdev processor that runs only the `show_doc` cells, in `shell` (the one that ran the notebook)."
     from nbdev.process import Processor
@@ -152,6 +163,7 @@ def _show_docs_in(shell):
             if shell.exc: raise DocsError(f'show_doc failed in cell {cell.idx_}:\n{cell.source}\n{shell.exc!r}')
     return ShowDocsInShell
 
+# %% ../nbs/90_docs.ipynb #c7ec825b
 def process_notebook(nb, name: str = ''):
     "Apply nbdev's docs processors to `nb` (as `nbdev_docs` does before Quarto), `show_doc` in `nb.shell_` if it ran."
     from nbdev.process import NBProcessor
@@ -163,7 +175,7 @@ def process_notebook(nb, name: str = ''):
     except Exception as e: raise DocsError(f'{name or "notebook"}: nbdev could not process it: {e}') from e
     return nb
 
-# %% ../nbs/90_docs.ipynb #9817ec79
+# %% ../nbs/90_docs.ipynb #807e94c7
 def _to_markdown(nb, stem: str) -> tuple[str, dict]:
     "Markdown of a processed notebook with nbconvert; returns it and the extracted outputs {relative path: bytes}."
     import nbformat
@@ -177,14 +189,9 @@ def _to_markdown(nb, stem: str) -> tuple[str, dict]:
         resources={'unique_key': stem, 'output_files_dir': f'{stem}_files'})
     return body, res.get('outputs', {})
 
-def render_notebook(path, docs_dir, pages: dict, execute: bool = True, skip_flags=('notest', 'slow')) -> dict:
-    "Write the page of the notebook at `path` (and its figures) into `docs_dir`; returns {'title', 'page', 'notebook'}."
-    from execnb.nbio import read_nb
-    from nbdev.config import get_config
-    path, docs_dir = Path(path), Path(docs_dir)
-    nb = process_notebook(execute_notebook(path, skip_flags) if execute else read_nb(path), path.name)
-    fm = getattr(nb, 'frontmatter_', {}) or {}
-    title, page = str(fm.get('title') or path.stem), page_name(path)
+# %% ../nbs/90_docs.ipynb #2b3a8e47
+def _page_cells(nb) -> list:
+    "The cells of a processed notebook that go on its page, their cell options applied, `show_doc` headings anchored."
     cells = []
     for cell in nb.cells:
         if cell.cell_type == 'raw' and cell.source.lstrip().startswith('---'): continue  # front matter
@@ -199,13 +206,28 @@ def render_notebook(path, docs_dir, pages: dict, execute: bool = True, skip_flag
                     md = o.get('data', {}).get('text/markdown')
                     if md: o['data']['text/markdown'] = _anchor_show_doc(''.join(md))
         cells.append(cell)
-    nb.cells = cells
+    return cells
+
+# %% ../nbs/90_docs.ipynb #d6a6fdda
+def _doc_url() -> str:
+    "Where nbdev points its links: `doc_host` and `doc_baseurl` of settings.ini ('' without a `doc_host`)."
+    from nbdev.config import get_config
+    cfg = get_config()
+    return f"{cfg.get('doc_host', '')}{cfg.get('doc_baseurl', '')}" if cfg.get('doc_host') else ''
+
+# %% ../nbs/90_docs.ipynb #02944f46
+def render_notebook(path, docs_dir, pages: dict, execute: bool = True, skip_flags=('notest', 'slow')) -> dict:
+    "Write the page of the notebook at `path` (and its figures) into `docs_dir`; returns {'title', 'page', 'notebook'}."
+    from execnb.nbio import read_nb
+    path, docs_dir = Path(path), Path(docs_dir)
+    nb = process_notebook(execute_notebook(path, skip_flags) if execute else read_nb(path), path.name)
+    fm = getattr(nb, 'frontmatter_', {}) or {}
+    title, page = str(fm.get('title') or path.stem), page_name(path)
+    nb.cells = _page_cells(nb)
     body, outputs = _to_markdown(nb, Path(page).stem)
     body = re.sub(r'!\[(?:png|jpeg|svg)\]\(', '![figure](', body)  # nbconvert's alt text is the format
-    cfg = get_config()
-    doc_url = f"{cfg.get('doc_host', '')}{cfg.get('doc_baseurl', '')}" if cfg.get('doc_host') else ''
     head = f'# {title}\n\n' + (f"> {fm['description']}\n\n" if fm.get('description') else '')
-    write_text(docs_dir/page, head + relink(body, pages, doc_url).strip() + '\n')
+    write_text(docs_dir/page, head + relink(body, pages, _doc_url()).strip() + '\n')
     for rel, data in outputs.items():
         with atomic_path(docs_dir/rel) as tmp: tmp.write_bytes(data)
     return dict(title=title, page=page, notebook=path.name)
@@ -216,9 +238,17 @@ def tex_to_mathml(tex: str, display: bool = False) -> str:
     from latex2mathml.converter import convert
     return convert(tex.strip(), display='block' if display else 'inline')
 
-# %% ../nbs/90_docs.ipynb #d3905028
+# %% ../nbs/90_docs.ipynb #be110d14
 _MATH_WRAP = re.compile(r'^\s*\\[(\[](.*)\\[)\]]\s*$', re.DOTALL)
 
+def _formula(el) -> tuple | None:
+    "(TeX, display) of an element in which `pymdownx.arithmatex` (generic mode) put a formula; else None."
+    if el.get('class') != 'arithmatex' or not el.text: return None
+    m = _MATH_WRAP.match(el.text)
+    if not m: return None
+    return (html.unescape(m.group(1)) if el.tag == 'div' else m.group(1)), el.tag == 'div'
+
+# %% ../nbs/90_docs.ipynb #b706d71b
 def MathML(**kwargs):
     ("Python-Markdown extension (`spinexr.docs:MathML`): formulas found by `pymdownx.arithmatex` (generic mode) "
      "become MathML.")
@@ -228,11 +258,9 @@ def MathML(**kwargs):
     class _ToMathML(Treeprocessor):
         def run(self, root):
             for el in root.iter():
-                if el.get('class') != 'arithmatex' or not el.text: continue
-                m = _MATH_WRAP.match(el.text)
-                if not m: continue
-                tex = html.unescape(m.group(1)) if el.tag == 'div' else m.group(1)
-                try: el.text = self.md.htmlStash.store(tex_to_mathml(tex, display=el.tag == 'div'))
+                f = _formula(el)
+                if f is None: continue
+                try: el.text = self.md.htmlStash.store(tex_to_mathml(*f))
                 except Exception: pass  # keep the TeX source readable
 
     class _Ext(Extension):
@@ -261,14 +289,7 @@ def mkdocs_config(entries: list, docs_dir, site_dir) -> dict:
                              {'pymdownx.arithmatex': {'generic': True}}, 'spinexr.docs:MathML'],
         plugins=['search'])
 
-# %% ../nbs/90_docs.ipynb #69193fdb
-def _render_main(spec: str):
-    "Entry point of the process that renders one notebook for `build_site`: arguments and result as JSON."
-    a = json.loads(spec)
-    try: entry = render_notebook(a['path'], a['docs_dir'], a['pages'], a['execute'], tuple(a['skip_flags']))
-    except DocsError as e: sys.exit(str(e))
-    write_text(a['result'], json.dumps(entry))
-
+# %% ../nbs/90_docs.ipynb #07f92f7d
 def worker_env(n_workers: int) -> dict:
     ("The environment of one of `n_workers` notebook processes run at once: the cores shared out among them, "
      "unless the caller set the counts.")
@@ -276,6 +297,14 @@ def worker_env(n_workers: int) -> dict:
     env.setdefault('SPINEXR_THREADS', str(max(1, cpu_count() // max(1, n_workers))))
     env.setdefault('OMP_NUM_THREADS', env['SPINEXR_THREADS'])
     return env
+
+# %% ../nbs/90_docs.ipynb #ea0e47ab
+def _render_main(spec: str):
+    "Entry point of the process that renders one notebook for `build_site`: arguments and result as JSON."
+    a = json.loads(spec)
+    try: entry = render_notebook(a['path'], a['docs_dir'], a['pages'], a['execute'], tuple(a['skip_flags']))
+    except DocsError as e: sys.exit(str(e))
+    write_text(a['result'], json.dumps(entry))
 
 # %% ../nbs/90_docs.ipynb #ea65b238
 def _render_isolated(path, docs_dir, pages: dict, execute: bool, skip_flags, timeout: int | None = None,
@@ -296,19 +325,56 @@ def _render_isolated(path, docs_dir, pages: dict, execute: bool, skip_flags, tim
         raise DocsError(err.strip() or f'{path.name} failed: exit status {p.returncode}')
     return {**json.loads(result.read_text()), 'seconds': round(time.time() - t0, 1)}
 
-# %% ../nbs/90_docs.ipynb #16a7ab82
+# %% ../nbs/90_docs.ipynb #513195d1
+def _render_all(args: list, n_workers: int, timeout: int | None, say) -> list:
+    "`render_notebook(*a)` for each `a` of `args`: in this process if `n_workers` is 0, else in as many at once."
+    if n_workers <= 0: return [render_notebook(*a) for a in args]
+    with ThreadPoolExecutor(n_workers) as pool:
+        env = worker_env(n_workers)    # two kernels with a thread per core each would oversubscribe the cores
+        futures = [pool.submit(_render_isolated, *a, timeout, env) for a in args]
+        try:
+            entries = []
+            for f in futures:
+                entries.append(f.result())
+                say(f"  {entries[-1]['notebook']}: {entries[-1]['seconds']} s")
+        except BaseException:
+            for f in futures: f.cancel()
+            raise
+    return entries
+
+# %% ../nbs/90_docs.ipynb #3db960ba
+def _mkdocs_build(entries: list, work: Path, out: Path, say):
+    "Build the site of the pages in work/docs with MkDocs into a new folder, which then replaces `out`."
+    out.parent.mkdir(parents=True, exist_ok=True)
+    site = Path(tempfile.mkdtemp(prefix=f'.{out.name}-', dir=out.parent))
+    try:
+        import yaml
+        cfg_path = work/'mkdocs.yml'
+        cfg_path.write_text(yaml.safe_dump(mkdocs_config(entries, work/'docs', site), sort_keys=False))
+        env = {**os.environ, 'NO_MKDOCS_2_WARNING': '1'}
+        t1 = time.time()
+        r = subprocess.run([sys.executable, '-m', 'mkdocs', 'build', '--clean', '-f', str(cfg_path)],
+                           capture_output=True, text=True, env=env)
+        if r.returncode: raise DocsError(f'mkdocs build failed:\n{r.stdout}{r.stderr}')
+        for line in (r.stdout + r.stderr).splitlines():
+            if 'WARNING' in line or 'ERROR' in line: say(line)
+        say(f'site built by MkDocs in {time.time() - t1:.1f} s')
+        if out.exists(): shutil.rmtree(out)
+        site.rename(out)
+    finally:
+        if site.exists(): shutil.rmtree(site)
+
+# %% ../nbs/90_docs.ipynb #a9e6db0d
 def _is_site(folder: Path) -> bool:
     "Whether `folder` is missing, empty, or a built site (that may be replaced)."
     return not folder.exists() or not any(folder.iterdir()) or (folder/'index.html').exists()
 
-def build_site(nbs='nbs', out='_docs', execute: bool = True, n_workers: int | None = None,
-               skip_flags=('notest', 'slow'), timeout: int | None = None, quiet: bool = False) -> list:
-    "Render every notebook in `nbs` and build the MkDocs-Material site into `out`; returns the page entries."
-    from nbdev.config import get_config, is_nbdev
-    nbs, out = Path(nbs), Path(out)
+# %% ../nbs/90_docs.ipynb #04167ad4
+def _pages_to_build(nbs: Path, out: Path) -> tuple:
+    "The notebooks of the site and {notebook: page}, once it is clear that a site can be built from `nbs` into `out`."
+    from nbdev.config import is_nbdev
     if not is_nbdev():
         raise InputError('run spinexr_docs inside the repository: no settings.ini here or above', Path.cwd())
-    proc = get_config().config_path/'_proc'
     notebooks = doc_notebooks(nbs)
     if not notebooks or notebooks[0].name != 'index.ipynb':
         raise InputError('no index.ipynb: the site needs a home page', nbs)
@@ -316,6 +382,16 @@ def build_site(nbs='nbs', out='_docs', execute: bool = True, n_workers: int | No
     pages = {p.name: page_name(p) for p in notebooks}
     dup = {v for v in pages.values() if list(pages.values()).count(v) > 1}
     if dup: raise InputError(f'two notebooks would write the same page: {sorted(dup)}', nbs)
+    return notebooks, pages
+
+# %% ../nbs/90_docs.ipynb #981466b7
+def build_site(nbs='nbs', out='_docs', execute: bool = True, n_workers: int | None = None,
+               skip_flags=('notest', 'slow'), timeout: int | None = None, quiet: bool = False) -> list:
+    "Render every notebook in `nbs` and build the MkDocs-Material site into `out`; returns the page entries."
+    from nbdev.config import get_config
+    nbs, out = Path(nbs), Path(out)
+    notebooks, pages = _pages_to_build(nbs, out)
+    proc = get_config().config_path/'_proc'
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     n_workers = min(cpu_count() if n_workers is None else n_workers, len(notebooks))
     proc.mkdir(exist_ok=True)
@@ -324,41 +400,21 @@ def build_site(nbs='nbs', out='_docs', execute: bool = True, n_workers: int | No
         shutil.copytree(nbs, work/'nbs', ignore=shutil.ignore_patterns('_tmp*', '.ipynb_checkpoints', '_proc', '_docs'))
         args = [(work/'nbs'/p.name, work/'docs', pages, execute, tuple(skip_flags)) for p in notebooks]
         t0 = time.time()
-        if n_workers <= 0: entries = [render_notebook(*a) for a in args]
-        else:
-            with ThreadPoolExecutor(n_workers) as pool:
-                env = worker_env(n_workers)    # two kernels with a thread per core each would oversubscribe the cores
-                futures = [pool.submit(_render_isolated, *a, timeout, env) for a in args]
-                try:
-                    entries = []
-                    for f in futures:
-                        entries.append(f.result())
-                        say(f"  {entries[-1]['notebook']}: {entries[-1]['seconds']} s")
-                except BaseException:
-                    for f in futures: f.cancel()
-                    raise
+        entries = _render_all(args, n_workers, timeout, say)
         say(f'{len(entries)} notebooks {"executed and " if execute else ""}rendered in {time.time() - t0:.1f} s')
-        out.parent.mkdir(parents=True, exist_ok=True)
-        site = Path(tempfile.mkdtemp(prefix=f'.{out.name}-', dir=out.parent))
-        try:
-            import yaml
-            cfg_path = work/'mkdocs.yml'
-            cfg_path.write_text(yaml.safe_dump(mkdocs_config(entries, work/'docs', site), sort_keys=False))
-            env = {**os.environ, 'NO_MKDOCS_2_WARNING': '1'}
-            t1 = time.time()
-            r = subprocess.run([sys.executable, '-m', 'mkdocs', 'build', '--clean', '-f', str(cfg_path)],
-                               capture_output=True, text=True, env=env)
-            if r.returncode: raise DocsError(f'mkdocs build failed:\n{r.stdout}{r.stderr}')
-            for line in (r.stdout + r.stderr).splitlines():
-                if 'WARNING' in line or 'ERROR' in line: say(line)
-            say(f'site built by MkDocs in {time.time() - t1:.1f} s')
-            if out.exists(): shutil.rmtree(out)
-            site.rename(out)
-        finally:
-            if site.exists(): shutil.rmtree(site)
+        _mkdocs_build(entries, work, out, say)
     return entries
 
-# %% ../nbs/90_docs.ipynb #9309eff8
+# %% ../nbs/90_docs.ipynb #3dda28c0
+def _print_pages(out: Path, entries: list, t0: float):
+    "Each page's size and notebook, then where the site is and how to preview it."
+    for e in entries:
+        f = out/Path(e['page']).with_suffix('.html')
+        print(f"{f.stat().st_size/1024:8.1f} KiB  {f}  ({e['notebook']}: {e['title']})")
+    print(f'{out/"index.html"}: {len(entries)} pages in {time.time() - t0:.1f} s; '
+          f'preview with: python -m http.server -d {out}')
+
+# %% ../nbs/90_docs.ipynb #a0bb0577
 @call_parse
 def spinexr_docs(nbs: str = None,          # folder of notebooks (default: nbs_path in settings.ini)
                  out: str = None,          # folder to write the site into (default: doc_path in settings.ini)
@@ -374,8 +430,4 @@ def spinexr_docs(nbs: str = None,          # folder of notebooks (default: nbs_p
     skip = tuple(f for f in cfg.get('tst_flags', '').split() if f not in flags.split())
     try: entries = build_site(nbs, out, execute=not no_execute, n_workers=n_workers, skip_flags=skip, timeout=timeout)
     except (DocsError, InputError) as e: sys.exit(f'spinexr_docs: {e}')
-    for e in entries:
-        f = out/Path(e['page']).with_suffix('.html')
-        print(f"{f.stat().st_size/1024:8.1f} KiB  {f}  ({e['notebook']}: {e['title']})")
-    print(f'{out/"index.html"}: {len(entries)} pages in {time.time() - t0:.1f} s; '
-          f'preview with: python -m http.server -d {out}')
+    _print_pages(out, entries, t0)

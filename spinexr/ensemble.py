@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from fastcore.basics import patch
 
 from .core import *
 from .metrics import *
@@ -77,17 +78,20 @@ def logit(p) -> np.ndarray:
     p = np.clip(np.asarray(p, dtype=float), np.finfo(float).tiny, np.nextafter(1.0, 0.0))
     return np.log(p) - np.log1p(-p)
 
+# %% ../nbs/30_ensemble.ipynb #89e7b70d
 def calibrate(p, a: float = 1.0, b: float = 0.0) -> np.ndarray:
     "sigmoid(a logit(p) + b): temperature scaling is a = 1/T, b = 0; none is a = 1, b = 0."
     from scipy.special import expit
     return expit(a * logit(p) + b)
 
+# %% ../nbs/30_ensemble.ipynb #b69ab101
 def platt_targets(y) -> np.ndarray:
     "Platt's regularised targets: (n1 + 1) / (n1 + 2) for the positives, 1 / (n0 + 2) for the negatives."
     y = np.asarray(y)
     n1 = int(y.sum()); n0 = len(y) - n1
     return np.where(y == 1, (n1 + 1) / (n1 + 2), 1 / (n0 + 2))
 
+# %% ../nbs/30_ensemble.ipynb #ceeefeab
 def fit_calibration(y, p, method: str) -> tuple:
     "(a, b) of `method` fitted to labels `y` and scores `p` by maximum likelihood against `platt_targets`."
     from scipy.optimize import minimize, minimize_scalar
@@ -102,21 +106,24 @@ def fit_calibration(y, p, method: str) -> tuple:
     r = minimize(lambda v: nll(np.exp(v[0]), v[1]), x0=[0.0, 0.0], method='L-BFGS-B')   # a = exp(.) > 0
     return float(np.exp(r.x[0])), float(r.x[1])
 
+# %% ../nbs/30_ensemble.ipynb #b0efc1e7
+def _cv_log_loss(y, p, method: str, k: int, seed: int) -> float:
+    "The log-loss of `method` on (y, p), each of `k` folds calibrated by a fit on the other folds."
+    from sklearn.metrics import log_loss
+    from sklearn.model_selection import StratifiedKFold
+    out = np.zeros(len(y))
+    for fit, held in StratifiedKFold(k, shuffle=True, random_state=seed).split(p, y):
+        a, b = fit_calibration(y[fit], p[fit], method)
+        out[held] = calibrate(p[held], a, b) if a > 0 else p[held]
+    return float(log_loss(y, out, labels=[0, 1]))
+
 def choose_calibration(y, p, folds: int = 5, seed: int = 0) -> dict:
     ("The calibration with the lowest cross-validated log-loss on (y, p) (a validation split), refitted on all of "
      "it: {method, a, b, cv_log_loss}.")
-    from sklearn.metrics import log_loss
-    from sklearn.model_selection import StratifiedKFold
     y, p = np.asarray(y), np.asarray(p, dtype=float)
     k = min(folds, int(np.bincount(y, minlength=2).min()))
     if k < 2: return dict(method='none', a=1.0, b=0.0, cv_log_loss=None)     # too few of a class to fit anything
-    cv = {}
-    for method in CALIBRATIONS:
-        out = np.zeros(len(y))
-        for fit, held in StratifiedKFold(k, shuffle=True, random_state=seed).split(p, y):
-            a, b = fit_calibration(y[fit], p[fit], method)
-            out[held] = calibrate(p[held], a, b) if a > 0 else p[held]
-        cv[method] = float(log_loss(y, out, labels=[0, 1]))
+    cv = {method: _cv_log_loss(y, p, method, k, seed) for method in CALIBRATIONS}
     best = min(CALIBRATIONS, key=lambda m: (round(cv[m], 12), CALIBRATIONS.index(m)))   # ties: the simpler
     a, b = fit_calibration(y, p, best)
     if a <= 0: best, a, b = 'none', 1.0, 0.0
@@ -156,6 +163,7 @@ def study_predictions(preds: pd.DataFrame, studies, how: str = 'max') -> pd.Data
     if 'label' in df: agg['label'] = ('label', 'max')
     return df.groupby('study_id', sort=True).agg(**agg).reset_index()
 
+# %% ../nbs/30_ensemble.ipynb #70a01884
 def fit_study_rule(val: pd.DataFrame, studies, rule: str = 'youden') -> dict:
     "The aggregate (higher validation study AUROC, max on a tie) and study threshold, chosen on validation images."
     from sklearn.metrics import roc_auc_score
@@ -195,19 +203,24 @@ class Ensemble(JsonConfig):
         if self.study_how not in STUDY_AGGREGATES:
             raise InputError(f'study_how must be one of {STUDY_AGGREGATES}, got {self.study_how!r}')
 
-    @property
-    def study_cut(self) -> float:
-        "The study decision threshold: the one chosen on validation studies, else the image threshold."
-        return self.threshold if self.study_threshold is None else self.study_threshold
+# %% ../nbs/30_ensemble.ipynb #b9eec972
+@patch(as_prop=True)
+def study_cut(self: Ensemble) -> float:
+    "The study decision threshold: the one chosen on validation studies, else the image threshold."
+    return self.threshold if self.study_threshold is None else self.study_threshold
 
-    def raw(self, P) -> np.ndarray:
-        "The weighted average of the models' probabilities (columns in the order of `names`), before calibration."
-        return combine(P, self.weights, self.how)
+# %% ../nbs/30_ensemble.ipynb #f52e6121
+@patch
+def raw(self: Ensemble, P) -> np.ndarray:
+    "The weighted average of the models' probabilities (columns in the order of `names`), before calibration."
+    return combine(P, self.weights, self.how)
 
-    def __call__(self, P) -> np.ndarray:
-        "The ensemble's calibrated probabilities from the models' (columns in the order of `names`)."
-        raw = self.raw(P)
-        return raw if self.calibration == 'none' else calibrate(raw, self.cal_a, self.cal_b)
+# %% ../nbs/30_ensemble.ipynb #aef22e2f
+@patch
+def __call__(self: Ensemble, P) -> np.ndarray:
+    "The ensemble's calibrated probabilities from the models' (columns in the order of `names`)."
+    raw = self.raw(P)
+    return raw if self.calibration == 'none' else calibrate(raw, self.cal_a, self.cal_b)
 
 # %% ../nbs/30_ensemble.ipynb #0cd09b96
 def fit_ensemble(val: dict, how: str | None = None, step: float = 0.05, rule: str = 'youden',

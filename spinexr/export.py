@@ -11,20 +11,40 @@ from fastcore.script import call_parse
 
 from .core import *
 from .classify import load_classifier
-from .detect import load_detector
 from .runtime import ONNX_OPSET, export_classifier, export_detector, onnxruntime_problem
 from .bundle import Bundle, network_sources, package_versions, read_bundle
 
 # %% auto #0
 __all__ = ['EXPORT_FORMATS', 'EXPORT_PACKAGES', 'export_bundle', 'spinexr_export']
 
-# %% ../nbs/41_export.ipynb #fc0dec11
+# %% ../nbs/41_export.ipynb #8b222d2a
 EXPORT_FORMATS = ('onnx',)
 EXPORT_PACKAGES = ('torch', 'onnx', 'onnxruntime', 'ultralytics')
 
+# %% ../nbs/41_export.ipynb #3c797a28
+def _export_networks(b: Bundle, record: dict, tmp: Path, opset: int) -> dict:
+    "Each classifier's and the detector's ONNX file written into `tmp` and checked: {name: export record}."
+    nets = {}
+    for a in record['ensemble'].names:
+        net, cfg = load_classifier(b.classifier(a))
+        nets[a] = export_classifier(net, cfg.size, tmp/f'{a}.onnx', opset)
+    nets['detector'] = export_detector(b.detector_model('torch'), b.detector_config().imgsz, tmp/'detector.onnx',
+                                       opset)
+    return nets
+
+def _onnx_record(b: Bundle, nets: dict, tmp: Path, sources: dict, opset: int) -> dict:
+    "bundle.json's `onnx`: the opset, the versions, and each network's file, SHA-256, size and source weights."
+    from spinexr.weights import sha256_file
+    for name, rec in nets.items():
+        f = tmp/f'{name}.onnx'
+        rec.update(file=b.onnx_file(name).relative_to(b.path).as_posix(), sha256=sha256_file(f),
+                   bytes=f.stat().st_size, source_sha256=sources[name])
+    return dict(format='onnx', opset=int(opset), created=time.strftime('%Y-%m-%dT%H:%M:%S%z'),
+                versions=package_versions(EXPORT_PACKAGES), networks=nets)
+
+# %% ../nbs/41_export.ipynb #6595fafe
 def export_bundle(model_dir, format: str = 'onnx', opset: int = ONNX_OPSET) -> dict:
     "Add onnx/ to a bundle: each classifier and the detector exported and checked; the record added to bundle.json."
-    from spinexr.weights import sha256_file
     if format not in EXPORT_FORMATS:
         raise InputError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {format!r}")
     b = Bundle(model_dir)
@@ -33,25 +53,28 @@ def export_bundle(model_dir, format: str = 'onnx', opset: int = ONNX_OPSET) -> d
     sources = network_sources(b, record)
     tmp = Path(tempfile.mkdtemp(prefix=f'.{b.onnx_dir.name}.', dir=b.path))
     try:
-        nets = {}
-        for a in record['ensemble'].names:
-            net, cfg = load_classifier(b.classifier(a))
-            nets[a] = export_classifier(net, cfg.size, tmp/f'{a}.onnx', opset)
-        nets['detector'] = export_detector(load_detector(b.detector), b.detector_config().imgsz,
-                                           tmp/'detector.onnx', opset)
-        for name, rec in nets.items():
-            f = tmp/f'{name}.onnx'
-            rec.update(file=b.onnx_file(name).relative_to(b.path).as_posix(), sha256=sha256_file(f),
-                       bytes=f.stat().st_size, source_sha256=sources[name])
-        record = dict(format='onnx', opset=int(opset), created=time.strftime('%Y-%m-%dT%H:%M:%S%z'),
-                      versions=package_versions(EXPORT_PACKAGES), networks=nets)
+        record = _onnx_record(b, _export_networks(b, record, tmp, opset), tmp, sources, opset)
         swap_in(tmp, b.onnx_dir)
         b.write_record({**load_json(b.json), 'onnx': record})           # bundle.json now lists the ONNX files
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return record
 
-# %% ../nbs/41_export.ipynb #0cbf4cd8
+# %% ../nbs/41_export.ipynb #2957d5d9
+def _print_export(model_dir, rec: dict, seconds: float):
+    "What `spinexr_export` did: where, with which versions, and each network's input, size, difference and SHA-256."
+    v = rec['versions']
+    print(f"spinexr_export: {Bundle(model_dir).onnx_dir} (opset {rec['opset']}; torch {v['torch']}, onnx {v['onnx']}, "
+          f"onnxruntime {v['onnxruntime']}, ultralytics {v['ultralytics']}) in {seconds:.1f} s")
+    print(f"{'network':<22} {'input':>12} {'MB':>7} {'max |diff|':>11} {'seconds':>8}  sha256")
+    for name, r in rec['networks'].items():
+        size = 'x'.join(map(str, r['input'])) if 'input' in r else f"<= {r['imgsz']}"
+        print(f"{name:<22} {size:>12} {r['bytes'] / 2 ** 20:>7.1f} {r['max_difference']:>11.1e} "
+              f"{r['seconds']:>8.1f}  {r['sha256'][:16]}")
+    print(f'bundle.json records them; spinexr_predict {model_dir} now runs them on ONNX Runtime '
+          '(--runtime torch for PyTorch)')
+
+# %% ../nbs/41_export.ipynb #d9be0cfd
 @call_parse
 def spinexr_export(
     model_dir: str,                 # a model bundle (spinexr_demo writes one as DIR/model)
@@ -61,13 +84,4 @@ def spinexr_export(
     with cli_errors('spinexr_export'):
         t0 = time.perf_counter()
         rec = export_bundle(model_dir, format, opset)
-    v = rec['versions']
-    print(f"spinexr_export: {Bundle(model_dir).onnx_dir} (opset {rec['opset']}; torch {v['torch']}, onnx {v['onnx']}, "
-          f"onnxruntime {v['onnxruntime']}, ultralytics {v['ultralytics']}) in {time.perf_counter() - t0:.1f} s")
-    print(f"{'network':<22} {'input':>12} {'MB':>7} {'max |diff|':>11} {'seconds':>8}  sha256")
-    for name, r in rec['networks'].items():
-        size = 'x'.join(map(str, r['input'])) if 'input' in r else f"<= {r['imgsz']}"
-        print(f"{name:<22} {size:>12} {r['bytes'] / 2 ** 20:>7.1f} {r['max_difference']:>11.1e} "
-              f"{r['seconds']:>8.1f}  {r['sha256'][:16]}")
-    print(f'bundle.json records them; spinexr_predict {model_dir} now runs them on ONNX Runtime '
-          '(--runtime torch for PyTorch)')
+    _print_export(model_dir, rec, time.perf_counter() - t0)

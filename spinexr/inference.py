@@ -5,10 +5,12 @@
 # %% ../nbs/40_inference.ipynb #cadea5df
 from __future__ import annotations
 import functools, shutil, sys, time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from fastcore.basics import patch
 from fastcore.script import call_parse, Param
 
 from .core import *
@@ -17,7 +19,6 @@ from .inputs import find_inputs, image_ids, read_input
 from .metrics import fusion_rule
 from .classify import ClsConfig, batch_probs
 from .saliency import ensemble_cam, grad_cams, heatmap_over, unpadded
-from .detect import predict_boxes, tta_predictions
 from .ensemble import Ensemble, study_predictions
 from .dicom_out import Algorithm, result_paths, write_results
 from .dicomweb import (connect, fetch_instance, http_reason, plan_study, store_instances, study_instances,
@@ -25,9 +26,12 @@ from .dicomweb import (connect, fetch_instance, http_reason, plan_study, store_i
 from .bundle import Bundle, bundle_warnings, choose_runtime, package_versions
 
 # %% auto #0
-__all__ = ['STAGES', 'STUDY_COLUMNS', 'NO_DICOM_SOURCE', 'DICOMWEB_COLUMNS', 'padded_batch', 'normalised', 'classifier_inputs',
-           'channels_last', 'Predictor', 'draw_overlay', 'outside', 'study_scores', 'overlay_png', 'image_record',
-           'dicom_source_problem', 'predict_files', 'predict_dicomweb', 'timing_table', 'spinexr_predict']
+__all__ = ['STAGES', 'STUDY_COLUMNS', 'NO_DICOM_SOURCE', 'SCORE_COLUMNS', 'DICOMWEB_COLUMNS', 'padded_batch', 'normalised',
+           'classifier_inputs', 'channels_last', 'Predictor', 'draw_overlay', 'overlay_png', 'image_record',
+           'study_scores', 'dicom_source_problem', 'Batch', 'Run', 'Writer', 'OverlayWriter', 'SaliencyWriter',
+           'DicomWriter', 'JsonWriter', 'score_table', 'CsvWriter', 'output_writers', 'outside', 'input_paths',
+           'write_batch', 'predict_batches', 'finish_writers', 'run_summary', 'predict_files', 'predict_studies',
+           'predict_dicomweb', 'timing_table', 'spinexr_predict']
 
 # %% ../nbs/40_inference.ipynb #1b39f242
 def padded_batch(images, size: int):
@@ -37,11 +41,13 @@ def padded_batch(images, size: int):
     item = Pipeline([Resize(size, method=ResizeMethod.Pad, pad_mode=PadMode.Zeros), ToTensor()], split_idx=1)
     return torch.stack([item(PILImageBW.create(np.ascontiguousarray(im))) for im in images])
 
+# %% ../nbs/40_inference.ipynb #1ef835ef
 def normalised(x, cfg: ClsConfig):
     "A `padded_batch` as a classifier's float input: scaled to [0, 1] and normalised with its run's statistics."
     from fastai.vision.all import IntToFloatTensor, Normalize, Pipeline
     return Pipeline([IntToFloatTensor(), Normalize.from_stats([cfg.mean], [cfg.std], cuda=False)], split_idx=1)(x)
 
+# %% ../nbs/40_inference.ipynb #7ce51910
 def classifier_inputs(images, cfg: ClsConfig):
     "A batch tensor for a classifier from 8-bit grey images, through fastai's validation transforms."
     return normalised(padded_batch(images, cfg.size), cfg)
@@ -62,6 +68,7 @@ def _failure(path, image_id, e: Exception) -> dict:
     return dict(source=str(path), image_id=image_id, error=str(e) if isinstance(e, InputError)
                 else f'{type(e).__name__}: {e}')
 
+# %% ../nbs/40_inference.ipynb #6589ce89
 class Predictor:
     "A loaded model bundle: `predict(paths)` runs the whole chain on new images, its networks on `runtime`."
     def __init__(self, model_dir, runtime: str = 'auto', max_pixels: int = MAX_PIXELS):
@@ -82,94 +89,124 @@ class Predictor:
     def _tick(self, stage, t0):
         t = time.perf_counter(); self.timing[stage] += t - t0; return t
 
-    @property
-    def record(self) -> dict: return self.bundle.record
-    @property
-    def files(self) -> dict: return self.bundle.files
-    @property
-    def sha256(self) -> str: return self.bundle.sha256
-
-    def algorithm(self, min_score: float = 0.25) -> Algorithm:
-        "Who made a result, for DICOM objects: spinexr's version, bundle SHA-256, threshold, `min_score`, runtime."
-        return Algorithm(version=package_versions(('spinexr',))['spinexr'], bundle_sha256=self.sha256,
-                         threshold=self.ensemble.threshold, min_score=min_score, runtime=self.runtime)
-
-    def warm_up(self) -> float:
-        "Run the models once on a synthetic image, so that no real one pays for their lazy set-up; its seconds."
-        t0 = time.perf_counter()
-        img = np.tile(np.linspace(0, 255, self.prep_size).astype(np.uint8), (self.prep_size, 1))
-        self.classify([img])
-        predict_boxes(self.detector, [img], self.det_cfg, ids=['warm-up'])
-        return time.perf_counter() - t0
-
     @functools.cached_property
     def cam_models(self) -> dict:
         "The classifiers as PyTorch modules for Grad-CAM (ONNX Runtime has no gradients): loaded on first use."
         if self.runtime == 'torch': return {a: net for a, (net, _) in self.classifiers.items()}
         return {a: net for a, (net, _) in self.bundle.classifiers('torch').items()}
 
-    def inputs(self, images):
-        "(arch, network, its input batch) for each classifier, the images resized once per distinct input size."
-        padded = {}
-        for a, (net, cfg) in self.classifiers.items():
-            if cfg.size not in padded: padded[cfg.size] = padded_batch(images, cfg.size)
-            yield a, net, normalised(padded[cfg.size], cfg)
+# %% ../nbs/40_inference.ipynb #03b29d39
+@patch(as_prop=True)
+def record(self: Predictor) -> dict: return self.bundle.record
+@patch(as_prop=True)
+def files(self: Predictor) -> dict: return self.bundle.files
+@patch(as_prop=True)
+def sha256(self: Predictor) -> str: return self.bundle.sha256
 
-    def saliency(self, images) -> list:
-        "The ensemble's Grad-CAM map of each 8-bit image, at the image's size, in [0, 1] (`15_saliency`)."
-        t = time.perf_counter()
-        maps = [grad_cams(self.cam_models[a], a, x) for a, _, x in self.inputs(images)]
-        out = [ensemble_cam([unpadded(m[k], *im.shape) for m in maps], self.ensemble.weights)
-               for k, im in enumerate(images)]
-        self._tick('saliency', t)
-        return out
+# %% ../nbs/40_inference.ipynb #f7b791bc
+@patch
+def algorithm(self: Predictor, min_score: float = 0.25) -> Algorithm:
+    "Who made a result, for DICOM objects: spinexr's version, bundle SHA-256, threshold, `min_score`, runtime."
+    return Algorithm(version=package_versions(('spinexr',))['spinexr'], bundle_sha256=self.sha256,
+                     threshold=self.ensemble.threshold, min_score=min_score, runtime=self.runtime)
 
-    def classify(self, images) -> np.ndarray:
-        "Each classifier's probabilities (n_images, n_models), columns in the ensemble's order."
-        import torch
-        with torch.inference_mode():
-            cols = [batch_probs(net, x, self.tta.get(a, False)).numpy() for a, net, x in self.inputs(images)]
-        return np.stack(cols, 1)
+# %% ../nbs/40_inference.ipynb #5600337d
+@patch
+def inputs(self: Predictor, images):
+    "(arch, network, its input batch) for each classifier, the images resized once per distinct input size."
+    padded = {}
+    for a, (net, cfg) in self.classifiers.items():
+        if cfg.size not in padded: padded[cfg.size] = padded_batch(images, cfg.size)
+        yield a, net, normalised(padded[cfg.size], cfg)
 
-    def predict(self, paths, ids=None) -> tuple:
-        ("(one record per readable input, boxes in original pixels after fusion, failures) for a batch of paths; "
-         "an input the models fail on fails alone, with the reason.")
-        ids = image_ids(paths) if ids is None else ids
-        t = time.perf_counter()
-        good, failures = [], []
-        for p, i in zip(paths, ids):
-            try: good.append((p, i, *read_input(p, self.prep_size, self.max_pixels)))
-            except Exception as e: failures.append(_failure(p, i, e))   # one bad file must not stop the others
-        self._tick('decode', t)
-        try: return (*self.run_models(good), failures)
-        except Exception:
-            if len(good) < 2: raise
-        records, boxes = [], []                 # the batch failed: each image alone, so that only the culprit fails
-        for g in good:
-            try: r, b = self.run_models([g]); records += r; boxes.append(b)
-            except Exception as e: failures.append(_failure(g[0], g[1], e))
-        return records, pd.concat(boxes, ignore_index=True) if boxes else _no_boxes(), failures
+# %% ../nbs/40_inference.ipynb #b2b588aa
+@patch
+def classify(self: Predictor, images) -> np.ndarray:
+    "Each classifier's probabilities (n_images, n_models), columns in the ensemble's order."
+    import torch
+    with torch.inference_mode():
+        cols = [batch_probs(net, x, self.tta.get(a, False)).numpy() for a, net, x in self.inputs(images)]
+    return np.stack(cols, 1)
 
-    def run_models(self, good) -> tuple:
-        "(records, fused boxes in original pixels) of read inputs (path, id, 8-bit image, info)."
-        if not good: return [], _no_boxes()
-        t = time.perf_counter()
-        imgs = [g[2] for g in good]
-        P = self.classify(imgs)
-        prob = self.ensemble(P)
-        t = self._tick('classifiers', t)
-        boxes = tta_predictions(self.detector, imgs, self.det_cfg, [g[1] for g in good], self.det_tta)
-        boxes = to_original_coords(boxes, {g[1]: g[3] for g in good})       # each input's info holds both sizes
-        probs = pd.DataFrame(dict(image_id=[g[1] for g in good], prob=prob))
-        boxes = fusion_rule(boxes, probs, self.ensemble.threshold, self.keep_score)
-        self._tick('detector', t)
-        records = [dict(image_id=g[1], source=str(g[0]), p_abnormal=float(pa),
-                        abnormal=bool(pa >= self.ensemble.threshold),
-                        classifiers={a: float(v) for a, v in zip(self.ensemble.names, row)},
-                        orig_height=int(g[3]['orig_height']), orig_width=int(g[3]['orig_width']), dicom=g[3]['dicom'],
-                        warnings=[*self.warnings, *g[3]['warnings']], image=g[2])
-                   for g, pa, row in zip(good, prob, P)]
-        return records, boxes
+# %% ../nbs/40_inference.ipynb #94f9696d
+@patch
+def detect(self: Predictor, images, ids) -> pd.DataFrame:
+    "The detector's boxes on 8-bit images, in their pixels: with flip TTA and WBF where validation chose them."
+    return self.detector.predict(images, self.det_cfg, ids, self.det_tta)
+
+# %% ../nbs/40_inference.ipynb #2060c796
+@patch
+def warm_up(self: Predictor) -> float:
+    "Run the models once on a synthetic image, so that no real one pays for their lazy set-up; its seconds."
+    t0 = time.perf_counter()
+    img = np.tile(np.linspace(0, 255, self.prep_size).astype(np.uint8), (self.prep_size, 1))
+    self.classify([img])
+    self.detect([img], ['warm-up'])
+    return time.perf_counter() - t0
+
+# %% ../nbs/40_inference.ipynb #98677665
+@patch
+def saliency(self: Predictor, images) -> list:
+    "The ensemble's Grad-CAM map of each 8-bit image, at the image's size, in [0, 1] (`15_saliency`)."
+    t = time.perf_counter()
+    maps = [grad_cams(self.cam_models[a], a, x) for a, _, x in self.inputs(images)]
+    out = [ensemble_cam([unpadded(m[k], *im.shape) for m in maps], self.ensemble.weights)
+           for k, im in enumerate(images)]
+    self._tick('saliency', t)
+    return out
+
+# %% ../nbs/40_inference.ipynb #090ce971
+@patch
+def make_record(self: Predictor, g: tuple, p_abnormal: float, probs) -> dict:
+    "The record of a read input `g` (path, id, 8-bit image, info): the ensemble's `p_abnormal`, each classifier's."
+    path, image_id, img, info = g
+    return dict(image_id=image_id, source=str(path), p_abnormal=float(p_abnormal),
+                abnormal=bool(p_abnormal >= self.ensemble.threshold),
+                classifiers={a: float(v) for a, v in zip(self.ensemble.names, probs)},
+                orig_height=int(info['orig_height']), orig_width=int(info['orig_width']), dicom=info['dicom'],
+                warnings=[*self.warnings, *info['warnings']], image=img)
+
+# %% ../nbs/40_inference.ipynb #36718a3e
+@patch
+def run_models(self: Predictor, good) -> tuple:
+    "(records, fused boxes in original pixels) of read inputs (path, id, 8-bit image, info)."
+    if not good: return [], _no_boxes()
+    t = time.perf_counter()
+    imgs, ids = [g[2] for g in good], [g[1] for g in good]
+    P = self.classify(imgs)
+    prob = self.ensemble(P)
+    t = self._tick('classifiers', t)
+    boxes = to_original_coords(self.detect(imgs, ids), {g[1]: g[3] for g in good})   # info holds both sizes
+    boxes = fusion_rule(boxes, pd.DataFrame(dict(image_id=ids, prob=prob)), self.ensemble.threshold, self.keep_score)
+    self._tick('detector', t)
+    return [self.make_record(g, pa, row) for g, pa, row in zip(good, prob, P)], boxes
+
+# %% ../nbs/40_inference.ipynb #64f20399
+@patch
+def read(self: Predictor, paths, ids) -> tuple:
+    "(the inputs read: (path, id, 8-bit image, info) each, a failures row for each one that cannot be read)."
+    t, good, failures = time.perf_counter(), [], []
+    for p, i in zip(paths, ids):
+        try: good.append((p, i, *read_input(p, self.prep_size, self.max_pixels)))
+        except Exception as e: failures.append(_failure(p, i, e))   # one bad file must not stop the others
+    self._tick('decode', t)
+    return good, failures
+
+# %% ../nbs/40_inference.ipynb #1151102f
+@patch
+def predict(self: Predictor, paths, ids=None) -> tuple:
+    ("(one record per readable input, boxes in original pixels after fusion, failures) for a batch of paths; "
+     "an input the models fail on fails alone, with the reason.")
+    ids = image_ids(paths) if ids is None else ids
+    good, failures = self.read(paths, ids)
+    try: return (*self.run_models(good), failures)
+    except Exception:
+        if len(good) < 2: raise
+    records, boxes = [], []                 # the batch failed: each image alone, so that only the culprit fails
+    for g in good:
+        try: r, b = self.run_models([g]); records += r; boxes.append(b)
+        except Exception as e: failures.append(_failure(g[0], g[1], e))
+    return records, pd.concat(boxes, ignore_index=True) if boxes else _no_boxes(), failures
 
 # %% ../nbs/40_inference.ipynb #258e1df7
 def _bgr(hex_colour: str) -> tuple:
@@ -185,6 +222,28 @@ def _wrap(text: str, width: int, font, fs, th) -> list:
         else: lines.append(word)
     return lines
 
+# %% ../nbs/40_inference.ipynb #0dea3463
+def _draw_boxes(out: np.ndarray, boxes: pd.DataFrame, min_score: float, font, fs, th):
+    "Draw on `out` the boxes scoring from `min_score`, in their class colours, each labelled with class and score."
+    import cv2
+    for b in boxes[boxes.score >= min_score].sort_values('score').itertuples():
+        c = _bgr(CLASS_COLORS[b.lesion_type])
+        p0, p1 = (int(round(b.xmin)), int(round(b.ymin))), (int(round(b.xmax)), int(round(b.ymax)))
+        cv2.rectangle(out, p0, p1, c, th)
+        cv2.putText(out, f'{b.lesion_type} {b.score:.2f}', (p0[0], max(10, p0[1] - 3)), font, fs * 0.8, c,
+                    max(1, th - 1), cv2.LINE_AA)
+
+def _text_rows(out: np.ndarray, lines, y: int, font, fs, th, ground, ink, pad: int, lift: int) -> int:
+    "Draw `lines` one under another from row `y`, each on a box of colour `ground`; the row below the last."
+    import cv2
+    for line in lines:
+        (w, h), _ = cv2.getTextSize(line, font, fs, th)
+        cv2.rectangle(out, (0, y), (w + 8, y + h + pad), ground, -1)
+        cv2.putText(out, line, (4, y + h + pad - lift), font, fs, ink, th, cv2.LINE_AA)
+        y += h + pad
+    return y
+
+# %% ../nbs/40_inference.ipynb #f74dfe8e
 def draw_overlay(img: np.ndarray, boxes: pd.DataFrame, p_abnormal: float, threshold: float, min_score: float = 0.25,
                  caveats=()) -> np.ndarray:
     "`img` (8-bit grey, or BGR) in colour: boxes (its pixels) coloured by class, the score on top, `caveats` on amber."
@@ -192,48 +251,17 @@ def draw_overlay(img: np.ndarray, boxes: pd.DataFrame, p_abnormal: float, thresh
     out = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR) if img.ndim == 2 else img.copy()
     s = max(img.shape) / 1024
     font, fs, th = cv2.FONT_HERSHEY_SIMPLEX, max(0.35, 0.6 * s), max(1, int(round(2 * s)))
-    for b in boxes[boxes.score >= min_score].sort_values('score').itertuples():
-        c = _bgr(CLASS_COLORS[b.lesion_type])
-        p0, p1 = (int(round(b.xmin)), int(round(b.ymin))), (int(round(b.xmax)), int(round(b.ymax)))
-        cv2.rectangle(out, p0, p1, c, th)
-        cv2.putText(out, f'{b.lesion_type} {b.score:.2f}', (p0[0], max(10, p0[1] - 3)), font, fs * 0.8, c,
-                    max(1, th - 1), cv2.LINE_AA)
+    _draw_boxes(out, boxes, min_score, font, fs, th)
     call = 'ABNORMAL' if p_abnormal >= threshold else 'normal'
     label = f'p(abnormal) {p_abnormal:.3f}: {call} (threshold {threshold:.3f})'
-    y = 0
-    for line in _wrap(label, out.shape[1] - 8, font, fs, th):     # a narrow image gets the score on several lines
-        (w, h), _ = cv2.getTextSize(line, font, fs, th)
-        cv2.rectangle(out, (0, y), (w + 8, y + h + 10), (0, 0, 0), -1)
-        cv2.putText(out, line, (4, y + h + 4), font, fs, (255, 255, 255), th, cv2.LINE_AA)
-        y += h + 10
-    fc = fs * 0.8
-    for line in [l for c in caveats for l in _wrap(f'CAVEAT: {c}', out.shape[1] - 8, font, fc, max(1, th - 1))]:
-        (w, lh), _ = cv2.getTextSize(line, font, fc, max(1, th - 1))
-        cv2.rectangle(out, (0, y), (w + 8, y + lh + 8), (0, 191, 255), -1)
-        cv2.putText(out, line, (4, y + lh + 3), font, fc, (0, 0, 0), max(1, th - 1), cv2.LINE_AA)
-        y += lh + 8
+    lines = _wrap(label, out.shape[1] - 8, font, fs, th)          # a narrow image gets the score on several lines
+    y = _text_rows(out, lines, 0, font, fs, th, (0, 0, 0), (255, 255, 255), pad=10, lift=6)
+    fc, tc = fs * 0.8, max(1, th - 1)
+    caveat_lines = [l for c in caveats for l in _wrap(f'CAVEAT: {c}', out.shape[1] - 8, font, fc, tc)]
+    _text_rows(out, caveat_lines, y, font, fc, tc, (0, 191, 255), (0, 0, 0), pad=8, lift=5)
     return out
 
-# %% ../nbs/40_inference.ipynb #b108045f
-def outside(paths, folder, named=()) -> list:
-    "The `paths` that are `named` or not inside `folder` (symbolic links resolved), in their order."
-    folder, named = Path(folder).resolve(), {Path(p) for p in named}
-    return [p for p in paths if Path(p) in named or not Path(p).resolve().is_relative_to(folder)]
-
-# %% ../nbs/40_inference.ipynb #eccade92
-STUDY_COLUMNS = ('study_id', 'images', 'image_ids', 'p_abnormal', 'abnormal')
-
-def study_scores(records: list, ens: Ensemble) -> pd.DataFrame:
-    ("One row per study of predicted images (DICOM StudyInstanceUID; any other input a study of its own): its "
-     "images, the study probability by the ensemble's study rule, and the decision at its study threshold.")
-    if not records: return pd.DataFrame(columns=list(STUDY_COLUMNS))
-    img = pd.DataFrame(dict(image_id=[r['image_id'] for r in records], prob=[r['p_abnormal'] for r in records]))
-    st = study_predictions(img, {r['image_id']: (r['dicom'] or {}).get('study_uid') or '' for r in records},
-                           ens.study_how)
-    return pd.DataFrame(dict(study_id=st.study_id, images=st.n_images, image_ids=st.image_ids, p_abnormal=st.prob,
-                             abnormal=st.prob >= ens.study_cut))
-
-# %% ../nbs/40_inference.ipynb #ff3de6f8
+# %% ../nbs/40_inference.ipynb #6e4c36d8
 def overlay_png(rec: dict, boxes: pd.DataFrame, threshold: float, min_score: float = 0.25, cam=None) -> bytes:
     ("The overlay of a `Predictor` record as PNG bytes; `boxes` (in original pixels) are drawn at the image's size, "
      "over the saliency map `cam` if given.")
@@ -246,6 +274,7 @@ def overlay_png(rec: dict, boxes: pd.DataFrame, threshold: float, min_score: flo
     if not ok: raise OSError('cannot encode the overlay as PNG')
     return buf.tobytes()
 
+# %% ../nbs/40_inference.ipynb #771e0ea3
 def image_record(rec: dict, boxes: pd.DataFrame) -> dict:
     "The JSON object of one image in predictions.json: a `Predictor` record without its pixels, with its boxes."
     g = boxes[boxes.image_id == rec['image_id']].sort_values('score', ascending=False, kind='stable')
@@ -253,6 +282,20 @@ def image_record(rec: dict, boxes: pd.DataFrame) -> dict:
             'boxes': [dict(lesion_type=b.lesion_type, score=round(float(b.score), 5),
                            **{c: round(float(getattr(b, c)), 2) for c in BOX_COLUMNS}) for b in g.itertuples()]}
 
+# %% ../nbs/40_inference.ipynb #4ad5b2de
+STUDY_COLUMNS = ('study_id', 'images', 'image_ids', 'p_abnormal', 'abnormal')
+
+def study_scores(records: list, ens: Ensemble) -> pd.DataFrame:
+    ("One row per study of predicted images (DICOM StudyInstanceUID; any other input a study of its own): its "
+     "images, the study probability by the ensemble's study rule, and the decision at its study threshold.")
+    if not records: return pd.DataFrame(columns=list(STUDY_COLUMNS))
+    img = pd.DataFrame(dict(image_id=[r['image_id'] for r in records], prob=[r['p_abnormal'] for r in records]))
+    st = study_predictions(img, {r['image_id']: (r['dicom'] or {}).get('study_uid') or '' for r in records},
+                           ens.study_how)
+    return pd.DataFrame(dict(study_id=st.study_id, images=st.n_images, image_ids=st.image_ids, p_abnormal=st.prob,
+                             abnormal=st.prob >= ens.study_cut))
+
+# %% ../nbs/40_inference.ipynb #d98d0902
 NO_DICOM_SOURCE = 'no DICOM presentation state or SR: the input is not a DICOM file'
 
 def dicom_source_problem(rec: dict) -> str | None:
@@ -264,79 +307,202 @@ def dicom_source_problem(rec: dict) -> str | None:
                         'reference')
     return None
 
-def _with_dicom_results(rec: dict, out_dir: Path, algo: Algorithm, failures: list) -> dict:
-    "`rec` with the paths of its presentation state and SR, written to `out_dir`/dicom (a failure is reported)."
-    if problem := dicom_source_problem(rec): return {**rec, 'warnings': [*rec['warnings'], problem]}
-    try: paths = write_results(rec, out_dir/'dicom', algo)
-    except Exception as e:     # the prediction stands; the image's DICOM objects are reported as failed
-        failures.append(dict(source=rec['source'], image_id=rec['image_id'],
-                             error=f"DICOM results not written: {e if isinstance(e, InputError) else repr(e)}"))
-        return rec
-    return {**rec, 'dicom_results': {k: str(v.relative_to(out_dir)) for k, v in paths.items()}}
+# %% ../nbs/40_inference.ipynb #93b0f09d
+@dataclass
+class Batch:
+    "A batch as `Predictor.predict` answers it, and its images' JSON objects (which a writer may add to)."
+    images: list                 # the predictor's records, with their pixels ('image')
+    boxes: pd.DataFrame          # their fused boxes, in original pixels
+    failures: list               # failures.csv's rows; a writer may add its own
+    records: list | None = None  # each image's JSON object (`image_record`): made from the above if not given
 
-def predict_files(model_dir, inputs, out_dir, batch: int = 8, min_score: float = 0.25, overlays: bool = True,
-                  predictor: Predictor | None = None, progress: bool = False, dicom: bool = False,
-                  runtime: str = 'auto', saliency: bool = False, max_pixels: int = MAX_PIXELS) -> dict:
-    ("Predict every input with a bundle; write predictions.json/.csv, scores.csv, failures.csv, overlays (with "
-     "`saliency`, saliency/<image_id>.png; and with "
-     "`dicom`, each DICOM input's presentation state and SR under dicom/) to `out_dir`.")
-    t_start = time.perf_counter()
-    out_dir = Path(out_dir)
+    def __post_init__(self):
+        if self.records is None: self.records = [image_record(r, self.boxes) for r in self.images]
+
+# %% ../nbs/40_inference.ipynb #838d9635
+@dataclass
+class Run:
+    "A run as its writers see it: the predictor, where it writes, its inputs, and what it has predicted so far."
+    pred: Predictor
+    out: Path
+    model_dir: Path | str = ''                             # as given (predictions.json names it)
+    paths: list = field(default_factory=list)              # the inputs
+    started: float = field(default_factory=time.perf_counter)
+    loaded: float = field(default_factory=time.perf_counter)   # when the models were loaded
+    records: list = field(default_factory=list)            # each image's JSON object, in the inputs' order
+    boxes: list = field(default_factory=list)              # each batch's fused boxes
+    failures: list = field(default_factory=list)           # failures.csv's rows
+
+    def add(self, batch: Batch):
+        "A written batch's JSON objects, boxes and failures, added to the run's."
+        self.records += batch.records; self.boxes.append(batch.boxes); self.failures += batch.failures
+
+    def all_boxes(self) -> pd.DataFrame: return pd.concat(self.boxes, ignore_index=True) if self.boxes else _no_boxes()
+    def studies(self) -> pd.DataFrame: return study_scores(self.records, self.pred.ensemble)
+
+# %% ../nbs/40_inference.ipynb #414a4cb0
+class Writer:
+    "One output of a run: `start(run)` before the first batch, `write(batch)` after each, `finish()` its files."
+    def start(self, run: Run): self.run, self.files = run, []
+    def write(self, batch: Batch): pass
+    def finish(self) -> list: return self.files
+
+    def save(self, path, data: bytes) -> Path:
+        "Write `data` to `path` atomically (a reader never sees half a file), and count it among the files written."
+        with atomic_path(path) as tmp: tmp.write_bytes(data)
+        self.files.append(Path(path))
+        return Path(path)
+
+# %% ../nbs/40_inference.ipynb #14e7757d
+class OverlayWriter(Writer):
+    "overlays/<image_id>.png: each image with its boxes from `min_score` and its score drawn on it (`overlay_png`)."
+    folder = 'overlays'
+    def __init__(self, min_score: float = 0.25): self.min_score = min_score
+    def maps(self, batch: Batch) -> list: return [None] * len(batch.images)
+
+    def write(self, batch: Batch):
+        threshold, b = self.run.pred.ensemble.threshold, batch.boxes
+        for rec, cam in zip(batch.images, self.maps(batch)):
+            png = overlay_png(rec, b[b.image_id == rec['image_id']], threshold, self.min_score, cam)
+            self.save(self.run.out/self.folder/f"{rec['image_id']}.png", png)
+
+# %% ../nbs/40_inference.ipynb #c522baee
+class SaliencyWriter(OverlayWriter):
+    "saliency/<image_id>.png: the overlay over the ensemble's Grad-CAM map (`15_saliency`), in the saliency stage."
+    folder = 'saliency'
+    def maps(self, batch: Batch) -> list:
+        return self.run.pred.saliency([r['image'] for r in batch.images]) if batch.images else []
+
+# %% ../nbs/40_inference.ipynb #99c9635b
+class DicomWriter(Writer):
+    "dicom/<image_id>.gsps.dcm and .sr.dcm: each DICOM input's presentation state and SR, named in its JSON object."
+    def __init__(self, min_score: float = 0.25): self.min_score = min_score
+    def start(self, run: Run): super().start(run); self.algo = run.pred.algorithm(self.min_score)
+    def write(self, batch: Batch): batch.records = [self.results(r, batch.failures) for r in batch.records]
+
+    def results(self, rec: dict, failures: list) -> dict:
+        "`rec` with the paths of its presentation state and SR, written (a failure is reported; no source, warned)."
+        if problem := dicom_source_problem(rec): return {**rec, 'warnings': [*rec['warnings'], problem]}
+        try: paths = write_results(rec, self.run.out/'dicom', self.algo)
+        except Exception as e:     # the prediction stands; the image's DICOM objects are reported as failed
+            failures.append(dict(source=rec['source'], image_id=rec['image_id'],
+                                 error=f"DICOM results not written: {e if isinstance(e, InputError) else repr(e)}"))
+            return rec
+        self.files += paths.values()
+        return {**rec, 'dicom_results': {k: str(v.relative_to(self.run.out)) for k, v in paths.items()}}
+
+# %% ../nbs/40_inference.ipynb #2ecacc02
+class JsonWriter(Writer):
+    "predictions.json: the bundle, its caveats and threshold, each image's JSON object and the failures."
+    def finish(self) -> list:
+        r, p = self.run, self.run.pred
+        e = p.ensemble
+        self.files.append(save_json(dict(model_dir=str(Path(r.model_dir).absolute()), trained_on=p.record['trained_on'],
+                                         runtime=p.runtime, warnings=p.warnings,
+                                         threshold=e.threshold, keep_score=p.keep_score,
+                                         ensemble=dict(names=e.names, weights=e.weights, how=e.how),
+                                         images=r.records, failures=r.failures), r.out/'predictions.json'))
+        return self.files
+
+# %% ../nbs/40_inference.ipynb #25589215
+SCORE_COLUMNS = ('image_id', 'source', 'p_abnormal', 'abnormal', 'warnings')
+
+def score_table(records: list) -> pd.DataFrame:
+    "scores.csv: a row per image's JSON object, its warnings joined by ' | '."
+    return pd.DataFrame([dict(image_id=r['image_id'], source=r['source'], p_abnormal=r['p_abnormal'],
+                              abnormal=r['abnormal'], warnings=' | '.join(r['warnings'])) for r in records],
+                        columns=list(SCORE_COLUMNS))
+
+# %% ../nbs/40_inference.ipynb #1b7b88ef
+class CsvWriter(Writer):
+    "predictions.csv (the boxes, as spinexr_eval_det reads them), scores.csv, studies.csv and failures.csv."
+    def finish(self) -> list:
+        r = self.run
+        tables = {'predictions.csv': r.all_boxes()[['image_id', 'lesion_type', 'score', *BOX_COLUMNS]],
+                  'scores.csv': score_table(r.records), 'studies.csv': r.studies(),
+                  'failures.csv': pd.DataFrame(r.failures, columns=['source', 'image_id', 'error'])}
+        self.files += [write_csv(t, r.out/name) for name, t in tables.items()]
+        return self.files
+
+# %% ../nbs/40_inference.ipynb #5302fd1d
+def output_writers(overlays: bool = True, saliency: bool = False, dicom: bool = False,
+                   min_score: float = 0.25) -> list:
+    "The writers of a run, in the order they run: saliency maps, overlays, DICOM objects, then the JSON and tables."
+    return [*([SaliencyWriter(min_score)] if saliency else []), *([OverlayWriter(min_score)] if overlays else []),
+            *([DicomWriter(min_score)] if dicom else []), JsonWriter(), CsvWriter()]
+
+# %% ../nbs/40_inference.ipynb #b108045f
+def outside(paths, folder, named=()) -> list:
+    "The `paths` that are `named` or not inside `folder` (symbolic links resolved), in their order."
+    folder, named = Path(folder).resolve(), {Path(p) for p in named}
+    return [p for p in paths if Path(p) in named or not Path(p).resolve().is_relative_to(folder)]
+
+# %% ../nbs/40_inference.ipynb #1965c55b
+def input_paths(inputs, out_dir: Path) -> list:
+    "The files to predict (`find_inputs`) but those in `out_dir`; an `InputError` if none, or if `out_dir` is a file."
     paths = outside(find_inputs(inputs), out_dir, [i for i in inputs if Path(i).is_file()])   # not its own outputs
     if not paths: raise InputError('no input files (DICOM, PNG or JPEG) found', ', '.join(map(str, inputs)))
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError('is a file, not a folder for the predictions', out_dir)
-    pred = predictor or Predictor(model_dir, runtime, max_pixels)   # inputs found and checked first: loading takes time
-    algo = pred.algorithm(min_score) if dicom else None
-    t_loaded = time.perf_counter()
-    ids = image_ids(paths)
-    records, all_boxes, failures = [], [], []
-    steps = range(0, len(paths), batch)
+    return paths
+
+# %% ../nbs/40_inference.ipynb #4b375553
+def write_batch(run: Run, writers, predicted: tuple) -> Batch:
+    "A `Predictor.predict` answer as a `Batch` through each writer in turn, then added to `run`."
+    pred = run.pred
+    t, cams = time.perf_counter(), pred.timing['saliency']
+    batch = Batch(*predicted)
+    for w in writers: w.write(batch)
+    pred.timing['write'] += time.perf_counter() - t - (pred.timing['saliency'] - cams)
+    run.add(batch)
+    return batch
+
+# %% ../nbs/40_inference.ipynb #66f59ddd
+def predict_batches(run: Run, writers, batch: int = 8, progress: bool = False):
+    "Predict the run's inputs `batch` at a time, each batch written by `writers` as it comes."
+    ids, steps = image_ids(run.paths), range(0, len(run.paths), batch)
     if progress:
         from fastprogress.fastprogress import progress_bar
         steps = progress_bar(steps, comment='batches')
-    for k in steps:
-        recs, boxes, fails = pred.predict(paths[k:k + batch], ids[k:k + batch])
-        maps = pred.saliency([r['image'] for r in recs]) if saliency and recs else [None] * len(recs)
-        t = time.perf_counter()
-        for r, cam in zip(recs, maps):
-            if cam is not None:
-                png = overlay_png(r, boxes[boxes.image_id == r['image_id']], pred.ensemble.threshold, min_score, cam)
-                with atomic_path(out_dir/'saliency'/f"{r['image_id']}.png") as tmp: tmp.write_bytes(png)
-            if overlays:
-                png = overlay_png(r, boxes[boxes.image_id == r['image_id']], pred.ensemble.threshold, min_score)
-                with atomic_path(out_dir/'overlays'/f"{r['image_id']}.png") as tmp: tmp.write_bytes(png)
-            rec = image_record(r, boxes)
-            records.append(_with_dicom_results(rec, out_dir, algo, fails) if dicom else rec)
-        pred._tick('write', t)
-        all_boxes.append(boxes); failures += fails
-    boxes = pd.concat(all_boxes, ignore_index=True) if all_boxes else _no_boxes()
+    for k in steps: write_batch(run, writers, run.pred.predict(run.paths[k:k + batch], ids[k:k + batch]))
+
+# %% ../nbs/40_inference.ipynb #f9130914
+def finish_writers(run: Run, writers) -> list:
+    "Each writer's last files (predictions.json, the tables) after the last batch; every file the writers wrote."
     t = time.perf_counter()
-    ens = pred.ensemble
-    save_json(dict(model_dir=str(Path(model_dir).absolute()), trained_on=pred.record['trained_on'],
-                   runtime=pred.runtime, warnings=pred.warnings,
-                   threshold=ens.threshold, keep_score=pred.keep_score,
-                   ensemble=dict(names=ens.names, weights=ens.weights, how=ens.how),
-                   images=records, failures=failures), out_dir/'predictions.json')
-    write_csv(boxes[['image_id', 'lesion_type', 'score', *BOX_COLUMNS]], out_dir/'predictions.csv')
-    write_csv(pd.DataFrame([dict(image_id=r['image_id'], source=r['source'], p_abnormal=r['p_abnormal'],
-                                 abnormal=r['abnormal'],
-                                 warnings=' | '.join(r['warnings'])) for r in records],
-                           columns=['image_id', 'source', 'p_abnormal', 'abnormal', 'warnings']), out_dir/'scores.csv')
-    studies = study_scores(records, ens)
-    write_csv(studies, out_dir/'studies.csv')
-    write_csv(pd.DataFrame(failures, columns=['source', 'image_id', 'error']), out_dir/'failures.csv')
-    pred._tick('write', t)
-    total = time.perf_counter() - t_start
-    n = max(len(records), 1)
-    return dict(runtime=pred.runtime, n_inputs=len(paths), n_predicted=len(records), n_failed=len(failures),
-                n_boxes=len(boxes), n_studies=len(studies),
-                n_abnormal=sum(r['abnormal'] for r in records), load_seconds=round(t_loaded - t_start, 2),
-                seconds=round(total, 2), seconds_per_image=round((total - (t_loaded - t_start)) / n, 4),
-                stage_seconds={k: round(v, 2) for k, v in pred.timing.items()}, failures=failures,
+    files = [f for w in writers for f in w.finish()]
+    run.pred._tick('write', t)
+    return files
+
+# %% ../nbs/40_inference.ipynb #d847eaf9
+def run_summary(run: Run) -> dict:
+    "What `predict_files` returns: counts, seconds (loading, per image, per stage), the failures and the caveats."
+    pred, recs, total, load = run.pred, run.records, time.perf_counter() - run.started, run.loaded - run.started
+    return dict(runtime=pred.runtime, n_inputs=len(run.paths), n_predicted=len(recs), n_failed=len(run.failures),
+                n_boxes=len(run.all_boxes()), n_studies=len(run.studies()),
+                n_abnormal=sum(r['abnormal'] for r in recs), load_seconds=round(load, 2),
+                seconds=round(total, 2), seconds_per_image=round((total - load) / max(len(recs), 1), 4),
+                stage_seconds={k: round(v, 2) for k, v in pred.timing.items()}, failures=run.failures,
                 warnings=pred.warnings,
-                image_warnings=[(r['source'], w) for r in records for w in r['warnings'] if w not in pred.warnings],
-                n_dicom_results=sum('dicom_results' in r for r in records))
+                image_warnings=[(r['source'], w) for r in recs for w in r['warnings'] if w not in pred.warnings],
+                n_dicom_results=sum('dicom_results' in r for r in recs))
+
+# %% ../nbs/40_inference.ipynb #4e4e91cb
+def predict_files(model_dir, inputs, out_dir, batch: int = 8, min_score: float = 0.25, overlays: bool = True,
+                  predictor: Predictor | None = None, progress: bool = False, dicom: bool = False,
+                  runtime: str = 'auto', saliency: bool = False, max_pixels: int = MAX_PIXELS, writers=None) -> dict:
+    ("Predict every input with a bundle; write predictions.json/.csv, scores.csv, failures.csv, overlays (with "
+     "`saliency`, saliency/<image_id>.png; and with `dicom`, each DICOM input's presentation state and SR under "
+     "dicom/) to `out_dir`: the writers `output_writers` chooses, or `writers`. A summary of the run.")
+    t_start, out_dir = time.perf_counter(), Path(out_dir)
+    paths = input_paths(inputs, out_dir)
+    pred = predictor or Predictor(model_dir, runtime, max_pixels)   # inputs found and checked first: loading takes time
+    run = Run(pred, out_dir, model_dir, paths, started=t_start)
+    writers = output_writers(overlays, saliency, dicom, min_score) if writers is None else writers
+    for w in writers: w.start(run)
+    predict_batches(run, writers, batch, progress)
+    finish_writers(run, writers)
+    return run_summary(run)
 
 # %% ../nbs/40_inference.ipynb #1342b235
 DICOMWEB_COLUMNS = ('study', 'series', 'instance', 'status', 'reason')
@@ -350,6 +516,7 @@ def _row(where, status: str, reason: str = '') -> dict:
     study, series, sop = (where, '', '') if isinstance(where, str) else (where.study, where.series, where.sop)
     return dict(study=_shown(study), series=_shown(series), instance=_shown(sop), status=status, reason=reason)
 
+# %% ../nbs/40_inference.ipynb #fdb9fe68
 def _study_list(client, studies) -> list:
     try: return study_uids(client, studies)
     except Exception as e: raise InputError(f'cannot list the studies on the server: {http_reason(e)}') from None
@@ -367,6 +534,7 @@ def _plans(client, studies, algo, rows: list) -> list:
         plans.append(plan)
     return plans
 
+# %% ../nbs/40_inference.ipynb #9fc69da0
 def _fetch_all(client, plans, folder: Path, rows: list) -> dict:
     "{fetched file: (its instance, the objects it lacks)} of every planned image; a failed fetch is a failed row."
     fetched = {}
@@ -376,6 +544,7 @@ def _fetch_all(client, plans, folder: Path, rows: list) -> dict:
             except Exception as e: rows.append(_row(inst, 'failed', f'cannot fetch it: {http_reason(e)}'))
     return fetched
 
+# %% ../nbs/40_inference.ipynb #94382417
 def _store_all(client, fetched: dict, summary, out_dir: Path, rows: list):
     "Store each predicted image's missing objects back into its study; a row per image."
     failed = {f['image_id']: f['error'] for f in (summary or {}).get('failures', [])}
@@ -387,6 +556,22 @@ def _store_all(client, fetched: dict, summary, out_dir: Path, rows: list):
             rows.append(_row(inst, 'stored', ' and '.join(missing)))
         except Exception as e: rows.append(_row(inst, 'failed', f'cannot store its results: {http_reason(e)}'))
 
+# %% ../nbs/40_inference.ipynb #ae4c3a63
+def predict_studies(client, pred: Predictor, model_dir, out_dir: Path, studies=None, batch: int = 8,
+                    min_score: float = 0.25, overlays: bool = True, progress: bool = False,
+                    keep_fetched: bool = False) -> tuple:
+    "(rows of dicomweb.csv, `predict_files`' summary or None) of the studies' images: predicted, results stored."
+    rows, summary = [], None
+    try:
+        fetched = _fetch_all(client, _plans(client, studies, pred.algorithm(min_score), rows), out_dir/'fetched', rows)
+        if fetched: summary = predict_files(model_dir, list(fetched), out_dir, batch, min_score, overlays, pred,
+                                            progress, dicom=True)
+        _store_all(client, fetched, summary, out_dir, rows)
+    finally:
+        if not keep_fetched: shutil.rmtree(out_dir/'fetched', ignore_errors=True)    # patient data: not left behind
+    return rows, summary
+
+# %% ../nbs/40_inference.ipynb #d4ebd901
 def predict_dicomweb(model_dir, url: str, out_dir, studies=None, batch: int = 8, min_score: float = 0.25,
                      overlays: bool = True, predictor: Predictor | None = None, progress: bool = False,
                      timeout: float = 20, runtime: str = 'auto', deadline: float = 300,
@@ -398,14 +583,8 @@ def predict_dicomweb(model_dir, url: str, out_dir, studies=None, batch: int = 8,
                                                                    out_dir)
     client = connect(url, timeout, deadline=deadline)       # the server answers before the models load
     pred = predictor or Predictor(model_dir, runtime, max_pixels)
-    rows, summary = [], None
-    try:
-        fetched = _fetch_all(client, _plans(client, studies, pred.algorithm(min_score), rows), out_dir/'fetched', rows)
-        if fetched: summary = predict_files(model_dir, list(fetched), out_dir, batch, min_score, overlays, pred,
-                                            progress, dicom=True)
-        _store_all(client, fetched, summary, out_dir, rows)
-    finally:
-        if not keep_fetched: shutil.rmtree(out_dir/'fetched', ignore_errors=True)    # patient data: not left behind
+    rows, summary = predict_studies(client, pred, model_dir, out_dir, studies, batch, min_score, overlays, progress,
+                                    keep_fetched)
     write_csv(pd.DataFrame(rows, columns=list(DICOMWEB_COLUMNS)), out_dir/'dicomweb.csv')
     count = lambda s: sum(r['status'] == s for r in rows)
     return dict(n_studies=len({r['study'] for r in rows}), n_stored=count('stored'),
@@ -419,6 +598,41 @@ def timing_table(summary: dict) -> pd.DataFrame:
     n = max(summary['n_predicted'], 1)
     return pd.DataFrame(dict(seconds=st.round(2), share=(st / st.sum()).round(3),
                              per_image=(st / n).round(4))).rename_axis('stage')
+
+# %% ../nbs/40_inference.ipynb #2ff050e3
+def _check_flags(inputs, dicomweb, study, keep_fetched, saliency):
+    "An `InputError` if the command's flags do not go together."
+    if bool(inputs) == bool(dicomweb):
+        raise InputError('give input files or folders, or --dicomweb URL (one of them)')
+    if study and not dicomweb: raise InputError('--study needs --dicomweb')
+    if keep_fetched and not dicomweb: raise InputError('--keep_fetched needs --dicomweb')
+    if saliency and dicomweb: raise InputError('--saliency writes files for input files; not with --dicomweb')
+
+# %% ../nbs/40_inference.ipynb #17036ed7
+def _report_dicomweb(w: dict, url: str, out) -> int:
+    "Print a --dicomweb run's failed and skipped instances (stderr) and its counts (stdout); its exit status."
+    for r in w['rows']:
+        if r['status'] in ('failed', 'skipped'):
+            where = ' '.join(f'{k} {r[k]}' for k in ('study', 'series', 'instance') if r[k])
+            print(f"spinexr_predict: {r['status']}: {where}: {r['reason']}", file=sys.stderr)
+    print(f"spinexr_predict: {url}: {w['n_studies']} studies; results stored for {w['n_stored']} images, "
+          f"{w['n_already']} already had them, {w['n_skipped']} instances skipped, {w['n_failed']} failed; "
+          f"see {Path(out)/'dicomweb.csv'}")
+    return 1 if w['n_failed'] else 0
+
+# %% ../nbs/40_inference.ipynb #b1ea16d4
+def _report_files(s: dict, out) -> int:
+    "Print a run's failures and caveats (stderr) and its counts and times (stdout); its exit status."
+    for f in s['failures']: print(f"spinexr_predict: skipped {f['source']}: {f['error']}", file=sys.stderr)
+    for w in s['warnings']: print(f'spinexr_predict: warning: {w}', file=sys.stderr)
+    for src, w in s['image_warnings']: print(f'spinexr_predict: warning: {src}: {w}', file=sys.stderr)
+    st = s['stage_seconds']; tot = sum(st.values()) or 1
+    shares = ', '.join(f'{k} {100 * v / tot:.0f}%' for k, v in st.items())
+    print(f"spinexr_predict: {s['n_predicted']} of {s['n_inputs']} images predicted into {out} "
+          f"({s['n_abnormal']} abnormal, {s['n_boxes']} boxes), {s['n_failed']} failed; "
+          f"{s['seconds_per_image']:.3f} s per image ({shares}), "
+          f"models loaded in {s['load_seconds']:.1f} s ({s['runtime']})")
+    return 1 if s['n_failed'] else 0
 
 # %% ../nbs/40_inference.ipynb #1025ae0d
 @call_parse
@@ -440,36 +654,13 @@ def spinexr_predict(
     max_pixels: int = MAX_PIXELS):           # an input declaring more pixels is refused before it is decoded
     "Predict radiographs with a bundle: abnormality score, fused lesion boxes in original pixels; exit 1 if any fail."
     with cli_errors('spinexr_predict'):
-        if bool(inputs) == bool(dicomweb):
-            raise InputError('give input files or folders, or --dicomweb URL (one of them)')
-        if study and not dicomweb: raise InputError('--study needs --dicomweb')
-        if keep_fetched and not dicomweb: raise InputError('--keep_fetched needs --dicomweb')
-        if saliency and dicomweb: raise InputError('--saliency writes files for input files; not with --dicomweb')
+        _check_flags(inputs, dicomweb, study, keep_fetched, saliency)
         if dicomweb:
             w = predict_dicomweb(model_dir, dicomweb, out, study, batch=batch, min_score=min_score,
                                  overlays=not no_overlays, progress=live_progress(), timeout=timeout,
                                  runtime=runtime, deadline=deadline, keep_fetched=keep_fetched, max_pixels=max_pixels)
-            s = w['predict']
         else:
-            s = predict_files(model_dir, inputs, out, batch=batch, min_score=min_score, overlays=not no_overlays,
-                              progress=live_progress(), dicom=dicom, runtime=runtime, saliency=saliency,
-                              max_pixels=max_pixels)
-    if dicomweb:
-        for r in w['rows']:
-            if r['status'] in ('failed', 'skipped'):
-                where = ' '.join(f'{k} {r[k]}' for k in ('study', 'series', 'instance') if r[k])
-                print(f"spinexr_predict: {r['status']}: {where}: {r['reason']}", file=sys.stderr)
-        print(f"spinexr_predict: {dicomweb}: {w['n_studies']} studies; results stored for {w['n_stored']} images, "
-              f"{w['n_already']} already had them, {w['n_skipped']} instances skipped, {w['n_failed']} failed; "
-              f"see {Path(out)/'dicomweb.csv'}")
-        sys.exit(1 if w['n_failed'] else 0)
-    for f in s['failures']: print(f"spinexr_predict: skipped {f['source']}: {f['error']}", file=sys.stderr)
-    for w in s['warnings']: print(f'spinexr_predict: warning: {w}', file=sys.stderr)
-    for src, w in s['image_warnings']: print(f'spinexr_predict: warning: {src}: {w}', file=sys.stderr)
-    st = s['stage_seconds']; tot = sum(st.values()) or 1
-    shares = ', '.join(f'{k} {100 * v / tot:.0f}%' for k, v in st.items())
-    print(f"spinexr_predict: {s['n_predicted']} of {s['n_inputs']} images predicted into {out} "
-          f"({s['n_abnormal']} abnormal, {s['n_boxes']} boxes), {s['n_failed']} failed; "
-          f"{s['seconds_per_image']:.3f} s per image ({shares}), "
-          f"models loaded in {s['load_seconds']:.1f} s ({s['runtime']})")
-    sys.exit(1 if s['n_failed'] else 0)
+            writers = output_writers(not no_overlays, saliency, dicom, min_score)   # what --flags ask for
+            s = predict_files(model_dir, inputs, out, batch=batch, progress=live_progress(), runtime=runtime,
+                              max_pixels=max_pixels, writers=writers)
+    sys.exit(_report_dicomweb(w, dicomweb, out) if dicomweb else _report_files(s, out))

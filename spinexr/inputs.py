@@ -31,6 +31,7 @@ def input_kind(head: bytes) -> str | None:
     if head[:3] == b'\xff\xd8\xff': return 'jpeg'                 # SOI, then the first marker
     return None
 
+# %% ../nbs/08_inputs.ipynb #84e2d5fd
 def _head(path: Path, n: int = 132) -> bytes:
     "The first `n` bytes of a file; an `InputError` naming the file when it cannot be read."
     try:
@@ -64,6 +65,7 @@ def _jpeg_size(f) -> tuple:
         if n < 2: raise ValueError(f'a marker segment of length {n}')
         f.seek(n - 2, 1)
 
+# %% ../nbs/08_inputs.ipynb #94d0df5e
 def image_pixels(path) -> tuple:
     "(height, width) that a PNG or JPEG declares in its header, read without decoding; an `InputError` if none."
     path = Path(path)
@@ -104,6 +106,7 @@ COLOUR_SHARE, MARK_SHARE = 5e-4, 1e-4  # at most 0.05% of an image coloured: not
 MARK_WIDTH, LONG_SPAN = 0.016, 0.015   # of the short side: marks are narrower than the first, strokes span the second
 BROAD_SHARE, STRAY_SHARE, LONG_SHARE = 0.08, 0.05, 0.5
 
+# %% ../nbs/08_inputs.ipynb #7bbc0f83
 def colour_measures(img: np.ndarray) -> dict:
     "The colour screen's measures of a 3- or 4-channel 8-bit image: shares of its pixels, `long` of its coloured ones."
     import cv2
@@ -132,6 +135,7 @@ def colour_screen(img: np.ndarray) -> tuple:
     if f['coloured'] <= MARK_SHARE: return None, None
     return None, f"coloured marks ({f['coloured']:.2%} of pixels) were drawn on the image: they were read as grey"
 
+# %% ../nbs/08_inputs.ipynb #21cb3185
 def colour_problem(img: np.ndarray) -> str | None:
     "Why a 3- or 4-channel 8-bit image is a colour picture rather than a grey one (marks or not); None if grey."
     return colour_screen(img)[0]
@@ -169,6 +173,7 @@ def find_inputs(inputs) -> list:
         else: out.append(p)
     return list(dict.fromkeys(out))
 
+# %% ../nbs/08_inputs.ipynb #d0dd0ac8
 def image_ids(paths) -> list:
     "A safe, unique id per input: its file stem (unsafe characters replaced), with -2, -3... for repeats."
     seen, ids = {}, []
@@ -187,6 +192,7 @@ def _finite_json(v):
     if isinstance(v, (list, tuple)): return [_finite_json(x) for x in v]
     return v
 
+# %% ../nbs/08_inputs.ipynb #49cb19cf
 def dicom_facts(info: dict) -> dict:
     "What a DICOM's header said, from `read_dicom`'s info: ids, Modality, body part, size, spacing, window used."
     sp = [_finite_json(float(v)) for v in (info['spacing_row_mm'], info['spacing_col_mm'])]
@@ -203,6 +209,7 @@ def _plausible(img: np.ndarray, path) -> np.ndarray:
     if problem: raise InputError(problem, path)
     return img
 
+# %% ../nbs/08_inputs.ipynb #f99191cc
 def _decode(path: Path) -> tuple:
     "A PNG or JPEG decoded by OpenCV as 8-bit grey, and warnings (coloured marks read as grey)."
     import cv2
@@ -217,6 +224,7 @@ def _decode(path: Path) -> tuple:
     grey = cv2.cvtColor(img, cv2.COLOR_BGRA2GRAY if img.shape[2] == 4 else cv2.COLOR_BGR2GRAY)
     return grey, [warning] if warning else []
 
+# %% ../nbs/08_inputs.ipynb #5dcbaccd
 def read_input(path, size: int, max_pixels=MAX_PIXELS) -> tuple:
     "An input as an 8-bit image of long side `size`, and its info (original and stored size, kind, header, warnings)."
     path = Path(path)

@@ -37,6 +37,7 @@ def _check_scores(y, p) -> tuple[np.ndarray, np.ndarray]:
     if len(np.unique(y)) < 2: raise ValueError('both normal (0) and abnormal (1) images are needed')
     return y.astype(np.int64), p
 
+# %% ../nbs/05_metrics.ipynb #acb88648
 def _rates(tp, fp, tn, fn) -> dict:
     "Threshold metrics from confusion counts (scalars or arrays); 0/0 gives NaN."
     tp, fp, tn, fn = (np.asarray(o, dtype=float) for o in (tp, fp, tn, fn))
@@ -44,6 +45,7 @@ def _rates(tp, fp, tn, fn) -> dict:
         return dict(sensitivity=tp / (tp + fn), specificity=tn / (tn + fp), f1=2 * tp / (2 * tp + fp + fn),
                     precision=tp / (tp + fp), accuracy=(tp + tn) / (tp + fp + tn + fn))
 
+# %% ../nbs/05_metrics.ipynb #d7429be8
 def cls_metrics(y, p, threshold: float) -> dict:
     "AUROC; sensitivity, specificity, F1, precision, accuracy and confusion counts, calling `p >= threshold` abnormal."
     from sklearn.metrics import roc_auc_score
@@ -74,11 +76,13 @@ def youden_threshold(y, p) -> float:
     ops = operating_points(y, p)
     return float(ops.threshold.iloc[int(np.argmax(ops.youden.to_numpy()))])
 
+# %% ../nbs/05_metrics.ipynb #636f43a9
 def f1_threshold(y, p) -> float:
     "The threshold maximising F1; ties go to the highest threshold."
     ops = operating_points(y, p)
     return float(ops.threshold.iloc[int(np.argmax(ops.f1.to_numpy()))])
 
+# %% ../nbs/05_metrics.ipynb #76a6a7cc
 THRESHOLD_RULES = {'youden': youden_threshold, 'f1': f1_threshold}
 
 def pick_threshold(y, p, rule: str = 'youden') -> float:
@@ -99,11 +103,10 @@ def _resample_counts(n_items: int, n: int, seed: int = 0, groups=None, max_elems
         C = np.bincount((np.arange(m)[:, None] * G + idx).ravel(), minlength=m * G).reshape(m, G)
         yield C if codes is None else C[:, codes]
 
-def bootstrap_samples(y, p, threshold: float, n: int = 10_000, seed: int = 0, groups=None) -> pd.DataFrame:
-    "The metrics of `n` bootstrap resamples (a row each), threshold fixed; `groups` resamples clusters (e.g. studies)."
-    y, p = _check_scores(y, p)
-    if groups is not None and len(groups) != len(y): raise ValueError(f'{len(groups)} groups for {len(y)} images')
-    if n < 1: raise ValueError(f'n must be at least 1, got {n}')
+# %% ../nbs/05_metrics.ipynb #91953bf1
+def _score_order(y, p, threshold: float) -> dict:
+    ("What every resample reuses, images in score order: that order, the labels, the abnormal images and their "
+     "blocks of tied scores [lo, hi), and the indicator columns (abnormal, normal, TP, FP) at `threshold`.")
     order = np.argsort(p, kind='stable')
     ys, ps = y[order].astype(float), p[order]
     first = np.r_[True, ps[1:] != ps[:-1]]                      # first item of each block of tied scores
@@ -113,16 +116,28 @@ def bootstrap_samples(y, p, threshold: float, n: int = 10_000, seed: int = 0, gr
     lo, hi = starts[block[pos]], np.r_[starts[1:], len(ps)][block[pos]]  # each abnormal image's block [lo, hi)
     hit = (ps >= threshold).astype(float)
     V = np.stack([ys, 1 - ys, ys * hit, (1 - ys) * hit], axis=1)
-    out = []
-    for C in _resample_counts(len(y), n, seed, groups):
-        C = np.take(C, order, axis=1).astype(float)             # columns in score order
-        n1, n0, tp, fp = (C @ V).T
-        Z = np.zeros((len(C), len(ps) + 1))
-        # Z[:, k]: drawn normal images among the k lowest scores
-        np.cumsum(C * (1 - ys), axis=1, out=Z[:, 1:])
-        with np.errstate(divide='ignore', invalid='ignore'):
-            auroc = 0.5 * (C[:, pos] * (Z[:, lo] + Z[:, hi])).sum(axis=1) / (n1 * n0)
-        out.append(pd.DataFrame(dict(auroc=auroc, **_rates(tp, fp, n0 - fp, n1 - tp))))
+    return dict(order=order, ys=ys, pos=pos, lo=lo, hi=hi, V=V)
+
+# %% ../nbs/05_metrics.ipynb #9a088fb7
+def _resample_metrics(C: np.ndarray, s: dict) -> pd.DataFrame:
+    "The metrics of a block of resamples (`C`: a row of draw counts each, images in input order), `s` `_score_order`'s."
+    C = np.take(C, s['order'], axis=1).astype(float)             # columns in score order
+    n1, n0, tp, fp = (C @ s['V']).T
+    Z = np.zeros((len(C), len(s['ys']) + 1))
+    # Z[:, k]: drawn normal images among the k lowest scores
+    np.cumsum(C * (1 - s['ys']), axis=1, out=Z[:, 1:])
+    with np.errstate(divide='ignore', invalid='ignore'):
+        auroc = 0.5 * (C[:, s['pos']] * (Z[:, s['lo']] + Z[:, s['hi']])).sum(axis=1) / (n1 * n0)
+    return pd.DataFrame(dict(auroc=auroc, **_rates(tp, fp, n0 - fp, n1 - tp)))
+
+# %% ../nbs/05_metrics.ipynb #e509162d
+def bootstrap_samples(y, p, threshold: float, n: int = 10_000, seed: int = 0, groups=None) -> pd.DataFrame:
+    "The metrics of `n` bootstrap resamples (a row each), threshold fixed; `groups` resamples clusters (e.g. studies)."
+    y, p = _check_scores(y, p)
+    if groups is not None and len(groups) != len(y): raise ValueError(f'{len(groups)} groups for {len(y)} images')
+    if n < 1: raise ValueError(f'n must be at least 1, got {n}')
+    s = _score_order(y, p, threshold)
+    out = [_resample_metrics(C, s) for C in _resample_counts(len(y), n, seed, groups)]
     return pd.concat(out, ignore_index=True)[list(CLS_METRICS)]
 
 # %% ../nbs/05_metrics.ipynb #3bdb7c49
@@ -164,6 +179,7 @@ def calibration_bins(p, bins: int = CAL_BINS) -> np.ndarray:
     "The bin of each probability among `bins` equal-width bins of [0, 1], as sklearn's calibration_curve bins."
     return np.searchsorted(np.linspace(0, 1, bins + 1)[1:-1], p)
 
+# %% ../nbs/05_metrics.ipynb #374cf385
 def calibration_errors(y, p, bins: int = CAL_BINS, n_boot: int = 0, seed: int = 0, level: float = 0.95) -> dict:
     "Expected calibration error and Brier score of probabilities `p` for labels `y`; with `n_boot`, bootstrap CIs."
     y, p = _check_scores(y, p)
@@ -213,6 +229,7 @@ def _fail(mask, path, msg, lines: bool):
     more = f' (and {len(bad) - 1} more rows)' if len(bad) > 1 else ''
     raise InputError(msg(i) + more, path, int(i) + 2 if lines else i)
 
+# %% ../nbs/05_metrics.ipynb #90cc05be
 def _numbers(df, cols, path, lines, lo=None, hi=None):
     "Parse `cols` as finite floats (within [lo, hi] if given), naming the first bad row."
     for c in cols:
@@ -224,6 +241,7 @@ def _numbers(df, cols, path, lines, lo=None, hi=None):
             _fail((num < lo) | (num > hi), path, lambda i: f'{c} {num[i]} is outside [{lo}, {hi}]', lines)
         df[c] = num
 
+# %% ../nbs/05_metrics.ipynb #d2e4e8e6
 def check_det_predictions(preds: pd.DataFrame, image_ids=None, path='predictions', lines: bool = False) -> pd.DataFrame:
     "Validated box predictions (columns `DET_COLUMNS`, numbers as floats); `image_ids`: the images they may refer to."
     check_columns(preds, DET_COLUMNS, path)
@@ -254,20 +272,18 @@ def _coco_anns(df, img_id, scores: bool) -> list:
                  **(dict(score=float(s)) if scores else {}))
             for k, (i, c, b, s) in enumerate(zip(imgs, cats, xywh, sc))]
 
-def coco_eval(gt: pd.DataFrame, preds: pd.DataFrame, max_dets: int = 100):
-    "COCOeval run (bbox, IoU 0.5, 101 recall points, area 'all', `max_dets`) over every image in `gt`, accumulated."
+# %% ../nbs/05_metrics.ipynb #fc3a3b55
+def _canonical(preds: pd.DataFrame, img_id: dict) -> pd.DataFrame:
+    "Predictions in a canonical order (image, class, score descending, box), so that ties never hang on row order."
+    return (preds.assign(_img=preds.image_id.map(img_id), _cls=preds.lesion_type.map(CLASS_ID))
+            .sort_values(['_img', '_cls', 'score', *BOX_COLUMNS],
+                         ascending=[True, True, False, True, True, True, True], kind='mergesort'))
+
+# %% ../nbs/05_metrics.ipynb #59554251
+def _cocoeval(img_id: dict, boxes: pd.DataFrame, preds: pd.DataFrame, max_dets: int):
+    "COCOeval (bbox, IoU 0.5, area 'all', `max_dets`) of `preds` against `boxes` over the images of `img_id`, run."
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
-    check_columns(gt, ('image_id', 'lesion_type') + BOX_COLUMNS, 'ground truth')
-    unknown = set(gt.lesion_type) - set(LESION_TYPES)
-    if unknown: raise ValueError(f'unknown lesion types in the ground truth: {sorted(unknown)}')
-    images = sorted(gt.image_id.unique())
-    img_id = {k: i + 1 for i, k in enumerate(images)}
-    preds = check_det_predictions(preds, images)
-    preds = (preds.assign(_img=preds.image_id.map(img_id), _cls=preds.lesion_type.map(CLASS_ID))
-             .sort_values(['_img', '_cls', 'score', *BOX_COLUMNS],
-                          ascending=[True, True, False, True, True, True, True], kind='mergesort'))
-    boxes = gt[gt.lesion_type.ne(NO_FINDING)]
     cats = [dict(id=CLASS_ID[c] + 1, name=c) for c in DET_CLASSES]
     with contextlib.redirect_stdout(io.StringIO()):
         G, D = COCO(), COCO()
@@ -280,6 +296,18 @@ def coco_eval(gt: pd.DataFrame, preds: pd.DataFrame, max_dets: int = 100):
         E.params.maxDets = [max_dets]
         E.params.areaRng, E.params.areaRngLbl = [[0, 1e5 ** 2]], ['all']
         E.evaluate(); E.accumulate()
+    return E
+
+# %% ../nbs/05_metrics.ipynb #15580970
+def coco_eval(gt: pd.DataFrame, preds: pd.DataFrame, max_dets: int = 100):
+    "COCOeval run (bbox, IoU 0.5, 101 recall points, area 'all', `max_dets`) over every image in `gt`, accumulated."
+    check_columns(gt, ('image_id', 'lesion_type') + BOX_COLUMNS, 'ground truth')
+    unknown = set(gt.lesion_type) - set(LESION_TYPES)
+    if unknown: raise ValueError(f'unknown lesion types in the ground truth: {sorted(unknown)}')
+    images = sorted(gt.image_id.unique())
+    img_id = {k: i + 1 for i, k in enumerate(images)}
+    preds = _canonical(check_det_predictions(preds, images), img_id)
+    E = _cocoeval(img_id, gt[gt.lesion_type.ne(NO_FINDING)], preds, max_dets)
     E.n_beyond_max_dets = int((preds.groupby(['_img', '_cls']).size() - max_dets).clip(lower=0).sum())
     return E
 
@@ -306,27 +334,33 @@ def det_ap50(gt: pd.DataFrame, preds: pd.DataFrame, n_boot: int = 0, seed: int =
                 **(dict(ci=det_bootstrap_ci(E, n_boot, seed)) if n_boot else {}))
 
 # %% ../nbs/05_metrics.ipynb #a3316843
+def _class_table(evals: list, n_img: int) -> dict | None:
+    ("One class's table from COCOeval's per-image records [(image, record)]: its detections (image, matched) in "
+     "accumulate's order and each image's ground-truth count; None without ground truth.")
+    n_gt = np.zeros(n_img, int)
+    img, score, tp = [], [], []
+    for i, e in evals:
+        n_gt[i] = int((np.asarray(e['gtIgnore']) == 0).sum())
+        keep = ~np.asarray(e['dtIgnore'][0], bool)            # ignored detections are neither TP nor FP
+        img.append(np.full(keep.sum(), i)); score.append(np.asarray(e['dtScores'])[keep])
+        tp.append(np.asarray(e['dtMatches'][0])[keep] > 0)
+    if not n_gt.any(): return None                             # no ground truth: absent, as in det_ap50
+    img, score, tp = (np.concatenate(a) if a else np.zeros(0) for a in (img, score, tp))
+    order = np.argsort(-score, kind='mergesort')              # accumulate's order: by score, ties by image
+    return dict(img=img[order].astype(int), tp=tp[order].astype(bool), n_gt=n_gt)
+
+# %% ../nbs/05_metrics.ipynb #07e7aa68
 def match_tables(E) -> dict:
     ("Per class with ground truth, what COCOeval's accumulate reads (IoU 0.5, area 'all'): each detection's image, "
      "in its order (image, then score), whether it matched, and each image's ground-truth count.")
-    p = E.params
-    n_img = len(p.imgIds)
+    n_img = len(E.params.imgIds)
     out = {}
     for k, c in enumerate(DET_CLASSES):
         evals = [(i, e) for i, e in enumerate(E.evalImgs[k * n_img:(k + 1) * n_img]) if e is not None]
-        n_gt = np.zeros(n_img, int)
-        img, score, tp = [], [], []
-        for i, e in evals:
-            n_gt[i] = int((np.asarray(e['gtIgnore']) == 0).sum())
-            keep = ~np.asarray(e['dtIgnore'][0], bool)            # ignored detections are neither TP nor FP
-            img.append(np.full(keep.sum(), i)); score.append(np.asarray(e['dtScores'])[keep])
-            tp.append(np.asarray(e['dtMatches'][0])[keep] > 0)
-        if not n_gt.any(): continue                                # no ground truth: absent, as in det_ap50
-        img, score, tp = (np.concatenate(a) if a else np.zeros(0) for a in (img, score, tp))
-        order = np.argsort(-score, kind='mergesort')              # accumulate's order: by score, ties by image
-        out[c] = dict(img=img[order].astype(int), tp=tp[order].astype(bool), n_gt=n_gt)
+        if (table := _class_table(evals, n_img)) is not None: out[c] = table
     return out
 
+# %% ../nbs/05_metrics.ipynb #0556ffd3
 def table_ap(tp: np.ndarray, n_gt: float, rec_thrs=None) -> float:
     ("AP of detections in score order (`tp`: matched or not) against `n_gt` boxes, as pycocotools' accumulate does "
      "(at its 101 recall points unless `rec_thrs` says otherwise).")
@@ -354,6 +388,7 @@ def det_bootstrap_samples(E, n: int = 1000, seed: int = 0, groups=None) -> pd.Da
     s.insert(0, 'map50', s.mean(axis=1, skipna=True))
     return s
 
+# %% ../nbs/05_metrics.ipynb #9b479250
 def det_bootstrap_ci(E, n: int = 1000, seed: int = 0, level: float = 0.95, groups=None) -> dict:
     "Percentile bootstrap intervals of the mAP and each class's AP@0.5 (None for a class without ground truth)."
     s = det_bootstrap_samples(E, n, seed, groups)
@@ -402,12 +437,14 @@ def _prob_series(image_probs) -> pd.Series:
         raise ValueError('image probabilities must be finite numbers in [0, 1]')
     return s
 
+# %% ../nbs/05_metrics.ipynb #6fe200b4
 def _known_images(boxes, probs):
     missing = ~boxes.image_id.isin(probs.index)
     if missing.any():
         raise ValueError(f'{int(missing.sum())} boxes on images without a probability, e.g. '
                          f'{boxes.image_id[missing].iloc[0]}')
 
+# %% ../nbs/05_metrics.ipynb #eac61085
 def fusion_rule(boxes: pd.DataFrame, image_probs, threshold: float, keep_score: float = 0.5) -> pd.DataFrame:
     "The paper's decision rule: all boxes of an image with p >= threshold, else only those scoring >= `keep_score`."
     probs = _prob_series(image_probs)
@@ -455,6 +492,24 @@ def read_det_predictions(path, image_ids=None) -> pd.DataFrame:
     return check_det_predictions(read_csv_checked(path, DET_COLUMNS), image_ids, path=Path(path), lines=True)
 
 # %% ../nbs/05_metrics.ipynb #f3e507d6
+def _eval_threshold(df: pd.DataFrame, threshold, val, rule: str) -> tuple:
+    "The threshold to score `df` at: (threshold, where it came from, whether it is optimistic, {'val': metrics} or {})."
+    if threshold is not None:
+        if not (math.isfinite(threshold) and 0 <= threshold <= 1):
+            raise InputError(f'threshold must be in [0, 1], got {threshold}')
+        return threshold, 'given', False, {}
+    if val is not None:
+        v = read_cls_predictions(val)
+        both = sorted(set(v.image_id) & set(df.image_id))
+        if both:
+            raise InputError(f'{len(both)} images are in both the validation and the scored CSV, e.g. {both[0]}', val)
+        threshold = pick_threshold(v.label.to_numpy(), v.prob.to_numpy(), rule)
+        return (threshold, f'{rule} on {Path(val).name}', False,
+                dict(val=cls_metrics(v.label.to_numpy(), v.prob.to_numpy(), threshold)))
+    threshold = pick_threshold(df.label.to_numpy(), df.prob.to_numpy(), rule)
+    return threshold, f'{rule} on the scored data itself (optimistic)', True, {}
+
+# %% ../nbs/05_metrics.ipynb #d883aa82
 def eval_cls(pred_csv, threshold: float | None = None, val=None, rule: str = 'youden', n_boot: int = 10_000,
              seed: int = 0) -> dict:
     "Score a classification CSV with the published protocol: AUROC and threshold metrics with bootstrap 95% CIs."
@@ -463,22 +518,7 @@ def eval_cls(pred_csv, threshold: float | None = None, val=None, rule: str = 'yo
     if n_boot < 1: raise InputError(f'n_boot must be at least 1, got {n_boot}')
     df = read_cls_predictions(pred_csv)
     y, p = df.label.to_numpy(), df.prob.to_numpy()
-    extra = {}
-    if threshold is not None:
-        if not (math.isfinite(threshold) and 0 <= threshold <= 1):
-            raise InputError(f'threshold must be in [0, 1], got {threshold}')
-        source, optimistic = 'given', False
-    elif val is not None:
-        v = read_cls_predictions(val)
-        both = sorted(set(v.image_id) & set(df.image_id))
-        if both:
-            raise InputError(f'{len(both)} images are in both the validation and the scored CSV, e.g. {both[0]}', val)
-        threshold = pick_threshold(v.label.to_numpy(), v.prob.to_numpy(), rule)
-        source, optimistic = f'{rule} on {Path(val).name}', False
-        extra['val'] = cls_metrics(v.label.to_numpy(), v.prob.to_numpy(), threshold)
-    else:
-        threshold = pick_threshold(y, p, rule)
-        source, optimistic = f'{rule} on the scored data itself (optimistic)', True
+    threshold, source, optimistic, extra = _eval_threshold(df, threshold, val, rule)
     m = cls_metrics(y, p, threshold)
     ci = bootstrap_ci(y, p, threshold, n=n_boot, seed=seed)
     return dict(pred_csv=str(pred_csv), **{k: m[k] for k in CLS_METRICS}, threshold=float(threshold),
@@ -492,6 +532,7 @@ def _header(path) -> set:
     try: return set(pd.read_csv(path, nrows=0).columns.str.strip())
     except Exception: return set()
 
+# %% ../nbs/05_metrics.ipynb #cc32e825
 def eval_det(gt_csv, pred_csv, n_boot: int = 0, seed: int = 0) -> dict:
     ("Score a detection CSV against a release-format annotation CSV: AP@0.5 per class and mAP over all images in "
      "GT_CSV; with `n_boot`, bootstrap 95% CIs.")
@@ -541,6 +582,7 @@ def det_report(r: dict) -> str:
                      f"maxDets)")
     return '\n'.join(lines)
 
+# %% ../nbs/05_metrics.ipynb #681f5cc3
 def _save_figure(draw, path):
     "Draw on a fresh figure and save it atomically to `path`."
     import matplotlib.pyplot as plt
@@ -570,6 +612,7 @@ def spinexr_eval_cls(
             _save_figure(lambda ax: roc_figure(df.label, df.prob, r['threshold'], ax, Path(pred_csv).stem,
                                                r['ci']['auroc']), fig)
 
+# %% ../nbs/05_metrics.ipynb #645685d7
 @call_parse
 def spinexr_eval_det(
     gt_csv: str,      # ground truth in the release's annotation format; every image in it is evaluated

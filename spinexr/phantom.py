@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from fastcore.basics import patch
 from fastcore.script import call_parse
 
 from .core import *
@@ -30,12 +31,14 @@ def _window(img, cx, cy, rx, ry):
     y, x = np.ogrid[y0:y1, x0:x1]
     return (slice(y0, y1), slice(x0, x1)), x.astype(np.float32) + 0.5, y.astype(np.float32) + 0.5
 
+# %% ../nbs/02_phantom.ipynb #4b57104f
 def _rotate(x, y, cx, cy, angle):
     "Coordinates relative to (cx, cy) in a frame rotated by `angle` radians."
     c, s = math.cos(angle), math.sin(angle)
     dx, dy = x - cx, y - cy
     return c * dx + s * dy, -s * dx + c * dy
 
+# %% ../nbs/02_phantom.ipynb #fc27a4b7
 def _box_sdf(u, v, hw, hh, r):
     "Signed distance to a rounded rectangle of half-size (hw, hh) and corner radius r (negative inside)."
     qx, qy = np.abs(u) - hw + r, np.abs(v) - hh + r
@@ -60,6 +63,7 @@ def _ellipse(img, cx, cy, rx, ry, angle, delta, edge=1.5):
     img[sl] += delta * _soft(d, edge)
     return (cx - ex, cy - ey, cx + ex, cy + ey)
 
+# %% ../nbs/02_phantom.ipynb #c798da80
 def _capsule(img, p0, p1, r, value, edge=1.0):
     "Paint a thick segment from p0 to p1 with radius r, blending towards `value`; returns its bounding box."
     (x0, y0), (x1, y1) = p0, p1
@@ -80,19 +84,23 @@ class Vertebra:
     density: float = 0.0        # extra bone density
     sclerosis: float = 0.0      # extra brightness of the endplates (degenerative change)
 
-    def bbox(self, pad=0.0):
-        "Axis-aligned box around the (possibly collapsed) body."
-        hh = self.hh * self.height_scale
-        ex = abs(self.hw * math.cos(self.angle)) + abs(hh * math.sin(self.angle))
-        ey = abs(self.hw * math.sin(self.angle)) + abs(hh * math.cos(self.angle))
-        return (self.cx - ex - pad, self.cy - ey - pad, self.cx + ex + pad, self.cy + ey + pad)
+# %% ../nbs/02_phantom.ipynb #7ad3767f
+@patch
+def bbox(self: Vertebra, pad=0.0):
+    "Axis-aligned box around the (possibly collapsed) body."
+    hh = self.hh * self.height_scale
+    ex = abs(self.hw * math.cos(self.angle)) + abs(hh * math.sin(self.angle))
+    ey = abs(self.hw * math.sin(self.angle)) + abs(hh * math.cos(self.angle))
+    return (self.cx - ex - pad, self.cy - ey - pad, self.cx + ex + pad, self.cy + ey + pad)
 
-    def corner(self, sx, sy):
-        "Image coordinates of the body's corner on side sx (-1 left/anterior, 1 right) and sy (-1 top, 1 bottom)."
-        hh = self.hh * self.height_scale * (1 - self.wedge * (sx < 0))
-        c, s = math.cos(self.angle), math.sin(self.angle)
-        u, v = sx * self.hw, sy * hh
-        return self.cx + c * u - s * v, self.cy + s * u + c * v
+# %% ../nbs/02_phantom.ipynb #53aeb9ae
+@patch
+def corner(self: Vertebra, sx, sy):
+    "Image coordinates of the body's corner on side sx (-1 left/anterior, 1 right) and sy (-1 top, 1 bottom)."
+    hh = self.hh * self.height_scale * (1 - self.wedge * (sx < 0))
+    c, s = math.cos(self.angle), math.sin(self.angle)
+    u, v = sx * self.hw, sy * hh
+    return self.cx + c * u - s * v, self.cy + s * u + c * v
 
 # %% ../nbs/02_phantom.ipynb #cb978d11
 @dataclass
@@ -134,6 +142,7 @@ def _background(rng, sp: Spine) -> np.ndarray:
     mottle = cv2.resize(coarse, (W, H), interpolation=cv2.INTER_CUBIC)
     return (body + grad + mottle).astype(np.float32)
 
+# %% ../nbs/02_phantom.ipynb #d352275f
 def _draw_vertebra(img, v: Vertebra, u: float):
     "A vertebral body: cancellous interior, bright cortical rim, optional collapse and wedge."
     ext = max(v.hw, v.hh) * 1.5
@@ -155,6 +164,7 @@ def _foramen(sp: Spine, i: int):
     cy = (a.cy + b.cy) / 2
     return cx, cy, 0.30 * a.hw, 0.55 * a.hh
 
+# %% ../nbs/02_phantom.ipynb #61c2e06c
 def _draw_posterior(img, sp: Spine, narrowed=()):
     "Foramina and pedicle shadows behind the column (lateral), or pedicle rings inside the bodies (AP)."
     u = sp.unit
@@ -172,6 +182,7 @@ def _draw_posterior(img, sp: Spine, narrowed=()):
         f = 0.35 if i in narrowed else 1.0
         _ellipse(img, cx, cy, rx * f, ry * f, 0.0, -0.16, 2 * u)
 
+# %% ../nbs/02_phantom.ipynb #aa7381de
 def _collimate(rng, img, sp: Spine):
     "Outside the collimated field the detector saw little: a flat bright border with sharp edges."
     x0, y0, x1, y1 = (int(round(o)) for o in sp.field)
@@ -185,6 +196,7 @@ def _pad(box, p):
 def _union(*boxes):
     return (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
 
+# %% ../nbs/02_phantom.ipynb #c85f960b
 def _osteophyte(rng, img, sp, used, c):
     i = int(rng.integers(len(sp.vertebrae)))
     sx, sy = int(rng.choice([-1, 1])), int(rng.choice([-1, 1]))
@@ -199,6 +211,7 @@ def _osteophyte(rng, img, sp, used, c):
     box = _ellipse(img, cx, cy, 0.62 * L, 0.26 * L, ang, 0.42 * c, 1.2 * sp.unit)
     return _pad(_union(box, (px - 2, py - 2, px + 2, py + 2)), 3 * sp.unit)
 
+# %% ../nbs/02_phantom.ipynb #17878458
 def _implant(rng, img, sp, c):
     n = len(sp.vertebrae)
     m = int(rng.integers(2, min(4, n) + 1))
@@ -216,6 +229,7 @@ def _implant(rng, img, sp, c):
             boxes.append(_capsule(img, (x, v.cy), tip if sp.view != 'AP' else (x, v.cy + 1), 7 * u, value))
     return _pad(_union(*boxes), 4 * u)
 
+# %% ../nbs/02_phantom.ipynb #bc185020
 def _other(rng, img, sp, c):
     v = sp.vertebrae[int(rng.integers(len(sp.vertebrae)))]
     r = v.hh * rng.uniform(0.3, 0.45)
@@ -245,6 +259,7 @@ def _disc_box(sp, j):
     return (min(a.cx, b.cx) - 1.05 * w, a.cy + 0.75 * a.hh * a.height_scale,
             max(a.cx, b.cx) + 1.05 * w, b.cy - 0.75 * b.hh * b.height_scale)
 
+# %% ../nbs/02_phantom.ipynb #2a0c20a5
 def _slip(rng, sp, i, c):
     "Vertebra i slips forward or back against vertebra i+1."
     v = sp.vertebrae[i]
@@ -256,6 +271,7 @@ def _slip_box(sp, i):
     a, b = sp.vertebrae[i], sp.vertebrae[i + 1]
     return (min(a.bbox()[0], b.bbox()[0]), a.cy - 0.2 * a.hh, max(a.bbox()[2], b.bbox()[2]), b.cy + 0.2 * b.hh)
 
+# %% ../nbs/02_phantom.ipynb #4fbcb8e1
 def _collapse(rng, sp, i, c):
     v = sp.vertebrae[i]
     v.height_scale = max(0.75 - 0.2 * c, 0.4) * rng.uniform(0.9, 1.05)
@@ -270,31 +286,36 @@ def _degenerate(sp, amount: float):
         v.hh *= 1 + 0.1 * amount
 
 # %% ../nbs/02_phantom.ipynb #5b354534
-def draw_radiograph(rng, H: int, W: int, view: str = 'lateral', lesions=(), conspicuity: float = 1.0):
-    "Draw a spine radiograph (float32 attenuation in [0, 1], bone bright) and return it with its [(class, box)]."
-    sp, c = _layout(rng, H, W, view), conspicuity
-    if len(lesions): _degenerate(sp, c * rng.uniform(0.0, 1.0))
-    n, boxes = len(sp.vertebrae), []
+def _ellipse_box(f):
+    cx, cy, rx, ry = f
+    return (cx - rx, cy - ry, cx + rx, cy + ry)
+
+# %% ../nbs/02_phantom.ipynb #70431bbd
+def _place_geometric(rng, sp: Spine, lesions, c) -> tuple:
+    ("Apply the geometric lesions to the layout, each at a disc level or a vertebra not used yet: "
+     "(the stenotic foramina, [(class, box)] with boxes taken once the layout is final).")
+    n = len(sp.vertebrae)
     free = list(rng.permutation(n - 1))  # disc levels not yet used by a geometric lesion
     intact = list(rng.permutation(n))     # vertebrae not yet collapsed
     narrowed, pending = set(), []         # pending: (class, function giving its box once the layout is final)
-    for name in lesions:                  # geometric lesions first: they change the layout
+    for name in lesions:
         if name == 'Disc space narrowing' and free:
             j = _narrow_disc(sp, int(free.pop()), c)
             pending.append((name, lambda j=j: _disc_box(sp, j)))
         elif name == 'Spondylolysthesis' and free:
             j = _slip(rng, sp, int(free.pop()), c)
             pending.append((name, lambda j=j: _slip_box(sp, j)))
-        elif name == 'Foraminal stenosis' and view != 'AP' and free:
+        elif name == 'Foraminal stenosis' and sp.view != 'AP' and free:
             j = int(free.pop()); narrowed.add(j)
             pending.append((name, lambda j=j: _pad(_ellipse_box(_foramen(sp, j)), 4 * sp.unit)))
         elif name == 'Vertebral collapse' and intact:
             i = _collapse(rng, sp, int(intact.pop()), c)
             pending.append((name, lambda i=i: _pad(sp.vertebrae[i].bbox(), 3 * sp.unit)))
-    boxes = [(name, box()) for name, box in pending]
-    img = _background(rng, sp)
-    _draw_posterior(img, sp, narrowed)
-    for v in sp.vertebrae: _draw_vertebra(img, v, sp.unit)
+    return narrowed, [(name, box()) for name, box in pending]
+
+# %% ../nbs/02_phantom.ipynb #47567475
+def _draw_geometric_signs(img, sp: Spine, boxes, c):
+    "The geometric lesions' signs besides the moved bones: sclerotic endplates, bony overgrowth into a foramen."
     for name, b in boxes:
         if name == 'Disc space narrowing':  # sclerotic endplates beside the narrowed disc
             x0, y0, x1, y1 = b
@@ -303,25 +324,38 @@ def draw_radiograph(rng, H: int, W: int, view: str = 'lateral', lesions=(), cons
             x0, y0, x1, y1 = b
             _ellipse(img, (x0 + x1) / 2, y0 + 0.3 * (y1 - y0), 0.3 * (x1 - x0), 0.22 * (y1 - y0), 0.3, 0.28 * c,
                      2 * sp.unit)
-    used = set()
+
+# %% ../nbs/02_phantom.ipynb #2a148b9e
+def _draw_overlays(rng, img, sp: Spine, lesions, c) -> list:
+    "Draw the lesions that lie over the anatomy (osteophytes, implants, other lesions); their [(class, box)]."
+    used, out = set(), []
     for name in lesions:
         box = None
         if name == 'Osteophytes': box = _osteophyte(rng, img, sp, used, c)
         elif name == 'Surgical implant': box = _implant(rng, img, sp, c)
         elif name == 'Other lesions': box = _other(rng, img, sp, c)
-        if box is not None: boxes.append((name, box))
+        if box is not None: out.append((name, box))
+    return out
+
+# %% ../nbs/02_phantom.ipynb #da6de427
+def _clip_box(b, W, H):
+    return (float(np.clip(b[0], 0, W)), float(np.clip(b[1], 0, H)),
+            float(np.clip(b[2], 0, W)), float(np.clip(b[3], 0, H)))
+
+def draw_radiograph(rng, H: int, W: int, view: str = 'lateral', lesions=(), conspicuity: float = 1.0):
+    "Draw a spine radiograph (float32 attenuation in [0, 1], bone bright) and return it with its [(class, box)]."
+    sp, c = _layout(rng, H, W, view), conspicuity
+    if len(lesions): _degenerate(sp, c * rng.uniform(0.0, 1.0))
+    narrowed, boxes = _place_geometric(rng, sp, lesions, c)
+    img = _background(rng, sp)
+    _draw_posterior(img, sp, narrowed)
+    for v in sp.vertebrae: _draw_vertebra(img, v, sp.unit)
+    _draw_geometric_signs(img, sp, boxes, c)
+    boxes += _draw_overlays(rng, img, sp, lesions, c)
     img += rng.normal(0, 0.012, img.shape).astype(np.float32)
     _collimate(rng, img, sp)
     np.clip(img, 0, 1, out=img)
     return img, [(k, _clip_box(b, W, H)) for k, b in boxes]
-
-def _ellipse_box(f):
-    cx, cy, rx, ry = f
-    return (cx - rx, cy - ry, cx + rx, cy + ry)
-
-def _clip_box(b, W, H):
-    return (float(np.clip(b[0], 0, W)), float(np.clip(b[1], 0, H)),
-            float(np.clip(b[2], 0, W)), float(np.clip(b[3], 0, H)))
 
 # %% ../nbs/02_phantom.ipynb #42ff5ec2
 PREVALENCE = {  # class: (chance an abnormal image has it, most boxes of it in one image)
@@ -334,6 +368,7 @@ SYNTAXES = {'jpeg2000': ('1.2.840.10008.1.2.4.90', 'pylibjpeg'),   # JPEG 2000 L
             'rle': ('1.2.840.10008.1.2.5', 'pylibjpeg'),           # RLE Lossless
             'explicit': ('1.2.840.10008.1.2.1', None)}             # uncompressed
 
+# %% ../nbs/02_phantom.ipynb #3ca0aa61
 @dataclass
 class PhantomConfig:
     "What a phantom release looks like; the same config and seed give the same files."
@@ -354,6 +389,26 @@ class PhantomConfig:
 # %% ../nbs/02_phantom.ipynb #0730b698
 def _hex(rng): return rng.bytes(16).hex()
 
+def _lesions(rng) -> list:
+    "The lesion classes of an abnormal image (repeated for several boxes): each with its `PREVALENCE`."
+    lesions = []
+    for name, (p, most) in PREVALENCE.items():
+        if rng.random() < p: lesions += [name] * int(rng.integers(1, most + 1))
+    return lesions or ['Osteophytes']
+
+# %% ../nbs/02_phantom.ipynb #8a3de767
+def _plan_image(rng, cfg: PhantomConfig, study: str, rad: str, split: str, diseased: bool) -> dict:
+    "One image of a study: ids, size, view, photometric interpretation and lesions, drawn from `rng`."
+    L = cfg.size or int(rng.integers(1500, 3001))
+    abnormal = rng.random() < (0.9 if diseased else 0.08)
+    lesions = _lesions(rng) if abnormal else []
+    return dict(study_id=study, series_id=_hex(rng), image_id=_hex(rng), rad_id=rad, split=split, height=L,
+                width=int(round(L / rng.uniform(1.25, 2.0))),
+                view=str(rng.choice(['lateral', 'AP'], p=[0.6, 0.4])),
+                photometric='MONOCHROME1' if rng.random() < cfg.mono1_frac else 'MONOCHROME2',
+                lesions=tuple(lesions))
+
+# %% ../nbs/02_phantom.ipynb #f5f0879e
 def plan_phantom(cfg: PhantomConfig) -> pd.DataFrame:
     "One row per image of the phantom release: ids, split, size, view, photometric interpretation, lesions."
     rng = np.random.default_rng(cfg.seed)
@@ -362,20 +417,8 @@ def plan_phantom(cfg: PhantomConfig) -> pd.DataFrame:
     rows = []
     for s in range(cfg.n_studies):
         study, diseased, rad = _hex(rng), rng.random() < cfg.diseased_frac, f'rad{rng.integers(1, 4)}'
-        for _ in range(int(rng.integers(1, 4))):
-            L = cfg.size or int(rng.integers(1500, 3001))
-            abnormal = rng.random() < (0.9 if diseased else 0.08)
-            lesions = []
-            if abnormal:
-                for name, (p, most) in PREVALENCE.items():
-                    if rng.random() < p: lesions += [name] * int(rng.integers(1, most + 1))
-                lesions = lesions or ['Osteophytes']
-            rows.append(dict(study_id=study, series_id=_hex(rng), image_id=_hex(rng), rad_id=rad,
-                             split='test' if s in test else 'train', height=L,
-                             width=int(round(L / rng.uniform(1.25, 2.0))),
-                             view=str(rng.choice(['lateral', 'AP'], p=[0.6, 0.4])),
-                             photometric='MONOCHROME1' if rng.random() < cfg.mono1_frac else 'MONOCHROME2',
-                             lesions=tuple(lesions)))
+        split = 'test' if s in test else 'train'
+        rows += [_plan_image(rng, cfg, study, rad, split, diseased) for _ in range(int(rng.integers(1, 4)))]
     return pd.DataFrame(rows)
 
 # %% ../nbs/02_phantom.ipynb #b130f881
@@ -443,6 +486,7 @@ def _draw_and_write(args):
                 (wc, ww), spacing=350 / row['height'], view=row['view'])
     return boxes
 
+# %% ../nbs/02_phantom.ipynb #2d2e1604
 def _annotation_rows(plan, boxes) -> pd.DataFrame:
     rows = []
     for r, bs in zip(plan.itertuples(), boxes):
@@ -461,26 +505,42 @@ def is_phantom(root) -> bool:
     return (Path(root)/PHANTOM_STAMP).is_file()
 
 # %% ../nbs/02_phantom.ipynb #35e16d98
+def _existing_phantom(out: Path, cfg: PhantomConfig) -> dict | None:
+    "The summary of a complete phantom of `cfg` at `out`; None where one is to be drawn; any other folder refused."
+    if not (out.exists() and any(out.iterdir())): return None
+    stamp = out/PHANTOM_STAMP
+    if not stamp.exists(): raise InputError('folder is not empty and is not a phantom; choose an empty folder', out)
+    done = load_json(stamp)
+    if done.get('config') != asdict(cfg):
+        raise InputError(f'holds a phantom with other settings {done.get("config")}; choose another folder', out)
+    return done if done.get('complete') else None
+
+# %% ../nbs/02_phantom.ipynb #b2626ba8
+class _Serial:
+    "A stand-in for a process pool that maps in this process."
+    def __enter__(self): return self
+    def __exit__(self, *a): return False
+    def map(self, f, it, chunksize=1): return map(f, it)
+
+def _draw_all(jobs: list, workers: int, progress: bool) -> list:
+    "The boxes of every planned image, drawn and written in `workers` processes (this one for 1), with a bar."
+    from tqdm import tqdm
+    with ProcessPoolExecutor(workers) if workers > 1 else _Serial() as ex:
+        it = ex.map(_draw_and_write, jobs, chunksize=1)
+        return list(tqdm(it, total=len(jobs), desc='spinexr_phantom', unit='img', leave=False, file=sys.stderr,
+                         disable=None if progress else True))  # None: a bar on a terminal only
+
+# %% ../nbs/02_phantom.ipynb #2b2dfc5b
 def make_phantom(out, cfg: PhantomConfig | None = None, workers: int | None = None, progress=True) -> dict:
     "Write a phantom VinDr-SpineXR release to `out`; returns a summary with the drawing speed."
-    from tqdm import tqdm
     cfg, out = cfg or PhantomConfig(), Path(out)
-    stamp = out/PHANTOM_STAMP
-    if out.exists() and any(out.iterdir()):
-        if not stamp.exists(): raise InputError('folder is not empty and is not a phantom; choose an empty folder', out)
-        done = load_json(stamp)
-        if done.get('config') != asdict(cfg):
-            raise InputError(f'holds a phantom with other settings {done.get("config")}; choose another folder', out)
-        if done.get('complete'): return done
+    if (done := _existing_phantom(out, cfg)) is not None: return done
     out.mkdir(parents=True, exist_ok=True)
-    save_json(dict(config=asdict(cfg), complete=False), stamp)
+    save_json(dict(config=asdict(cfg), complete=False), out/PHANTOM_STAMP)
     plan = plan_phantom(cfg)
     jobs = [(dict(r, index=i), cfg, out) for i, r in enumerate(plan.to_dict('records'))]
     t0, workers = time.perf_counter(), workers or cpu_count()
-    with ProcessPoolExecutor(workers) if workers > 1 else _Serial() as ex:
-        it = ex.map(_draw_and_write, jobs, chunksize=1)
-        boxes = list(tqdm(it, total=len(jobs), desc='spinexr_phantom', unit='img', leave=False, file=sys.stderr,
-                          disable=None if progress else True))  # None: a bar on a terminal only
+    boxes = _draw_all(jobs, workers, progress)
     secs = time.perf_counter() - t0
     ann = _annotation_rows(plan, boxes)
     for split, path in annotation_paths(out).items():
@@ -488,14 +548,8 @@ def make_phantom(out, cfg: PhantomConfig | None = None, workers: int | None = No
     summary = dict(config=asdict(cfg), complete=True, n_images=len(plan), n_studies=cfg.n_studies,
                    n_abnormal=int(sum(bool(b) for b in boxes)), n_boxes=int(sum(len(b) for b in boxes)),
                    seconds=round(secs, 2), images_per_s=round(len(plan) / secs, 2), workers=workers)
-    save_json(summary, stamp)
+    save_json(summary, out/PHANTOM_STAMP)
     return summary
-
-class _Serial:
-    "A stand-in for a process pool that maps in this process."
-    def __enter__(self): return self
-    def __exit__(self, *a): return False
-    def map(self, f, it, chunksize=1): return map(f, it)
 
 # %% ../nbs/02_phantom.ipynb #dfc51aed
 @call_parse

@@ -43,20 +43,30 @@ class PrepTree:
     summary_json = property(lambda self: self.root/'prep.json')
     lock = property(lambda self: self.root/'.prep.lock', doc="held while a run writes; a tree's first entry")
 
-    def png(self, image_id) -> Path: return self.images/f'{image_id}.png'
-    def record(self, image_id) -> Path: return self.records/f'{image_id}.json'
-    def yolo_png(self, image_id, split) -> Path: return self.yolo/'images'/split/f'{image_id}.png'
+# %% ../nbs/07_prep.ipynb #b6162101
+@patch
+def png(self: PrepTree, image_id) -> Path: return self.images/f'{image_id}.png'
+
+# %% ../nbs/07_prep.ipynb #7fa6a4ef
+@patch
+def record(self: PrepTree, image_id) -> Path: return self.records/f'{image_id}.json'
+
+# %% ../nbs/07_prep.ipynb #c33cfa31
+@patch
+def yolo_png(self: PrepTree, image_id, split) -> Path: return self.yolo/'images'/split/f'{image_id}.png'
 
 # %% ../nbs/07_prep.ipynb #0c7c3fad
 def _need(path: Path, what: str) -> Path:
     if not path.is_file(): raise InputError(f'no {path.name}: {what}', path.parent)
     return path
 
+# %% ../nbs/07_prep.ipynb #f943b192
 @patch
 def summary(self: PrepTree) -> dict:
     "prep.json: the settings and counts of the run that wrote the tree."
     return load_json(_need(self.summary_json, 'not a spinexr_prep output'))
 
+# %% ../nbs/07_prep.ipynb #b9b6ab7f
 @patch
 def labels(self: PrepTree) -> pd.DataFrame:
     "labels.csv, checked: one row per image, `split` one of `SPLITS`, `abnormal` 0 or 1."
@@ -73,11 +83,13 @@ def labels(self: PrepTree) -> pd.DataFrame:
     df['abnormal'] = abnormal.astype(int)
     return df
 
+# %% ../nbs/07_prep.ipynb #f282a023
 @patch
 def boxes(self: PrepTree) -> pd.DataFrame:
     "boxes.csv: the lesion boxes in PNG pixels, with split, class id and per-axis scale."
     return pd.read_csv(_need(self.boxes_csv, 'run spinexr_prep on a release with annotations'), dtype={'image_id': str})
 
+# %% ../nbs/07_prep.ipynb #71d1e847
 @patch
 def manifest(self: PrepTree) -> pd.DataFrame:
     "manifest.csv: one row per converted image, with its original and stored size."
@@ -89,11 +101,13 @@ def to_original(self: PrepTree, boxes: pd.DataFrame) -> pd.DataFrame:
     "Boxes in PNG pixels -> original DICOM pixels."
     return to_original_coords(boxes, self.manifest())
 
+# %% ../nbs/07_prep.ipynb #07921444
 @patch
 def to_stored(self: PrepTree, boxes: pd.DataFrame) -> pd.DataFrame:
     "Boxes in original DICOM pixels -> PNG pixels."
     return to_stored_coords(boxes, self.manifest())
 
+# %% ../nbs/07_prep.ipynb #386bf8c7
 @patch
 def ground_truth(self: PrepTree, split: str) -> pd.DataFrame:
     "The annotations of one split, in original DICOM pixels (release format, normal images included)."
@@ -112,6 +126,7 @@ def has_dicm_marker(p: Path) -> bool:
         with open(p, 'rb') as f: return f.read(132)[128:] == b'DICM'
     except OSError: return False
 
+# %% ../nbs/07_prep.ipynb #ac7f2b3a
 def find_dicoms(src, exclude=()) -> tuple:
     "DICOM files under `src`, recursively (by suffix or DICM marker): (sorted paths, number of other files skipped)."
     src, skip = Path(src), {Path(e).resolve() for e in exclude}
@@ -139,10 +154,12 @@ class PrepJob:
     record: str = ''
     max_pixels: int = MAX_PIXELS  # the pixel budget: a source declaring more is refused before decoding
 
-    def into(self, tree: PrepTree, size: int, max_pixels: int = MAX_PIXELS) -> PrepJob:
-        "This job, writing into `tree` at long side `size`, with pixel budget `max_pixels`."
-        return replace(self, size=size, png=str(tree.png(self.image_id)), record=str(tree.record(self.image_id)),
-                       max_pixels=max_pixels)
+# %% ../nbs/07_prep.ipynb #09bcf73a
+@patch
+def into(self: PrepJob, tree: PrepTree, size: int, max_pixels: int = MAX_PIXELS) -> PrepJob:
+    "This job, writing into `tree` at long side `size`, with pixel budget `max_pixels`."
+    return replace(self, size=size, png=str(tree.png(self.image_id)), record=str(tree.record(self.image_id)),
+                   max_pixels=max_pixels)
 
 # %% ../nbs/07_prep.ipynb #7bc700e9
 def _is_release(src: Path) -> bool:
@@ -150,6 +167,7 @@ def _is_release(src: Path) -> bool:
 
 def _abs(p) -> str: return str(Path(p).absolute())
 
+# %% ../nbs/07_prep.ipynb #3497b98a
 def _plan_release(src: Path, val_frac: float, seed: int) -> tuple:
     "Jobs for an annotated release: (jobs, failures, annotations, image table with splits, extra facts)."
     ann = load_release(src)
@@ -165,6 +183,7 @@ def _plan_release(src: Path, val_frac: float, seed: int) -> tuple:
                 for p in images_dir(src, s).iterdir() if p.suffix.lower() in DICOM_SUFFIXES and p.name not in known)
     return jobs, failures, ann, imgs, dict(n_unannotated=extra)
 
+# %% ../nbs/07_prep.ipynb #a18d10fc
 def _plan_folder(src: Path, out: Path) -> tuple:
     "Jobs for a plain folder of DICOMs: image_id is the file stem, which must be safe and unique."
     files, other = find_dicoms(src, exclude=[out])
@@ -192,16 +211,19 @@ def png_params() -> list:
     strategy = dict(default=cv2.IMWRITE_PNG_STRATEGY_DEFAULT, rle=cv2.IMWRITE_PNG_STRATEGY_RLE)[PNG_STRATEGY]
     return [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION, cv2.IMWRITE_PNG_STRATEGY, strategy]
 
+# %% ../nbs/07_prep.ipynb #8ab924a0
 def _source_key(job: PrepJob) -> dict:
     st = os.stat(job.path)
     return dict(version=PREP_VERSION, source=job.path, source_size=st.st_size, source_mtime_ns=st.st_mtime_ns,
                 size=job.size)
 
+# %% ../nbs/07_prep.ipynb #5ab0870a
 def _json_safe(v):
     if isinstance(v, float) and not math.isfinite(v): return None
     if isinstance(v, (np.generic,)): return _json_safe(v.item())
     return v
 
+# %% ../nbs/07_prep.ipynb #70a1f78b
 def convert_one(job: PrepJob) -> dict:
     "Convert one DICOM into its PNG and record (in a worker): {'ok': True, 'record'} or {'ok': False, 'path', 'error'}."
     import cv2
@@ -232,6 +254,7 @@ def _earlier(job: PrepJob):
     except (OSError, ValueError, KeyError, TypeError): pass
     return None
 
+# %% ../nbs/07_prep.ipynb #93b69abb
 def _done_record(job: PrepJob):
     "The record of a job finished by an earlier run, if it still holds (same source, same size, PNG untouched)."
     rec = _earlier(job)
@@ -250,6 +273,7 @@ def _cv2_single_thread():
     try: yield
     finally: cv2.setNumThreads(n)
 
+# %% ../nbs/07_prep.ipynb #88bfe5f3
 def _close_quietly(fd: int):
     with contextlib.suppress(OSError): os.close(fd)
 
@@ -277,9 +301,30 @@ def _link(src: Path, dst: Path) -> str:
     try: os.link(src, dst); return 'hard links'
     except OSError: shutil.copyfile(src, dst); return 'copies'
 
+def _yolo_labels(g, h, w) -> str:
+    "A YOLO label file: a line `class cx cy w h` (normalised by the PNG's `w` and `h`) per box of `g` (None: no box)."
+    lines = [] if g is None else [
+        f'{c} {(x0 + x1) / 2 / w:.6f} {(y0 + y1) / 2 / h:.6f} {(x1 - x0) / w:.6f} {(y1 - y0) / h:.6f}'
+        for c, x0, y0, x1, y1 in zip(g.class_id, g.xmin, g.ymin, g.xmax, g.ymax)]
+    return ''.join(l + '\n' for l in lines)
+
+# %% ../nbs/07_prep.ipynb #102d8a28
+def _yolo_yaml(final: Path) -> str:
+    "The YOLO tree's data.yaml: the splits, the 7 classes in the official order, one channel."
+    import yaml
+    data = dict(path=str(final.absolute()), train='images/train', val='images/val', test='images/test',
+                nc=len(DET_CLASSES), names=list(DET_CLASSES), channels=1)
+    return yaml.safe_dump(data, sort_keys=False)
+
+def _swap_in(tmp: Path, final: Path, old: Path):
+    "The folder `tmp` in the place of `final` (an earlier `final` set aside as `old`, then removed)."
+    if final.exists(): os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+# %% ../nbs/07_prep.ipynb #f9658ec2
 def write_yolo(out, labels: pd.DataFrame, boxes: pd.DataFrame, manifest: pd.DataFrame) -> str:
     "Build OUT/yolo (images linked to OUT/images, normalised labels, data.yaml) in a temporary folder and swap it in."
-    import yaml
     out = Path(out); tmp, final, old = out/'.yolo.tmp', out/'yolo', out/'.yolo.old'
     for d in (tmp, old): shutil.rmtree(d, ignore_errors=True)
     for kind in ('images', 'labels'):
@@ -290,23 +335,15 @@ def write_yolo(out, labels: pd.DataFrame, boxes: pd.DataFrame, manifest: pd.Data
     for r in labels.itertuples():
         how = _link(PrepTree(out).png(r.image_id), tmp/'images'/r.split/f'{r.image_id}.png')
         g, (h, w) = by_image.get(r.image_id), m.loc[r.image_id, ['height', 'width']]
-        lines = [] if g is None else [
-            f'{c} {(x0 + x1) / 2 / w:.6f} {(y0 + y1) / 2 / h:.6f} {(x1 - x0) / w:.6f} {(y1 - y0) / h:.6f}'
-            for c, x0, y0, x1, y1 in zip(g.class_id, g.xmin, g.ymin, g.xmax, g.ymax)]
-        (tmp/'labels'/r.split/f'{r.image_id}.txt').write_text(''.join(l + '\n' for l in lines))
-    data = dict(path=str(final.absolute()), train='images/train', val='images/val', test='images/test',
-                nc=len(DET_CLASSES), names=list(DET_CLASSES), channels=1)
-    (tmp/'data.yaml').write_text(yaml.safe_dump(data, sort_keys=False))
-    if final.exists(): os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+        (tmp/'labels'/r.split/f'{r.image_id}.txt').write_text(_yolo_labels(g, h, w))
+    (tmp/'data.yaml').write_text(_yolo_yaml(final))
+    _swap_in(tmp, final, old)
     return how
 
 # %% ../nbs/07_prep.ipynb #78593a6b
-def _release_outputs(out: Path, ann, imgs, manifest) -> dict:
-    conv = manifest.set_index('image_id')
-    labels = imgs[imgs.image_id.isin(conv.index)].sort_values('image_id').reset_index(drop=True)
-    write_csv(labels, PrepTree(out).labels_csv)
+def _png_boxes(ann, labels, conv, manifest) -> tuple:
+    ("The converted images' lesion boxes clipped to the original, scaled to the PNG, with split, class id and "
+     "per-axis scale: (boxes, clip counts).")
     lesions = ann[ann.lesion_type.ne(NO_FINDING) & ann.image_id.isin(conv.index)]
     sizes = conv[['orig_height', 'orig_width']].set_axis(['height', 'width'], axis=1)
     clipped, counts = clip_boxes(lesions, sizes)
@@ -316,7 +353,14 @@ def _release_outputs(out: Path, ann, imgs, manifest) -> dict:
     boxes['scale_x'] = boxes.image_id.map(conv.width / conv.orig_width)
     boxes['scale_y'] = boxes.image_id.map(conv.height / conv.orig_height)
     cols = ['image_id', 'study_id', 'split', 'rad_id', 'lesion_type', 'class_id', *BOX_COLUMNS, 'scale_x', 'scale_y']
-    boxes = boxes.sort_values('image_id', kind='stable')[cols].reset_index(drop=True)
+    return boxes.sort_values('image_id', kind='stable')[cols].reset_index(drop=True), counts
+
+# %% ../nbs/07_prep.ipynb #674193b3
+def _release_outputs(out: Path, ann, imgs, manifest) -> dict:
+    conv = manifest.set_index('image_id')
+    labels = imgs[imgs.image_id.isin(conv.index)].sort_values('image_id').reset_index(drop=True)
+    write_csv(labels, PrepTree(out).labels_csv)
+    boxes, counts = _png_boxes(ann, labels, conv, manifest)
     write_csv(boxes, PrepTree(out).boxes_csv)
     how = write_yolo(out, labels, boxes, manifest)
     return dict(counts, n_boxes=len(boxes), yolo_images=how,
@@ -339,6 +383,7 @@ def _locked(out: Path, timeout: float = 30):
         yield fd
     finally: os.close(fd)
 
+# %% ../nbs/07_prep.ipynb #d59f77c4
 def _clean_temporaries(out: Path):
     "Remove what a killed run may have left: temporary files of atomic writes and half-built YOLO trees."
     t = PrepTree(out)
@@ -347,7 +392,6 @@ def _clean_temporaries(out: Path):
             for p in d.glob('.*.tmp*'):
                 if p.is_file(): p.unlink(missing_ok=True)
     for d in (out/'.yolo.tmp', out/'.yolo.old'): shutil.rmtree(d, ignore_errors=True)
-
 
 # %% ../nbs/07_prep.ipynb #7c4b4c29
 KEPT = 'kept from an earlier run: this run could not convert the source'
@@ -360,6 +404,7 @@ def _convert(todo: list, workers: int, convert, lock_fd, progress: bool) -> list
               leave=False) as bar:
         return convert_all(todo, min(workers, len(todo)), convert, lock_fd, bar)
 
+# %% ../nbs/07_prep.ipynb #b23d76b5
 def _keep(job: PrepJob, error: str, records: dict) -> int:
     "Keep the earlier output of a failed image in `records` if it is intact, noting why; 1 if kept, else 0."
     rec = _earlier(job)
@@ -368,6 +413,7 @@ def _keep(job: PrepJob, error: str, records: dict) -> int:
                                                                      f'{KEPT} ({error})']))
     return 1
 
+# %% ../nbs/07_prep.ipynb #566ad73d
 def _fold(todo: list, results: list, records: dict, failures: list) -> int:
     "Add results to `records` and `failures`; a failed image with intact earlier output keeps it. How many kept."
     by_path, kept = {j.path: j for j in todo}, 0
@@ -377,6 +423,7 @@ def _fold(todo: list, results: list, records: dict, failures: list) -> int:
         if (job := by_path.get(r['path'])) is not None: kept += _keep(job, r['error'], records)
     return kept
 
+# %% ../nbs/07_prep.ipynb #da045aa8
 def _missing(failures: list, tree: PrepTree, size: int, max_pixels: int, records: dict) -> tuple:
     "The planned jobs whose source is missing (a release's annotated image): (those whose output is kept, count)."
     jobs = [f.pop('job').into(tree, size, max_pixels) for f in failures if 'job' in f]
@@ -412,6 +459,18 @@ def _check_args(src: Path, tree: PrepTree, size, workers, max_pixels) -> tuple:
     return workers, max_pixels
 
 # %% ../nbs/07_prep.ipynb #14c350d4
+def _resume(tree: PrepTree, jobs: list, failures: list, size: int, max_pixels: int) -> tuple:
+    ("OUT made ready (a killed run's leftovers removed), the jobs planned into it and the records that still hold: "
+     "(jobs, records, jobs to do, missing sources whose output is kept, their count).")
+    for d in (tree.images, tree.records): d.mkdir(exist_ok=True)
+    _clean_temporaries(tree.root)
+    jobs = [j.into(tree, size, max_pixels) for j in jobs]
+    records = {j.image_id: r for j in jobs if (r := _done_record(j)) is not None}
+    todo = [j for j in jobs if j.image_id not in records]
+    gone, n_gone = _missing(failures, tree, size, max_pixels, records)
+    return jobs, records, todo, gone, n_gone
+
+# %% ../nbs/07_prep.ipynb #e27a1cbd
 def prep(src, out, size: int = 1024, workers: int | None = None, val_frac: float = 0.15, seed: int = 42,
          progress: bool = True, convert=None, max_pixels: int = MAX_PIXELS) -> dict:
     "A release or a folder of DICOMs into OUT (PNGs, manifest, failures; labels, boxes, YOLO for a release); a summary."
@@ -424,12 +483,7 @@ def prep(src, out, size: int = 1024, workers: int | None = None, val_frac: float
     out.mkdir(parents=True, exist_ok=True)
     # the lock file is OUT's first entry: killed at any point, OUT is still a prep output
     with _locked(out) as lock_fd:
-        for d in (tree.images, tree.records): d.mkdir(exist_ok=True)
-        _clean_temporaries(out)
-        jobs = [j.into(tree, size, max_pixels) for j in jobs]
-        records = {j.image_id: r for j in jobs if (r := _done_record(j)) is not None}
-        todo = [j for j in jobs if j.image_id not in records]
-        gone, n_gone = _missing(failures, tree, size, max_pixels, records)
+        jobs, records, todo, gone, n_gone = _resume(tree, jobs, failures, size, max_pixels)
         t0 = time.perf_counter()
         results = _convert(todo, workers, convert or convert_one, lock_fd, progress)
         secs = time.perf_counter() - t0

@@ -4,10 +4,11 @@
 
 # %% ../nbs/38_runtime.ipynb #8eba379a
 from __future__ import annotations
-import hashlib, shutil, tempfile, time, warnings
+import hashlib, time, warnings
 from pathlib import Path
 
 import numpy as np
+from fastcore.basics import patch
 
 from .core import *
 
@@ -63,19 +64,22 @@ class OnnxNet:
             raise InputError(f'not a loadable ONNX model ({type(e).__name__}: {str(e)[:200]})', path) from None
         self.input = self.session.get_inputs()[0].name
 
-    def __call__(self, x):
-        import torch
-        a = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-        return torch.from_numpy(self.session.run(None, {self.input: a})[0])
-
     def __repr__(self): return f'OnnxNet({self.path.name})'
 
-# %% ../nbs/38_runtime.ipynb #cb27034b
+# %% ../nbs/38_runtime.ipynb #c7dfa248
+@patch
+def __call__(self: OnnxNet, x):
+    import torch
+    a = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+    return torch.from_numpy(self.session.run(None, {self.input: a})[0])
+
+# %% ../nbs/38_runtime.ipynb #1d0e1ca0
 EXPORT_TOLERANCE = 1e-3      # largest |logit difference| (or detector output difference, relative) an export may have
 
 def _largest_difference(a, b, scale: float = 1.0) -> float:
     return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max() / scale)
 
+# %% ../nbs/38_runtime.ipynb #2efb6afc
 def export_classifier(model, size: int, dst, opset: int = ONNX_OPSET) -> dict:
     "Export a classifier (1 x `size` x `size` input, dynamic batch) to the ONNX file `dst`, checked against torch."
     import torch
@@ -97,48 +101,32 @@ def export_classifier(model, size: int, dst, opset: int = ONNX_OPSET) -> dict:
                          f'{EXPORT_TOLERANCE}): not kept; report it with your torch and onnx versions')
     return dict(input=[1, size, size], max_difference=diff, seconds=time.perf_counter() - t0)
 
-# %% ../nbs/38_runtime.ipynb #14223b9b
+# %% ../nbs/38_runtime.ipynb #0c54ac8a
 def _bare_outputs(net, x):
     import torch
     with torch.no_grad():
         y = net(x)
     return (y[0] if isinstance(y, (list, tuple)) else y).numpy()
 
-def export_detector(yolo, imgsz: int, dst, opset: int = ONNX_OPSET) -> dict:
-    "Export a YOLO detector (ultralytics wrapper) with ultralytics' exporter to the ONNX file `dst`, checked."
+def export_detector(detector, imgsz: int, dst, opset: int = ONNX_OPSET) -> dict:
+    "Export a loaded detector (`20_detect`'s interface) with its library's exporter to the ONNX file `dst`, checked."
     import onnxruntime as ort, torch
-    dst = Path(dst)
-    net = yolo.model
-    with tempfile.TemporaryDirectory() as tmp, keep_threads():
-        t0 = time.perf_counter()
-        net.pt_path = str(Path(tmp)/'detector.pt')            # where ultralytics puts detector.onnx
-        f = yolo.export(format='onnx', imgsz=imgsz, dynamic=True, simplify=False, opset=opset, half=False,
-                        batch=1, device='cpu', verbose=False)
-        shutil.move(f, dst)
-    ch = int(net.yaml.get('channels', 1))
+    dst, t0 = Path(dst), time.perf_counter()
+    net, ch = detector.export(imgsz, dst, opset)
     x = torch.rand(1, ch, imgsz, imgsz, generator=torch.Generator().manual_seed(0))
     sess = ort.InferenceSession(checked_bytes(dst), session_options(), providers=['CPUExecutionProvider'])
     got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
-    diff = _largest_difference(_bare_outputs(net.eval(), x), got, scale=imgsz)
+    diff = _largest_difference(_bare_outputs(net, x), got, scale=imgsz)
     if not diff <= EXPORT_TOLERANCE:
         dst.unlink()
         raise InputError(f'the detector\'s ONNX export differs from PyTorch by {diff:.2g} (relative, more than '
                          f'{EXPORT_TOLERANCE}): not kept; report it with your torch, onnx and ultralytics versions')
     return dict(imgsz=int(imgsz), max_difference=diff, seconds=time.perf_counter() - t0)
 
-# %% ../nbs/38_runtime.ipynb #c7b21f7e
-def load_onnx_detector(path, sha256: str | None = None, threads: int | None = None):
-    "An ultralytics YOLO wrapper around a checked ONNX detector; predicts like `load_detector`'s (`predict_boxes`)."
+# %% ../nbs/38_runtime.ipynb #74332ff7
+def load_onnx_detector(detector, path, sha256: str | None = None, threads: int | None = None):
+    "`detector` (`20_detect`'s interface) on a checked ONNX file, on ONNX Runtime; `predict` as on PyTorch."
     import onnxruntime as ort
-    offline_env()
     data = checked_bytes(path, sha256)
-    from ultralytics import YOLO
-    with keep_threads(), tempfile.TemporaryDirectory(prefix='spinexr-onnx-') as d:   # private (0700)
-        private = Path(d)/Path(path).name
-        private.write_bytes(data)           # ultralytics reads its metadata from a copy of the checked bytes
-        yolo = YOLO(str(private), task='detect', verbose=False)
-        yolo.predict(np.zeros((64, 64), np.uint8), imgsz=64, verbose=False)   # ultralytics sets up its backend
-    backend = yolo.predictor.model.backend
-    backend.session = ort.InferenceSession(data, session_options(threads), providers=['CPUExecutionProvider'])
-    backend.output_names = [o.name for o in backend.session.get_outputs()]
-    return yolo
+    session = ort.InferenceSession(data, session_options(threads), providers=['CPUExecutionProvider'])
+    return detector.load_onnx(data, Path(path).name, session)

@@ -1,12 +1,13 @@
 "The detector command end to end on a tiny phantom: run directory without pickles, official scoring, bad input."
 import json, shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from conftest import run_cli
 from spinexr.core import DET_CLASSES, InputError
-from spinexr.detect import load_detector
+from spinexr.detect import DetConfig, detector_for, load_detector, predict_boxes
 from spinexr.prep import PrepTree
 
 @pytest.fixture(scope='module')
@@ -46,6 +47,20 @@ def test_predictions_score_with_the_eval_command(run, tmp_path):
     m = json.loads((out/'metrics.json').read_text())['test']
     assert abs(d['map50'] - m['map50']) < 1e-6    # scored against the release's own CSV: same figure
 
+def test_predictions_through_the_interface(run):
+    "The run's detector, loaded through the detector interface, gives the very boxes the run wrote for test."
+    prep, out, _ = run
+    tree, cfg = PrepTree(prep), DetConfig.load(out/'config.json')
+    det = detector_for(cfg).load(out)
+    spec = json.loads((out/'detector.json').read_text())
+    assert det.arch == 'yolo11n.yaml' and det.weights_sha256(out) == spec['weights_sha256']
+    labels = tree.labels()
+    paths = [tree.yolo_png(i, 'test') for i in labels.image_id[labels.split == 'test']]
+    got = tree.to_original(predict_boxes(det, paths, cfg)).reset_index(drop=True)
+    want = pd.read_csv(out/'preds_test.csv', dtype={'image_id': str})
+    pd.testing.assert_frame_equal(got, want, check_dtype=False, rtol=1e-6)
+    assert np.isfinite(want.score).all()
+
 def test_damaged_detector(run, tmp_path):
     _, out, _ = run
     shutil.copytree(out, tmp_path/'copy')
@@ -54,7 +69,9 @@ def test_damaged_detector(run, tmp_path):
     with pytest.raises(InputError, match='truncated or corrupt'): load_detector(tmp_path/'copy')
 
 @pytest.mark.parametrize('args,message', [(['--model', 'yolo11n.pt'], 'model must be a YOLO11 .yaml'),
-                                          (['--weights', '/nonexistent.pt'], 'weights file not found')])
+                                          (['--weights', '/nonexistent.pt'], 'weights file not found'),
+                                          (['--model', 'yolov8n.yaml', '--no_pretrained'],
+                                           "architecture 'yolov8n.yaml' is not one spinexr builds")])
 def test_bad_settings(run, tmp_path, args, message):
     prep = run[0]
     r = run_cli('spinexr_train_det', '--data', prep, '--out', tmp_path/'x', *args, timeout=300)
