@@ -21,7 +21,8 @@ def train(prep, out, *extra, launcher=(), env=None):
     return run_cli(*cmd, '--data', prep, '--out', out, *TINY, *extra, timeout=900, env=env)
 
 def test_run_directory(prep, tmp_path):
-    r = train(prep, tmp_path/'run')
+    store = f'sqlite:///{tmp_path}/mlflow.db'
+    r = train(prep, tmp_path/'run', '--tracking_uri', store)
     assert r.returncode == 0, r.stderr[-2000:]
     assert 'test AUROC' in r.stdout
     files = {p.name for p in (tmp_path/'run').iterdir()}
@@ -31,6 +32,13 @@ def test_run_directory(prep, tmp_path):
     m = json.loads((tmp_path/'run'/'metrics.json').read_text())
     for k in ('auroc', 'sensitivity', 'specificity', 'f1', 'threshold', 'ci'): assert k in m['test']
     assert m['test']['threshold_source'].startswith('youden on preds_val')
+    from mlflow import MlflowClient                  # --tracking_uri: the run, read back through MLflow's API
+    client = MlflowClient(tracking_uri=store)
+    [run] = client.search_runs([client.get_experiment_by_name('spinexr_train_cls').experiment_id])
+    assert (run.info.run_name, run.data.params['arch']) == ('run', 'resnet50')
+    assert run.data.metrics['test.auroc'] == pytest.approx(m['test']['auroc'])
+    epochs = len(pd.read_csv(tmp_path/'run'/'history.csv'))
+    assert len(client.get_metric_history(run.info.run_id, 'valid_loss')) == epochs
     labels = pd.read_csv(prep/'labels.csv')
     preds = pd.read_csv(tmp_path/'run'/'preds_test.csv')
     assert sorted(preds.image_id) == sorted(labels.image_id[labels.split == 'test'])
