@@ -21,8 +21,8 @@ from .runtime import OnnxNet, load_onnx_detector, onnxruntime_problem
 # %% auto #0
 __all__ = ['BUNDLE_FORMAT', 'BUNDLE_VERSION', 'BUNDLE_PACKAGES', 'ONNX_DIR', 'RUNTIMES', 'package_versions', 'Bundle',
            'hash_files', 'combined_sha256', 'bundle_files', 'bundle_sha256', 'read_bundle', 'bundle_warnings',
-           'training_record', 'validation_record', 'make_bundle', 'tiny_bundle', 'network_sources', 'onnx_problem',
-           'choose_runtime']
+           'training_record', 'validation_record', 'make_bundle', 'tiny_classifiers', 'tiny_bundle', 'network_sources',
+           'onnx_problem', 'choose_runtime']
 
 # %% ../nbs/39_bundle.ipynb #41fdac91
 BUNDLE_FORMAT, BUNDLE_VERSION = 'spinexr-bundle', 3   # 2: `trained_on`; 3: `files`, the SHA-256 of every file
@@ -228,33 +228,38 @@ def _tiny_detector() -> str:
     family = detector_family(DEFAULT_DETECTOR)[0]
     return family.yaml(family.sizes[0])
 
-def _train_tiny(prep_dir: Path, work: Path, size: int, imgsz: int) -> tuple:
-    "(classifier runs, ensemble) of one epoch each on `prep_dir`, and a one-epoch detector run in `work/det`."
+def tiny_classifiers(prep_dir, work, size: int = 64) -> tuple:
+    "(runs, ensemble) of the three classifiers trained for one epoch each on `prep_dir`, into `work`/<arch>."
     from spinexr.classify import ARCHS, recipe, train_classifier
-    from spinexr.detect import train_detector
     from spinexr.ensemble import fit_ensemble, run_predictions
-    runs = [work/a for a in ARCHS]
+    runs = [Path(work)/a for a in ARCHS]
     for a, r in zip(ARCHS, runs):
         train_classifier(prep_dir, r, recipe(a, size=size, epochs=1, bs=16, pretrained=False), progress=False)
-    train_detector(prep_dir, work/'det', DetConfig(model=_tiny_detector(), imgsz=imgsz, epochs=1, batch=16,
-                                                   workers=0, pretrained=False))
     return runs, fit_ensemble({a: run_predictions(r, 'val') for a, r in zip(ARCHS, runs)})
 
+def _train_tiny(prep_dir: Path, work: Path, size: int, imgsz: int, detector: str) -> tuple:
+    "(classifier runs, ensemble) of one epoch each on `prep_dir`, and a one-epoch detector run in `work/det`."
+    from spinexr.detect import train_detector
+    runs, ens = tiny_classifiers(prep_dir, work, size)
+    train_detector(prep_dir, work/'det', DetConfig(model=detector, imgsz=imgsz, epochs=1, batch=16, workers=0,
+                                                   pretrained=False))
+    return runs, ens
+
 # %% ../nbs/39_bundle.ipynb #9f20cb97
-def tiny_bundle(prep_dir, out=None, size: int = 64, imgsz: int = 128) -> Path:
-    ("A bundle trained for one epoch on the prep tree `prep_dir` (for tests and demos: machinery, not a model); "
-     "made once under `out` (default: beside the tree), reused after.")
+def tiny_bundle(prep_dir, out=None, size: int = 64, imgsz: int = 128, detector: str | None = None) -> Path:
+    ("A bundle trained for one epoch on the prep tree `prep_dir` (for tests and demos: machinery, not a model), its "
+     "detector `detector` (default: the smallest of the default family); made once under `out`, reused after.")
     import fcntl
-    prep_dir = Path(prep_dir)
-    out = Path(out or prep_dir.parent/(f"tiny-bundle-{prep_dir.name}-c{size}-d{imgsz}-{package_versions()['spinexr']}"
-                                       f"-v{BUNDLE_VERSION}"))
+    prep_dir, detector = Path(prep_dir), detector or _tiny_detector()
+    out = Path(out or prep_dir.parent/(f"tiny-bundle-{prep_dir.name}-c{size}-d{imgsz}-{Path(detector).stem}-"
+                                       f"{package_versions()['spinexr']}-v{BUNDLE_VERSION}"))
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.parent/f'.{out.name}.lock', 'w') as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)          # one process trains; the others wait, then read it
         if (out/'bundle.json').is_file(): return out
         work = Path(tempfile.mkdtemp(prefix='.tiny-bundle-', dir=out.parent))
         try:
-            runs, ens = _train_tiny(prep_dir, work, size, imgsz)
+            runs, ens = _train_tiny(prep_dir, work, size, imgsz, detector)
             return make_bundle(out, runs, work/'det', ens, prep_dir, trained_on=dict(command='tiny_bundle'))
         finally: shutil.rmtree(work, ignore_errors=True)
 

@@ -5,6 +5,7 @@
 # %% ../nbs/50_demo.ipynb #80be8119
 from __future__ import annotations
 import base64, io, resource, shlex, shutil, sys, time
+from itertools import combinations
 from dataclasses import asdict, dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -21,9 +22,10 @@ from .annotations import images_dir, load_release
 from .phantom import PHANTOM_STAMP, PhantomConfig, is_phantom, make_phantom
 from .prep import PrepTree, prep
 from .analysis import class_table, plot_class_counts, split_table
-from .metrics import pr_figure, reliability_figure
+from .metrics import det_ap50, paired_det_bootstrap, pr_figure, read_det_predictions, reliability_figure
 from .classify import ARCHS, recipe, train_classifier
-from .detect import DetConfig, evaluate_detector, load_tta, show_predictions, train_detector
+from .detect import DetConfig, det_recipe, evaluate_detector, load_tta, show_predictions, train_detector
+from .families import detector_family
 from .ensemble import (Ensemble, aligned, calibration_results, calibration_table, ensemble_predictions,
                               ensemble_roc_figure, evaluate_ensemble, fit_ensemble, fusion_results, fusion_table,
                               run_predictions, study_results)
@@ -32,10 +34,11 @@ from .inference import Predictor
 from .saliency import box_mass_ratio, heatmap_over, map_rank_correlation, randomised
 
 # %% auto #0
-__all__ = ['PAPER_CLS', 'PAPER_AP50', 'PAPER_MAP50', 'CLS_METRICS', 'REPORT_TEMPLATE', 'REPORT_CSS', 'SPLIT_COLUMNS',
-           'CLASS_COLUMNS', 'DemoConfig', 'check_release', 'check_weights', 'subset_release', 'test_results',
-           'evaluate_demo', 'saliency_checks', 'weights_used', 'classification_table', 'study_table', 'detection_table',
-           'published_tables', 'render_report', 'write_report', 'run_demo', 'spinexr_demo']
+__all__ = ['PAPER_CLS', 'PAPER_AP50', 'PAPER_MAP50', 'CLS_METRICS', 'SEED_DET', 'REPORT_TEMPLATE', 'REPORT_CSS', 'SPLIT_COLUMNS',
+           'CLASS_COLUMNS', 'DemoConfig', 'check_release', 'check_weights', 'subset_release', 'choose_detector',
+           'test_results', 'compare_detectors', 'evaluate_demo', 'saliency_checks', 'weights_used',
+           'classification_table', 'study_table', 'detection_table', 'detectors_table', 'paired_table',
+           'published_tables', 'seed_detector_table', 'render_report', 'write_report', 'run_demo', 'spinexr_demo']
 
 # %% ../nbs/50_demo.ipynb #4b30f1d1
 @dataclass
@@ -57,6 +60,7 @@ class DemoConfig(JsonConfig):
     det_batch: int = 8
     det_lr0: float = 2e-3
     det_pretrained: bool = False  # COCO weights from the weights store; the phantom demo trains from scratch
+    detectors: str = ''           # architectures compared, e.g. 'yolo11l,rtdetr-l,yolo26l'; '' = det_model alone
     keep_score: float = 0.5       # the fusion rule's box score for images called normal
     n_boot: int = 10_000          # bootstrap resamples for the classification CIs
     det_n_boot: int = 1000        # bootstrap resamples of the test images for the detection AP50 and mAP CIs
@@ -66,10 +70,10 @@ class DemoConfig(JsonConfig):
 # %% ../nbs/50_demo.ipynb #7fd084d5
 @patch(cls_method=True)
 def full_scale(cls: DemoConfig, **kw):
-    "The settings for the real release (a GPU machine)."
+    "The settings for the real release (a GPU machine): each model's own recipe."
     return cls(**{**dict(prep_size=1024, cls_size=None, cls_epochs=None, cls_bs=None, cls_lr=None,
                          cls_pretrained=True,
-                         det_model='yolo11l.yaml', det_imgsz=640, det_epochs=35, det_batch=12, det_lr0=1e-4,
+                         det_model='yolo11l.yaml', det_imgsz=None, det_epochs=None, det_batch=None, det_lr0=None,
                          det_pretrained=True), **kw})
 
 # %% ../nbs/50_demo.ipynb #f8c1352b
@@ -101,10 +105,16 @@ def classifier(self: DemoConfig, arch: str):
 
 # %% ../nbs/50_demo.ipynb #b57c3fb0
 @patch
-def detector(self: DemoConfig) -> DetConfig:
-    "The `DetConfig` of the detector at the demo's scale."
-    cfg = DetConfig(model=self.det_model, imgsz=self.det_imgsz, epochs=self.det_epochs, batch=self.det_batch,
-                    lr0=self.det_lr0, seed=self.seed)
+def detector_archs(self: DemoConfig) -> list:
+    "The detector architectures the demo trains: those of `detectors`, else `det_model` alone."
+    names = [a.strip() for a in self.detectors.split(',') if a.strip()] or [self.det_model]
+    return [detector_family(a)[0].yaml(detector_family(a)[1]) for a in names]   # a clear error for an unknown one
+
+@patch
+def detector(self: DemoConfig, arch: str | None = None) -> DetConfig:
+    "The `DetConfig` of a detector (default `det_model`): its family's recipe (`det_recipe`), at the demo's scale."
+    kw = dict(imgsz=self.det_imgsz, epochs=self.det_epochs, batch=self.det_batch, lr0=self.det_lr0)
+    cfg = det_recipe(arch or self.det_model, seed=self.seed, **{k: v for k, v in kw.items() if v is not None})
     cfg.pretrained = self._pretrained(self.det_pretrained, cfg.weights_name)
     return cfg
 
@@ -112,8 +122,8 @@ def detector(self: DemoConfig) -> DetConfig:
 @patch
 def weight_names(self: DemoConfig) -> list:
     "The store names this configuration loads."
-    det = self.detector()
-    return [a for a in ARCHS if self.classifier(a).pretrained] + ([det.weights_name] if det.pretrained else [])
+    dets = [self.detector(a) for a in self.detector_archs()]
+    return [a for a in ARCHS if self.classifier(a).pretrained] + [d.weights_name for d in dets if d.pretrained]
 
 # %% ../nbs/50_demo.ipynb #bbf0023c
 def check_release(root) -> Path:
@@ -259,9 +269,37 @@ def _train_models(out: Path, data: Path, cfg: DemoConfig, step: _Steps, progress
     for a, run in zip(ARCHS, runs):
         c = cfg.classifier(a)
         step(f'classifier {a}', _train_classifier_once, out/'prep', run, c, progress, settings=_cls_settings(c))
-    step('detector', _train_detector_once, out/'prep', out/'detector', cfg.detector(), progress,
-         settings=_det_settings(cfg.detector()))
+    if not cfg.detectors:
+        step('detector', _train_detector_once, out/'prep', out/'detector', cfg.detector(), progress,
+             settings=_det_settings(cfg.detector()))
+        return runs
+    for a in cfg.detector_archs():
+        d = cfg.detector(a)
+        step(f'detector {Path(a).stem}', _train_detector_once, out/'prep', out/'detectors'/Path(a).stem, d, progress,
+             settings=_det_settings(d))
+    step('detector choice', choose_detector, out, [Path(a).stem for a in cfg.detector_archs()],
+         settings='the best validation mAP50')
     return runs
+
+# %% ../nbs/50_demo.ipynb #ecde23f9
+def _val_map50(run: Path) -> float | None:
+    "A detector run's validation mAP50 as the bundle would use it: with flip TTA + WBF where validation chose it."
+    t = load_tta(run)
+    if t.get('val_map50'): return t['val_map50']['tta' if t['flip'] else 'plain']
+    return load_json(run/'metrics.json').get('val', {}).get('map50')
+
+def choose_detector(out, names: list) -> str:
+    ("Copy the run out/detectors/<name> with the best validation mAP50 (the first of equals) to out/detector, "
+     "where the bundle takes it from; the choice and every validation figure in out/detectors.json.")
+    out = Path(out)
+    val = {n: _val_map50(out/'detectors'/n) for n in names}
+    best = max(names, key=lambda n: -1 if val[n] is None else val[n])
+    tmp = out/'.detector.tmp'
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(out/'detectors'/best, tmp)
+    swap_in(tmp, out/'detector')
+    save_json(dict(chosen=best, val_map50=val), out/'detectors.json')
+    return best
 
 # %% ../nbs/50_demo.ipynb #813ccc36
 def _fit_ensemble(out: Path) -> tuple:
@@ -309,6 +347,18 @@ def _detection_record(fus: dict, ultralytics: dict) -> dict:
                 n_images=fus['detection']['n_images'],
                 n_normal_images=fus['detection']['n_normal_images'])
 
+# %% ../nbs/50_demo.ipynb #0d60a1aa
+def compare_detectors(out, n_boot: int = 1000) -> dict:
+    ("The detectors of out/detectors on the test split: each one's official figures with `n_boot` bootstrap CIs, the "
+     "paired bootstrap of the difference for each pair (with `n_boot` > 0), and the validation choice.")
+    out = Path(out)
+    choice, gt = load_json(out/'detectors.json'), PrepTree(out/'prep').ground_truth('test')
+    preds = {n: read_det_predictions(out/'detectors'/n/'preds_test.csv', set(gt.image_id)) for n in choice['val_map50']}
+    keep = lambda r: {k: r[k] for k in ('map50', 'ap50', 'ci') if k in r}
+    test = {n: keep(det_ap50(gt, p, n_boot)) for n, p in preds.items()}
+    pairs = [dict(a=a, b=b, **paired_det_bootstrap(gt, preds[a], preds[b], n_boot)) for a, b in combinations(preds, 2)]
+    return dict(chosen=choice['chosen'], val_map50=choice['val_map50'], test=test, paired=pairs if n_boot else [])
+
 # %% ../nbs/50_demo.ipynb #200a5cc1
 _KEEP = ('auroc', 'sensitivity', 'specificity', 'f1', 'precision', 'accuracy', 'threshold', 'ci', 'n', 'n_pos',
          'n_neg')     # what metrics.json keeps of each classifier's results
@@ -326,7 +376,8 @@ def evaluate_demo(out, cfg: DemoConfig) -> dict:
                           'how': ens.how},
                 detection=_detection_record(fus, ul),
                 reverse_fusion=dict(auroc=fus['auroc'], auroc_reverse=fus['auroc_reverse']),
-                calibration=cal, study=study_results(test, ens, studies, n_boot=cfg.n_boot))
+                calibration=cal, study=study_results(test, ens, studies, n_boot=cfg.n_boot),
+                **({'detectors': compare_detectors(out, cfg.det_n_boot)} if cfg.detectors else {}))
 
 # %% ../nbs/50_demo.ipynb #468bf271
 def _bundle(out: Path, runs: list, cfg: DemoConfig, root_name: str, command: str | None):
@@ -428,6 +479,27 @@ def detection_table(m: dict) -> pd.DataFrame:
                                                   fused='AP50, fusion rule', tta=f'AP50, TTA+WBF{on}',
                                                   tta_fused='AP50, TTA+WBF, fusion rule')).set_index('class')
 
+# %% ../nbs/50_demo.ipynb #9212b008
+def detectors_table(m: dict) -> pd.DataFrame:
+    "Each compared detector's test AP50 per class and mAP50 with 95% CIs, and its validation mAP50, in percent."
+    d = m['detectors']
+    col = lambda n: n + ' (in the bundle)' * (n == d['chosen'])
+    val = lambda v: 'n/a' if v is None else f'{100 * v:.2f}'
+    rows = {c: {col(n): _ap_text(r, c) for n, r in d['test'].items()} for c in DET_CLASSES}
+    rows['mAP@0.5'] = {col(n): _ap_text(r) for n, r in d['test'].items()}
+    rows['validation mAP@0.5'] = {col(n): val(d['val_map50'][n]) for n in d['test']}
+    return pd.DataFrame(rows).T.rename_axis('class')
+
+def paired_table(m: dict) -> pd.DataFrame:
+    "The paired bootstrap of the test mAP50 difference for each pair of detectors, in percentage points."
+    pp = lambda v: 'n/a' if v is None else f'{100 * v:+.2f}'
+    return pd.DataFrame([{'A - B': f"{p['a']} - {p['b']}", 'mAP50 A': f"{100 * p['map50']['a']:.2f}",
+                          'mAP50 B': f"{100 * p['map50']['b']:.2f}", 'difference': pp(p['map50']['diff']),
+                          '95% interval': 'n/a' if p['map50']['ci'] is None else
+                                          f"{pp(p['map50']['ci'][0])} to {pp(p['map50']['ci'][1])}",
+                          'p': 'n/a' if p['map50']['p'] is None else f"{p['map50']['p']:.3f}"}
+                         for p in m['detectors']['paired']]).set_index('A - B')
+
 # %% ../nbs/50_demo.ipynb #61cbd4ed
 def published_tables() -> tuple:
     "The paper's numbers on the real test set (Nguyen et al., MICCAI 2021): classification, detection per class (%)."
@@ -436,6 +508,17 @@ def published_tables() -> tuple:
                             **{'AP50 with the fusion rule': {'mAP@0.5': PAPER_MAP50['with_fusion']}}))
     det = det.rename_axis('class')
     return cls, det.astype(object).where(det.notna(), '')
+
+# %% ../nbs/50_demo.ipynb #cee87cf4
+SEED_DET = pd.DataFrame({'YOLO11-l': (42.3, 63.8, 45.1, 29.7, 38.9, 31.2, 17.4, 35.8),
+                         'RT-DETR-l': (36.2, 54.7, 39.8, 26.4, 35.1, 10.0, 0.6, 33.15)},
+                        index=pd.Index(['Osteophytes', 'Surgical implant', 'Disc space narrowing', 'Spondylolysthesis',
+                                        'Foraminal stenosis', 'Vertebral collapse', 'Other lesions', 'mAP@0.5'],
+                                       name='class'))   # seed README, "Detection Results", AP50 (%); tuned on test
+
+def seed_detector_table() -> pd.DataFrame:
+    "The seed README's detector comparison (AP50 %, tuned on the test split), in the official class order."
+    return SEED_DET.loc[[*DET_CLASSES, 'mAP@0.5']]
 
 # %% ../nbs/50_demo.ipynb #4b486be5
 def _template(name: str) -> str:
@@ -594,6 +677,15 @@ def _detection_section(r) -> dict:
                 pr=_img(_pr_pair(r.fus)),
                 threshold=f'{ens.threshold:.3f}', keep_score=cfg.keep_score, fusion_table=_table(fusion_table(r.fus)))
 
+# %% ../nbs/50_demo.ipynb #8357475f
+def _detectors_section(r) -> dict:
+    "'Detectors compared', where the demo trained several: the side-by-side and paired tables, and the choice."
+    d = r.m.get('detectors')
+    if not d: return dict(detectors=False)
+    return dict(detectors=True, det_chosen=d['chosen'], det_names=', '.join(d['test']),
+                det_compare_table=_table(detectors_table(r.m)),
+                det_paired_table=_table(paired_table(r.m)) if d['paired'] else '')
+
 # %% ../nbs/50_demo.ipynb #f99684f4
 def _final(fus) -> dict:
     "The fusion results of the boxes the bundle gives: flip TTA + WBF's where validation switched it on."
@@ -637,7 +729,8 @@ def write_report(out) -> Path:
     return write_text(out/'report.html', render_report({
         **_run_section(out, r), **_dataset_section(r.ann), **_classification_section(r), **_calibration_section(r),
         **_detection_section(r), **_examples_section(out, r),
-        'paper_cls': _table(paper_cls), 'paper_det': _table(paper_det)}))
+        **_detectors_section(r),
+        'paper_cls': _table(paper_cls), 'paper_det': _table(paper_det), 'seed_det': _table(seed_detector_table())}))
 
 # %% ../nbs/50_demo.ipynb #c52f6f7c
 def run_demo(out, data=None, cfg: DemoConfig | None = None, progress: bool = True, command: str | None = None) -> dict:
@@ -662,14 +755,16 @@ def run_demo(out, data=None, cfg: DemoConfig | None = None, progress: bool = Tru
     return metrics
 
 # %% ../nbs/50_demo.ipynb #6f43f5b1
-def _cli_config(data, n_studies, seed, tiny, rehearsal, no_pretrained) -> DemoConfig:
+def _cli_config(data, n_studies, seed, tiny, rehearsal, no_pretrained, detectors=None) -> DemoConfig:
     "The `DemoConfig` that `spinexr_demo`'s flags ask for."
     if tiny and rehearsal: raise InputError('choose --tiny or --rehearsal, not both')
     base = DemoConfig.tiny() if tiny else DemoConfig.rehearsal_scale() if rehearsal else \
            (DemoConfig.full_scale() if data else DemoConfig())
-    kw = {k: v for k, v in dict(n_studies=n_studies, seed=seed).items() if v is not None}
+    kw = {k: v for k, v in dict(n_studies=n_studies, seed=seed, detectors=detectors).items() if v is not None}
     if no_pretrained: kw.update(cls_pretrained=False, det_pretrained=False)
-    return DemoConfig(**{**asdict(base), **kw})
+    cfg = DemoConfig(**{**asdict(base), **kw})
+    cfg.detector_archs()                       # an unknown architecture stops here, before anything runs
+    return cfg
 
 # %% ../nbs/50_demo.ipynb #0c3268f0
 def _classification_lines(m: dict) -> list:
@@ -704,6 +799,21 @@ def _closing_lines(m: dict) -> list:
             f"  reverse fusion: AUROC {m['reverse_fusion']['auroc']:.4f} -> {m['reverse_fusion']['auroc_reverse']:.4f}",
             f"  weights: {', '.join(f'{k} {v}' for k, v in m['weights'].items())}"]
 
+# %% ../nbs/50_demo.ipynb #b3fc0da0
+def _detectors_lines(m: dict) -> list:
+    "Each compared detector's test mAP50 with its CI, the validation choice, and each pair's difference."
+    d = m.get('detectors')
+    if not d: return []
+    ci = lambda r: f" ({r['ci']['map50'][0]:.4f}-{r['ci']['map50'][1]:.4f})" if (r.get('ci') or {}).get('map50') else ''
+    out = [f"  detectors compared (test mAP50 of their own boxes): " +
+           ', '.join(f"{n} {r['map50']:.4f}{ci(r)}" for n, r in d['test'].items()) +
+           f"; {d['chosen']} in the bundle (best validation mAP50)"]
+    for p in d['paired']:
+        x = p['map50']
+        out.append(f"    {p['a']} - {p['b']}: {x['diff']:+.4f} ({x['ci'][0]:+.4f} to {x['ci'][1]:+.4f}), "
+                   f"p = {x['p']:.3f}")
+    return out
+
 # %% ../nbs/50_demo.ipynb #6d43c6ff
 @call_parse
 def spinexr_demo(out: str = 'demo',          # the folder to write (resumes if it holds an interrupted demo)
@@ -712,13 +822,15 @@ def spinexr_demo(out: str = 'demo',          # the folder to write (resumes if i
                  seed: int = None,           # phantom and split seed (default 5)
                  tiny: bool = False,         # a toy scale that runs in about a minute (for checks, not results)
                  rehearsal: bool = False,    # full-scale settings, one epoch, about 60 images: shapes, memory, setup
-                 no_pretrained: bool = False):  # train every model from scratch on purpose (no ImageNet/COCO weights)
+                 no_pretrained: bool = False,   # train every model from scratch on purpose (no ImageNet/COCO weights)
+                 detectors: str = None):     # compare these, e.g. yolo11l,rtdetr-l,yolo26l; the best on val is bundled
     "Run the whole chain on a phantom (default) or the real release: report.html, metrics.json, a model bundle."
     with cli_errors('spinexr_demo'):
-        cfg = _cli_config(data, n_studies, seed, tiny, rehearsal, no_pretrained)
+        cfg = _cli_config(data, n_studies, seed, tiny, rehearsal, no_pretrained, detectors)
         m = run_demo(out, data, cfg, progress=True, command=shlex.join(['spinexr_demo', *sys.argv[1:]]))
     print(f"spinexr_demo: {m['data']}; {m['total_seconds']:.0f} s")
-    for line in [*_classification_lines(m), *_detection_lines(m['detection']), *_closing_lines(m)]: print(line)
+    for line in [*_classification_lines(m), *_detection_lines(m['detection']), *_detectors_lines(m),
+                 *_closing_lines(m)]: print(line)
     if rehearsal:
         print(pd.read_csv(Path(out)/'rehearsal.csv').fillna('').to_string(index=False))
         print(f"  {Path(out)/'rehearsal.csv'}")

@@ -23,19 +23,24 @@ from .prep import PrepTree
 
 # %% auto #0
 __all__ = ['DETECTOR_LIBRARIES', 'DETECTOR_YAMLS', 'ARCH_FIELDS', 'DET_RUN_FILES', 'WBF_IOU_THRS', 'WBF_SKIP_THRS', 'DetConfig',
-           'repeat_factors', 'train_images', 'read_prep_labels', 'write_data_yaml', 'read_lines', 'focal_bce',
-           'FocalBCE', 'focal_criterion', 'spinexr_trainer', 'Detector', 'UltralyticsDetector', 'detector_for',
-           'detector_architecture', 'save_detector', 'load_detector', 'start_clean_detector', 'train_detector',
-           'predict_boxes', 'mirrored', 'flip_predictions', 'wbf', 'choose_tta', 'load_tta', 'evaluate_detector',
-           'show_predictions', 'missing_methods', 'spinexr_train_det']
+           'det_recipe', 'repeat_factors', 'train_images', 'read_prep_labels', 'write_data_yaml', 'read_lines',
+           'focal_bce', 'FocalBCE', 'focal_criterion', 'spinexr_trainer', 'Detector', 'UltralyticsDetector',
+           'detector_for', 'detector_architecture', 'save_detector', 'load_detector', 'start_clean_detector',
+           'train_detector', 'predict_boxes', 'mirrored', 'flip_predictions', 'wbf', 'choose_tta', 'load_tta',
+           'evaluate_detector', 'show_predictions', 'missing_methods', 'spinexr_train_det']
 
 # %% ../nbs/20_detect.ipynb #7d8d6cf7
 def _check_settings(cfg):
-    "Refuse settings no run can have: a model that is not a yaml, an image side under 32, no epoch or no batch."
+    ("Refuse settings no run can have: a model that is not a yaml, an image side under 32, no epoch or no batch, "
+     "focal loss on a family whose loss has its own.")
     if not str(cfg.model).endswith(('.yaml', '.yml')):
-        raise InputError(f'model must be a YOLO11 .yaml (start from a .pt with weights), got {cfg.model!r}')
+        raise InputError(f'model must be an architecture .yaml such as {DEFAULT_DETECTOR}.yaml '
+                         f'(start from a .pt with weights), got {cfg.model!r}')
     if cfg.imgsz < 32 or cfg.epochs < 1 or cfg.batch < 1:
         raise InputError('imgsz must be >= 32, epochs and batch >= 1')
+    fam = next((f for f in DETECTOR_FAMILIES.values() if Path(cfg.model).stem in f.stems()), None)
+    if cfg.focal_gamma > 0 and fam is not None and fam.no_focal:
+        raise InputError(f'focal_gamma must be 0 for {Path(cfg.model).stem}: {fam.no_focal}')
 
 # %% ../nbs/20_detect.ipynb #f8569934
 @dataclass
@@ -80,6 +85,12 @@ class DetConfig(JsonConfig):
 def weights_name(self: DetConfig) -> str:
     "The store name of this architecture's COCO weights: the yaml's stem (`yolo11l.yaml` -> `yolo11l`)."
     return Path(self.model).stem
+
+# %% ../nbs/20_detect.ipynb #c55941f8
+def det_recipe(model: str = f'{DEFAULT_DETECTOR}.yaml', **overrides) -> DetConfig:
+    "The full-scale `DetConfig` of the architecture `model` (a yaml or a name): its family's recipe, then `overrides`."
+    fam, size = detector_family(model)
+    return DetConfig(**{**fam.recipe, **overrides, 'model': fam.yaml(size)})
 
 # %% ../nbs/20_detect.ipynb #bcd2aad1
 def repeat_factors(counts: pd.DataFrame, threshold: float) -> np.ndarray:
@@ -148,18 +159,19 @@ class FocalBCE:
 
 # %% ../nbs/20_detect.ipynb #19a41fe9
 def focal_criterion(model, gamma: float):
-    "The model's own detection loss, with `FocalBCE(gamma)` as its classification term."
+    ("The model's own detection loss, with `FocalBCE(gamma)` as its classification term (both heads' terms of an "
+     "NMS-free YOLO26's end-to-end loss).")
     crit = model.init_criterion()
-    crit.bce = FocalBCE(gamma)
+    for part in (crit.one2many, crit.one2one) if hasattr(crit, 'one2one') else (crit,): part.bce = FocalBCE(gamma)
     return crit
 
 # %% ../nbs/20_detect.ipynb #3277ccd3
-def spinexr_trainer(focal_gamma: float = 0.0):
-    "A `DetectionTrainer` subclass with focal loss (gamma > 0) on the classification branch."
+def spinexr_trainer(base=None, focal_gamma: float = 0.0):
+    "A subclass of ultralytics' trainer `base` (default `DetectionTrainer`) with focal loss (gamma > 0)."
     from ultralytics.models.yolo.detect import DetectionTrainer
     from ultralytics.utils.torch_utils import unwrap_model
 
-    class SpinexrTrainer(DetectionTrainer):
+    class SpinexrTrainer(base or DetectionTrainer):
         gamma = focal_gamma
         def _setup_train(self, *args, **kwargs):
             super()._setup_train(*args, **kwargs)
@@ -242,7 +254,8 @@ class Detector:
 
 # %% ../nbs/20_detect.ipynb #edffe9e5
 class UltralyticsDetector(Detector):
-    "The detector interface on ultralytics: `model` is its `YOLO` wrapper, the network its `DetectionModel`."
+    ("The detector interface on ultralytics: `model` is its wrapper (`YOLO`, `RTDETR`), the network its "
+     "`DetectionModel` or `RTDETRDetectionModel`.")
     library = 'ultralytics'
     files = ('detector.json', 'detector.pt')
 
@@ -257,56 +270,19 @@ def detector_for(model) -> Detector:
         raise InputError(f'no implementation of the detector interface runs {family.library!r} ({family.title})')
     return DETECTOR_LIBRARIES[family.library](family, size)
 
-# %% ../nbs/20_detect.ipynb #95f8961d
-def _start_state(cfg: DetConfig, store=None) -> tuple | None:
-    "(state_dict, SHA-256) a run starts from: the checkpoint in `weights`, else the store's COCO weights; None: none."
-    if cfg.weights: return yolo_checkpoint_state(cfg.weights)[0], sha256_file(cfg.weights)
-    if not cfg.pretrained: return None
-    if cfg.weights_name not in WEIGHTS:
-        raise InputError(f'no COCO weights are known for {cfg.model}; '
-                         'pass --no_pretrained to train it from scratch')
-    state, rec = WeightStore(store).load(cfg.weights_name)
-    return state, rec['sha256']
-
-# %% ../nbs/20_detect.ipynb #3c8e6935
-def _transfer(net, state: dict):
-    "Copy into `net` every tensor of `state` whose name and shape fit; its 1-channel first convolution the RGB sum."
-    with keep_threads():
-        from ultralytics.utils.torch_utils import intersect_dicts
-    target = net.state_dict()
-    start = intersect_dicts(state, target)                   # every tensor whose name and shape fit
-    conv = 'model.0.conv.weight'
-    if conv in state and conv not in start and state[conv].sum(1, keepdim=True).shape == target[conv].shape:
-        start[conv] = state[conv].sum(1, keepdim=True)       # one input channel: the sum of the RGB kernels
-    net.load_state_dict(start, strict=False)
-
-def _transferred(net, src_state: dict) -> int:
-    "How many of `net`'s tensors hold the source's values (the first convolution as the sum of its RGB kernels)."
-    import torch
-    n = 0
-    for k, v in net.state_dict().items():
-        s = src_state.get(k)
-        if s is None: continue
-        if s.shape == v.shape: n += bool(torch.equal(s.to(v.dtype), v))
-        elif k == 'model.0.conv.weight' and v.shape[1] == 1:
-            n += bool(torch.allclose(s.sum(1, keepdim=True).to(v.dtype), v, atol=1e-3))
-    return n
-
-# %% ../nbs/20_detect.ipynb #edb182cb
+# %% ../nbs/20_detect.ipynb #ece5e9c1
 @patch
-def start(self: UltralyticsDetector, cfg: DetConfig, store=None):
-    "The 1-channel, 7-class network a run starts from, COCO weights transferred (None from scratch); fills in `cfg`."
-    cfg.used_pretrained, cfg.pretrained_sha256, cfg.pretrained_tensors = False, None, None
-    if (source := _start_state(cfg, store)) is None: return None
-    state, sha = source
-    offline_env()
-    with keep_threads():
-        from ultralytics.nn.tasks import DetectionModel
-        net = DetectionModel(cfg.model, ch=1, nc=len(DET_CLASSES), verbose=False)
-    _transfer(net, state)
-    n = _transferred(net, state)
-    cfg.used_pretrained, cfg.pretrained_sha256, cfg.pretrained_tensors = True, sha, f'{n}/{len(net.state_dict())}'
-    return net
+def task_class(self: UltralyticsDetector, role: str):
+    "ultralytics' class of `role` ('model', 'trainer', 'validator' or 'predictor') for this family's detectors."
+    import ultralytics
+    return getattr(ultralytics, self.family.runner).task_map.fget(None)['detect'][role]
+
+@patch
+def wrapper(self: UltralyticsDetector, source):
+    "ultralytics' model wrapper of the family (`YOLO`, `RTDETR`) on `source`: a yaml, a checkpoint or an ONNX file."
+    import ultralytics
+    runner = getattr(ultralytics, self.family.runner)
+    return runner(str(source), task='detect', verbose=False) if runner is ultralytics.YOLO else runner(str(source))
 
 # %% ../nbs/20_detect.ipynb #0da0f778
 @contextlib.contextmanager
@@ -338,17 +314,16 @@ def detector_architecture(spec: dict, where) -> str:
 # %% ../nbs/20_detect.ipynb #c2e82ea2
 @patch
 def build(self: UltralyticsDetector):
-    "A fresh 1-channel, 7-class `DetectionModel` from ultralytics' own yaml of the architecture, without `eval`."
+    "A fresh 1-channel, 7-class network of the family's class, from ultralytics' own yaml of the architecture."
     offline_env()
     with keep_threads(), _safe_ultralytics_loads():
-        from ultralytics.nn.tasks import DetectionModel
-        return DetectionModel(self.arch, ch=1, nc=len(DET_CLASSES), verbose=False)
+        return self.task_class('model')(self.arch, ch=1, nc=len(DET_CLASSES), verbose=False)
 
 # %% ../nbs/20_detect.ipynb #244fd4c2
 def save_detector(model, run_dir) -> Path:
     "Save a 7-class YOLO detection model's architecture (JSON record) and weights (state_dict) atomically."
     run_dir = Path(run_dir)
-    net = getattr(model, 'model', model)      # a YOLO wrapper or a DetectionModel
+    net = model.model if hasattr(getattr(model, 'model', None), 'yaml') else model   # a wrapper or its network
     if net.yaml.get('nc') != len(DET_CLASSES): raise InputError(f"a detector of {net.yaml.get('nc')} classes, not 7")
     sha = save_weights({k: v.float() for k, v in net.state_dict().items()}, run_dir/'detector.pt')
     save_json(dict(yaml=net.yaml, names=list(DET_CLASSES), weights_sha256=sha), run_dir/'detector.json')
@@ -387,8 +362,7 @@ def load_detector(run_dir):
     state = load_weights(run_dir/'detector.pt', spec.get('weights_sha256'))   # weights_only, SHA-256 checked (00_core)
     net = _recorded_network(name, spec, state, run_dir)
     with keep_threads(), _safe_ultralytics_loads():
-        from ultralytics import YOLO
-        yolo = YOLO(name, task='detect', verbose=False)   # the wrapper (predict, val); its model is replaced:
+        yolo = detector_for(name).wrapper(name)           # the wrapper (predict, val); its model is replaced:
     net.args, net.task, net.names = yolo.model.args, 'detect', dict(enumerate(spec['names']))
     yolo.model = net.eval()
     return yolo
@@ -411,6 +385,61 @@ def save(self: UltralyticsDetector, run_dir) -> Path:
 def weights_sha256(self: UltralyticsDetector, run_dir) -> str | None:
     "The SHA-256 of `detector.pt` that `detector.json` records."
     return load_json(Path(run_dir)/'detector.json').get('weights_sha256')
+
+# %% ../nbs/20_detect.ipynb #95f8961d
+def _start_state(cfg: DetConfig, store=None) -> tuple | None:
+    "(state_dict, SHA-256) a run starts from: the checkpoint in `weights`, else the store's COCO weights; None: none."
+    if cfg.weights: return yolo_checkpoint_state(cfg.weights)[0], sha256_file(cfg.weights)
+    if not cfg.pretrained: return None
+    if cfg.weights_name not in WEIGHTS:
+        raise InputError(f'no COCO weights are known for {cfg.model}; '
+                         'pass --no_pretrained to train it from scratch')
+    state, rec = WeightStore(store).load(cfg.weights_name)
+    return state, rec['sha256']
+
+# %% ../nbs/20_detect.ipynb #3c8e6935
+def _transfer(net, state: dict):
+    "Copy into `net` every tensor of `state` whose name and shape fit; its 1-channel first convolution the RGB sum."
+    with keep_threads():
+        from ultralytics.utils.torch_utils import intersect_dicts
+    target = net.state_dict()
+    start = intersect_dicts(state, target)                   # every tensor whose name and shape fit
+    start.update(_gray_kernels(state, target))               # one input channel: the sum of the RGB kernels
+    net.load_state_dict(start, strict=False)
+
+def _is_gray_of(s, v) -> bool:
+    "Whether `v` is a 1-channel convolution kernel and `s` the same kernel over RGB."
+    return v.ndim == 4 and s.ndim == 4 and v.shape[1] == 1 and s.shape[1] == 3 and s.shape[0] == v.shape[0] \
+        and s.shape[2:] == v.shape[2:]
+
+def _gray_kernels(state: dict, target: dict) -> dict:
+    "The first convolution's kernels (`model.0.conv` in YOLO, the HGStem's in RT-DETR) summed over RGB."
+    return {k: state[k].sum(1, keepdim=True) for k, v in target.items() if k in state and _is_gray_of(state[k], v)}
+
+def _transferred(net, src_state: dict) -> int:
+    "How many of `net`'s tensors hold the source's values (the first convolution as the sum of its RGB kernels)."
+    import torch
+    n = 0
+    for k, v in net.state_dict().items():
+        s = src_state.get(k)
+        if s is None: continue
+        if s.shape == v.shape: n += bool(torch.equal(s.to(v.dtype), v))
+        elif _is_gray_of(s, v):
+            n += bool(torch.allclose(s.sum(1, keepdim=True).to(v.dtype), v, atol=1e-3))
+    return n
+
+# %% ../nbs/20_detect.ipynb #edb182cb
+@patch
+def start(self: UltralyticsDetector, cfg: DetConfig, store=None):
+    "The 1-channel, 7-class network a run starts from, COCO weights transferred (None from scratch); fills in `cfg`."
+    cfg.used_pretrained, cfg.pretrained_sha256, cfg.pretrained_tensors = False, None, None
+    if (source := _start_state(cfg, store)) is None: return None
+    state, sha = source
+    net = self.build()
+    _transfer(net, state)
+    n = _transferred(net, state)
+    cfg.used_pretrained, cfg.pretrained_sha256, cfg.pretrained_tensors = True, sha, f'{n}/{len(net.state_dict())}'
+    return net
 
 # %% ../nbs/20_detect.ipynb #c8265824
 DET_RUN_FILES = ('metrics.json', 'config.json', 'data.yaml', 'train.txt', 'history.csv', 'detector.json', 'detector.pt',
@@ -451,8 +480,7 @@ def _train_args(cfg: DetConfig, data: Path, out: Path, verbose: bool) -> dict:
 # %% ../nbs/20_detect.ipynb #dac578c9
 def _save_start(net, path) -> Path:
     "Write the start network as an ultralytics checkpoint (ultralytics' own `save`), for its trainer to load."
-    from ultralytics import YOLO
-    w = YOLO(net.yaml.get('yaml_file', 'yolo11n.yaml'), task='detect', verbose=False)
+    w = detector_for(net.yaml['yaml_file']).wrapper(net.yaml['yaml_file'])
     w.model = net
     with atomic_path(path) as tmp: w.save(str(tmp))
     return Path(path)
@@ -479,18 +507,17 @@ def train(self: UltralyticsDetector, start, data: Path, out: Path, cfg: DetConfi
           progress: bool = False) -> tuple:
     "Fit with ultralytics' trainer from `start`; keep the best epoch as `detector.json` + `.pt`: (seconds, history)."
     with keep_threads(), _safe_ultralytics_loads():
-        from ultralytics import YOLO
         _patch_ultralytics()
         args = _train_args(cfg, data, out, verbose)
         if start is not None: args['pretrained'] = str(_save_start(start, out/'.start.pt'))
-        yolo = YOLO(cfg.model, task='detect', verbose=False)
+        yolo = self.wrapper(cfg.model)
         t0 = time.perf_counter()
         if progress and not verbose:
             yolo.add_callback('on_pretrain_routine_start', lambda tr: setattr(tr, '_spinexr_t0', t0))
             yolo.add_callback('on_fit_epoch_end', _epoch_line)
-        yolo.train(trainer=spinexr_trainer(cfg.focal_gamma), **args)
+        yolo.train(trainer=spinexr_trainer(self.task_class('trainer'), cfg.focal_gamma), **args)
         secs = time.perf_counter() - t0
-        best = YOLO(str(out/'ultralytics'/'weights'/'best.pt'), task='detect')  # ultralytics' own, written just now
+        best = self.wrapper(out/'ultralytics'/'weights'/'best.pt')  # ultralytics' own checkpoint, written just now
         save_detector(best, out)
     (out/'.start.pt').unlink(missing_ok=True)
     return secs, _history(out/'ultralytics')
@@ -690,11 +717,10 @@ def export(self: UltralyticsDetector, imgsz: int, dst, opset: int) -> tuple:
 def load_onnx(self: UltralyticsDetector, data: bytes, name: str, session) -> UltralyticsDetector:
     "This detector on ONNX Runtime: ultralytics' ONNX backend set up from the bytes `data`, running `session`."
     offline_env()
-    from ultralytics import YOLO
     with keep_threads(), tempfile.TemporaryDirectory(prefix='spinexr-onnx-') as d:   # private (0700)
         private = Path(d)/name
         private.write_bytes(data)           # ultralytics reads its metadata from a copy of the checked bytes
-        yolo = YOLO(str(private), task='detect', verbose=False)
+        yolo = self.wrapper(private)
         yolo.predict(np.zeros((64, 64), np.uint8), imgsz=64, verbose=False)   # ultralytics sets up its backend
     backend = yolo.predictor.model.backend
     backend.session = session
@@ -706,9 +732,22 @@ def missing_methods(implementation: type) -> list:
     "The methods of the detector interface that `implementation` (a `Detector` subclass) does not provide yet."
     return [n for n, f in vars(Detector).items() if getattr(f, 'required', False) and getattr(implementation, n) is f]
 
+# %% ../nbs/20_detect.ipynb #7486f15a
+def _det_recipe_default(f) -> str:
+    "A setting's default in `--help`: the recipe's value, per family where they differ."
+    if f.name == 'model': return repr(f.default)
+    vals = {fam.title: getattr(det_recipe(fam.stems()[0]), f.name) for fam in DETECTOR_FAMILIES.values()}
+    if len(set(map(repr, vals.values()))) == 1: return repr(next(iter(vals.values())))
+    return ', '.join(f'{t}: {v!r}' for t, v in vals.items())
+
+_MODEL_HELP = ('architecture yaml: ' + '; '.join(f'{f.title} {f.yaml("{" + ",".join(f.sizes) + "}")} '
+                                                  f'(recipe: {f.recipe_source})' for f in DETECTOR_FAMILIES.values())
+               + '; its family\'s recipe sets every other default')
+
 # %% ../nbs/20_detect.ipynb #8be85bf6
 @call_parse
-@config_flags(DetConfig, helps=dict(pretrained='train from scratch on purpose: no COCO weights'))
+@config_flags(DetConfig, default_text=_det_recipe_default,
+              helps=dict(pretrained='train from scratch on purpose: no COCO weights', model=_MODEL_HELP))
 def spinexr_train_det(data: str = None,         # a prep tree written by spinexr_prep (yolo/, labels.csv, manifest.csv)
                       out: str = None,          # the run directory to write
                       verbose: bool = False,    # show ultralytics' per-epoch log
@@ -717,7 +756,8 @@ def spinexr_train_det(data: str = None,         # a prep tree written by spinexr
     "Train a lesion detector on a prep tree, then score val and test with the official protocol."
     with cli_errors('spinexr_train_det'):
         if not data or not out: raise InputError('give the prep tree with --data and the run directory with --out')
-        cfg = DetConfig(**given_settings(DetConfig, settings))
+        given = given_settings(DetConfig, settings)
+        cfg = det_recipe(given.pop('model', DetConfig.model), **given)
         tracker = single_run_tracker(tracking_uri, 'spinexr_train_det')
         s = train_detector(data, out, cfg, verbose=verbose, progress=True)
         m = evaluate_detector(out, data)

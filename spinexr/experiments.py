@@ -22,7 +22,7 @@ from .weights import WeightStore
 from .tracking import local_store, log_run, open_tracker
 from .metrics import eval_cls
 from .classify import ClsConfig, recipe, train_classifier
-from .detect import DetConfig, evaluate_detector, train_detector
+from .detect import DetConfig, det_recipe, evaluate_detector, train_detector
 
 # %% auto #0
 __all__ = ['PLAN_KEYS', 'CONFIGS', 'PLAN_OWNS', 'yaml_lines', 'model_kind', 'settable_fields', 'type_problem', 'job_config',
@@ -98,8 +98,7 @@ def type_problem(kind: str, name: str, value) -> str | None:
 def job_config(model: str, overrides: dict, seed: int):
     "The `ClsConfig` or `DetConfig` of `model` trained with `overrides` and `seed`."
     if model_kind(model) == 'classifier': return recipe(model, **{**overrides, 'seed': seed})
-    fam, size = detector_family(model)
-    return DetConfig(**{**fam.recipe, **overrides, 'model': fam.yaml(size), 'seed': seed})
+    return det_recipe(model, **{**overrides, 'seed': seed})
 
 # %% ../nbs/60_experiments.ipynb #eaf10f87
 @dataclass

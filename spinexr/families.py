@@ -11,8 +11,8 @@ from fastcore.basics import patch
 from .core import *
 
 # %% auto #0
-__all__ = ['BACKBONES', 'DETECTOR_FAMILIES', 'DEFAULT_DETECTOR', 'Backbone', 'backbone', 'DetectorFamily', 'detector_family',
-           'weights_table']
+__all__ = ['BACKBONES', 'ULTRALYTICS_RECIPE', 'DETECTOR_FAMILIES', 'DEFAULT_DETECTOR', 'Backbone', 'backbone', 'DetectorFamily',
+           'detector_family', 'weights_table']
 
 # %% ../nbs/06_families.ipynb #7211001b
 @dataclass(frozen=True)
@@ -50,8 +50,10 @@ class DetectorFamily:
     prefix: str          # architecture names are prefix + size: 'yolo11' -> 'yolo11l'
     sizes: str           # the sizes, one letter each: 'nsmlx'
     library: str = 'ultralytics'     # which implementation of the detector interface (spinexr.detect) runs it
+    runner: str = 'YOLO'             # the library's class that trains and runs it (ultralytics: YOLO or RTDETR)
     recipe: dict = field(default_factory=dict)  # DetConfig field -> full-scale value, where not its default
     recipe_source: str = ''          # where the recipe comes from
+    no_focal: str = ''               # why --focal_gamma does not apply to its loss; '' where it does
 
 # %% ../nbs/06_families.ipynb #e953d2e3
 @patch
@@ -70,8 +72,16 @@ def weights_what(self: DetectorFamily, stem: str) -> str:
     return f'COCO weights of the {self.title}-{stem[len(self.prefix):]} detector'
 
 # %% ../nbs/06_families.ipynb #1975b3bb
+ULTRALYTICS_RECIPE = dict(epochs=100, batch=16, optimizer='auto', lr0=0.01, degrees=0.0)   # where DetConfig differs
+_ULTRALYTICS_SOURCE = "ultralytics' documented training defaults (default.yaml, docs.ultralytics.com/modes/train)"
+
 DETECTOR_FAMILIES = {f.name: f for f in (
-    DetectorFamily('yolo11', 'YOLO11', 'yolo11', 'nsmlx', recipe_source="the seed's YOLO11-l recipe (seed README)"),)}
+    DetectorFamily('yolo11', 'YOLO11', 'yolo11', 'nsmlx', recipe_source="the seed's YOLO11-l recipe (seed README)"),
+    DetectorFamily('rtdetr', 'RT-DETR', 'rtdetr-', 'lx', runner='RTDETR', recipe=ULTRALYTICS_RECIPE,
+                   recipe_source=_ULTRALYTICS_SOURCE + ", as the seed's RT-DETR-l baseline",
+                   no_focal="RT-DETR's classification loss is already a varifocal loss"),
+    DetectorFamily('yolo26', 'YOLO26', 'yolo26', 'nsmlx', recipe=ULTRALYTICS_RECIPE,
+                   recipe_source=_ULTRALYTICS_SOURCE))}
 DEFAULT_DETECTOR = 'yolo11l'
 
 def detector_family(arch: str) -> tuple:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from fastcore.script import call_parse
+from fastcore.script import Param, call_parse
 
 from .core import *
 from .annotations import read_annotations
@@ -18,9 +18,10 @@ from .annotations import read_annotations
 __all__ = ['CLS_METRICS', 'THRESHOLD_RULES', 'CAL_BINS', 'DET_COLUMNS', 'CLS_COLUMNS', 'cls_metrics', 'operating_points',
            'youden_threshold', 'f1_threshold', 'pick_threshold', 'bootstrap_samples', 'bootstrap_ci', 'roc_figure',
            'calibration_bins', 'calibration_errors', 'reliability_figure', 'xyxy_to_xywh', 'check_det_predictions',
-           'coco_eval', 'det_ap50', 'match_tables', 'table_ap', 'det_bootstrap_samples', 'det_bootstrap_ci', 'ap_table',
-           'pr_figure', 'fusion_rule', 'reverse_fusion', 'read_cls_predictions', 'read_det_predictions', 'eval_cls',
-           'eval_det', 'cls_report', 'det_report', 'spinexr_eval_cls', 'spinexr_eval_det']
+           'coco_eval', 'det_ap50', 'match_tables', 'table_ap', 'det_bootstrap_samples', 'det_bootstrap_ci',
+           'paired_det_bootstrap', 'ap_table', 'pr_figure', 'fusion_rule', 'reverse_fusion', 'read_cls_predictions',
+           'read_det_predictions', 'eval_cls', 'eval_det', 'eval_det_compare', 'cls_report', 'det_report',
+           'det_compare_report', 'spinexr_eval_cls', 'spinexr_eval_det']
 
 # %% ../nbs/05_metrics.ipynb #ae4047f3
 CLS_METRICS = ('auroc', 'sensitivity', 'specificity', 'f1', 'precision', 'accuracy')
@@ -397,6 +398,30 @@ def det_bootstrap_ci(E, n: int = 1000, seed: int = 0, level: float = 0.95, group
     return dict(map50=iv(s.map50.to_numpy()), ap50={c: iv(s[c].to_numpy()) for c in DET_CLASSES}, n_boot=int(n),
                 level=level, seed=seed)
 
+# %% ../nbs/05_metrics.ipynb #c97d04a0
+def _paired_difference(a: np.ndarray, b: np.ndarray, level: float) -> dict:
+    "Interval and two-sided bootstrap p-value of `a - b` over paired resamples (NaN pairs left out)."
+    d = a - b
+    d = d[np.isfinite(d)]
+    if not len(d): return dict(ci=None, p=None)
+    q = (1 - level) / 2
+    return dict(ci=tuple(map(float, np.quantile(d, [q, 1 - q]))),
+                p=float(min(1.0, 2 * min((d <= 0).mean(), (d >= 0).mean()))))
+
+# %% ../nbs/05_metrics.ipynb #0b2834c7
+def paired_det_bootstrap(gt: pd.DataFrame, preds_a: pd.DataFrame, preds_b: pd.DataFrame, n: int = 1000,
+                         seed: int = 0, level: float = 0.95) -> dict:
+    ("Detectors A and B on the same images: mAP and each class's AP@0.5 of both, and their difference A - B with "
+     "its interval and p-value over `n` paired bootstrap resamples of the images.")
+    res = [det_ap50(gt, p) for p in (preds_a, preds_b)]
+    a, b = (det_bootstrap_samples(coco_eval(gt, p), n, seed) for p in (preds_a, preds_b))   # same seed: same draws
+    def compared(va, vb, col):
+        return dict(a=va, b=vb, diff=None if va is None or vb is None else va - vb,
+                    **_paired_difference(a[col].to_numpy(), b[col].to_numpy(), level))
+    return dict(map50=compared(res[0]['map50'], res[1]['map50'], 'map50'),
+                ap50={c: compared(res[0]['ap50'][c], res[1]['ap50'][c], c) for c in DET_CLASSES},
+                n_images=res[0]['n_images'], n_boot=int(n), seed=seed, level=level)
+
 # %% ../nbs/05_metrics.ipynb #04e80f63
 def ap_table(res: dict) -> pd.DataFrame:
     "Per-class ground-truth and predicted box counts and AP@0.5 (NaN where the class is absent), from `det_ap50`."
@@ -546,6 +571,15 @@ def eval_det(gt_csv, pred_csv, n_boot: int = 0, seed: int = 0) -> dict:
     res = det_ap50(gt, preds, n_boot, seed)
     return dict(gt_csv=str(gt_csv), pred_csv=str(pred_csv), **res)
 
+# %% ../nbs/05_metrics.ipynb #71a3da14
+def eval_det_compare(gt_csv, a_csv, b_csv, n_boot: int = 1000, seed: int = 0) -> dict:
+    ("Two detection CSVs scored against the same annotation CSV and compared by the paired bootstrap of their images "
+     "(`paired_det_bootstrap`): A - B for the mAP and each class's AP@0.5.")
+    if n_boot < 1: raise InputError(f'--n_boot must be at least 1, got {n_boot}')
+    gt = read_annotations(gt_csv)
+    a, b = (read_det_predictions(p, set(gt.image_id)) for p in (a_csv, b_csv))
+    return dict(gt_csv=str(gt_csv), a_csv=str(a_csv), b_csv=str(b_csv), **paired_det_bootstrap(gt, a, b, n_boot, seed))
+
 # %% ../nbs/05_metrics.ipynb #d470b329
 def cls_report(r: dict) -> str:
     "The classification results of `eval_cls` as a text table."
@@ -582,6 +616,23 @@ def det_report(r: dict) -> str:
                      f"maxDets)")
     return '\n'.join(lines)
 
+# %% ../nbs/05_metrics.ipynb #436ebda8
+def det_compare_report(r: dict) -> str:
+    "The paired comparison of `eval_det_compare` as a text table: A, B, A - B, its interval and p-value per row."
+    f = lambda v: 'n/a' if v is None else f'{v:.4f}'
+    iv = lambda c: '' if c['ci'] is None else f"{c['ci'][0]:+.4f} - {c['ci'][1]:+.4f}   p = {c['p']:.3f}"
+    dif = lambda c: 'n/a' if c['diff'] is None else f"{c['diff']:+.4f}"
+    lines = [f"A = {r['a_csv']}", f"B = {r['b_csv']}",
+             f"on the {r['n_images']} images of {r['gt_csv']}; {int(r['level'] * 100)}% intervals of A - B from "
+             f"{r['n_boot']:,} paired bootstrap resamples of the images",
+             f"{'AP50':<22} {'A':>7} {'B':>7} {'A - B':>8}   interval of A - B"]
+    for c in DET_CLASSES:
+        x = r['ap50'][c]
+        if x['a'] is not None: lines.append(f"{c:<22} {f(x['a']):>7} {f(x['b']):>7} {dif(x):>8}   {iv(x)}")
+    m = r['map50']
+    lines.append(f"{'mAP@0.5':<22} {f(m['a']):>7} {f(m['b']):>7} {dif(m):>8}   {iv(m)}")
+    return '\n'.join(lines)
+
 # %% ../nbs/05_metrics.ipynb #681f5cc3
 def _save_figure(draw, path):
     "Draw on a fresh figure and save it atomically to `path`."
@@ -616,14 +667,24 @@ def spinexr_eval_cls(
 @call_parse
 def spinexr_eval_det(
     gt_csv: str,      # ground truth in the release's annotation format; every image in it is evaluated
-    pred_csv: str,    # CSV with columns image_id, lesion_type, score, xmin, ymin, xmax, ymax (one row per box)
+    pred_csv: Param('CSV with columns image_id, lesion_type, score, xmin, ymin, xmax, ymax (one row per box)', str,
+                    nargs='?', opt=False) = None,
     out: str = None,  # write the results as JSON here
     fig: str = None,  # write the precision-recall figure (PNG) here
     ci: bool = False, # add bootstrap 95% CIs (images resampled, normal ones included) of each AP50 and the mAP
-    n_boot: int = 1000,  # bootstrap resamples for --ci
-    seed: int = 0):   # bootstrap seed
+    n_boot: int = 1000,  # bootstrap resamples for --ci and --compare
+    seed: int = 0,    # bootstrap seed
+    compare: Param('A.csv B.csv: two prediction CSVs on the same images, compared by the paired bootstrap (A - B)',
+                   str, nargs=2) = None):
     "Score box predictions with the official protocol: COCO AP@0.5 per class and mAP over all images, normal included."
     with cli_errors('spinexr_eval_det'):
+        if compare and pred_csv: raise InputError('give either PRED_CSV or --compare A.csv B.csv, not both')
+        if compare:
+            r = eval_det_compare(gt_csv, *compare, n_boot, seed)
+            print(det_compare_report(r))
+            if out: save_json(r, out)
+            return
+        if not pred_csv: raise InputError('give the predictions to score (PRED_CSV), or --compare A.csv B.csv')
         if ci and n_boot < 1: raise InputError(f'--n_boot must be at least 1, got {n_boot}')
         r = eval_det(gt_csv, pred_csv, n_boot if ci else 0, seed)
         print(det_report(r))

@@ -24,7 +24,7 @@ WEIGHTS = weights_table()     # name -> dict(kind, what), from the registry of n
 FETCH_DEFAULT = (*BACKBONES, DEFAULT_DETECTOR)     # what the full-scale recipes use
 
 def _names_text() -> str:
-    "The store's names, as `--help` lists them: 'densenet121, ..., yolo11n/s/m/l/x'."
+    "The store's names, as `--help` lists them: 'densenet121, ..., yolo11n/s/m/l/x, rtdetr-l/x, ...'."
     return ', '.join([*BACKBONES, *(f'{f.prefix}{"/".join(f.sizes)}' for f in DETECTOR_FAMILIES.values())])
 
 # %% ../nbs/09_weights.ipynb #d7376573

@@ -8,7 +8,7 @@ import pytest
 from conftest import CHROMIUM, CHROMIUM_ARGS, SHOTS, require_system, run_cli
 
 from spinexr.core import DET_CLASSES
-from spinexr.bundle import bundle_sha256, read_bundle
+from spinexr.bundle import Bundle, bundle_sha256, read_bundle
 
 @pytest.fixture(scope='module')
 def demo(tmp_path_factory):
@@ -271,14 +271,14 @@ def test_full_scale_without_weights_stops_before_any_step(release, tmp_path):
     assert not (tmp_path/'out').exists()
 
 def test_rehearsal_on_a_subset_of_a_release(phantom_release, tmp_path):
-    """The rehearsal's own path on a release (subset, then every step; rehearsal.csv), at a toy scale; the release
-    untouched."""
+    """The rehearsal's own path on a release (subset, then every step; rehearsal.csv), at a toy scale, comparing two
+    detector families; the release untouched."""
     from conftest import tree_digest
     from spinexr.demo import DemoConfig, run_demo
     rel = phantom_release('rel', n_studies=40, size=256)                 # the bundle records the folder's name
     before = tree_digest(rel)
     cfg = DemoConfig(prep_size=128, cls_size=64, cls_epochs=1, det_imgsz=128, det_epochs=1, det_batch=8, n_boot=100,
-                     val_frac=0.3, rehearsal=True, rehearsal_images=40)
+                     det_n_boot=100, val_frac=0.3, rehearsal=True, rehearsal_images=40, detectors='yolo11n,yolo26n')
     m = run_demo(tmp_path/'out', data=rel, cfg=cfg, progress=False)
     t = pd.read_csv(tmp_path/'out'/'rehearsal.csv')
     assert t.step.tolist()[:3] == ['subset', 'preprocess', 'classifier densenet121'] and t.step.iloc[-1] == 'report'
@@ -287,6 +287,15 @@ def test_rehearsal_on_a_subset_of_a_release(phantom_release, tmp_path):
     assert 'rehearsal subset' in m['data'] and tree_digest(rel) == before
     t = read_bundle(tmp_path/'out'/'model')['trained_on']       # a phantom's subset, in a rehearsal: both are caveats
     assert (t['data'], t['root'], t['rehearsal']) == ('phantom', 'rel (a subset)', True)
+    steps = pd.read_csv(tmp_path/'out'/'rehearsal.csv').step.tolist()
+    assert {'detector yolo11n', 'detector yolo26n', 'detector choice'} <= set(steps) and 'detector' not in steps
+    d = m['detectors']                     # both on the same test images; the bundle's is the better on validation
+    assert list(d['test']) == ['yolo11n', 'yolo26n']
+    assert d['chosen'] == max(d['test'], key=lambda n: d['val_map50'][n] or -1)
+    assert len(d['paired']) == 1 and d['paired'][0]['n_images'] == m['detection']['n_images']
+    bundled = json.loads((Bundle(tmp_path/'out'/'model').detector/'config.json').read_text())
+    assert bundled['model'] == d['chosen'] + '.yaml'
+    assert 'Detectors compared' in (tmp_path/'out'/'report.html').read_text()
 
 
 def _matched(a: pd.DataFrame, b: pd.DataFrame) -> list:

@@ -68,7 +68,7 @@ def test_damaged_detector(run, tmp_path):
     pt.write_bytes(pt.read_bytes()[:5000])
     with pytest.raises(InputError, match='truncated or corrupt'): load_detector(tmp_path/'copy')
 
-@pytest.mark.parametrize('args,message', [(['--model', 'yolo11n.pt'], 'model must be a YOLO11 .yaml'),
+@pytest.mark.parametrize('args,message', [(['--model', 'yolo11n.pt'], 'model must be an architecture .yaml'),
                                           (['--weights', '/nonexistent.pt'], 'weights file not found'),
                                           (['--model', 'yolov8n.yaml', '--no_pretrained'],
                                            "architecture 'yolov8n.yaml' is not one spinexr builds")])
@@ -80,3 +80,56 @@ def test_bad_settings(run, tmp_path, args, message):
 def test_not_a_prep_tree(tmp_path):
     r = run_cli('spinexr_train_det', '--data', tmp_path, '--out', tmp_path/'run', timeout=300)
     assert r.returncode == 1 and 'no labels.csv' in r.stderr
+
+# --- every detector family through the one interface: train, official scoring, bundle, ONNX, spinexr_predict ---
+
+@pytest.fixture(scope='module')
+def classifiers(run, tmp_path_factory):
+    "The three classifiers of one epoch on the module's prep tree, and their ensemble, for bundles of each family."
+    from spinexr.bundle import tiny_classifiers
+    return tiny_classifiers(run[0], tmp_path_factory.mktemp('cls'), size=32)
+
+@pytest.mark.parametrize('arch', ['rtdetr-l', 'yolo26n'])
+def test_family_end_to_end(arch, run, classifiers, tmp_path):
+    "RT-DETR and YOLO26 train, score, bundle, export with parity and predict through spinexr_predict like YOLO11."
+    from spinexr.bundle import Bundle, make_bundle
+    from spinexr.export import export_bundle
+    prep, out = run[0], tmp_path/'det'
+    focal = ['--focal_gamma', 2] if arch.startswith('yolo') else []          # RT-DETR's loss has its own
+    r = run_cli('spinexr_train_det', '--data', prep, '--out', out, '--model', f'{arch}.yaml', '--imgsz', 64,
+                '--epochs', 1, '--batch', 8, '--workers', 0, '--no_pretrained', *focal, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((out/'metrics.json').read_text())
+    assert {'val', 'test', 'test_tta', 'ultralytics_test'} <= set(m) and 0 <= m['test']['map50'] <= 1
+    assert json.loads((out/'detector.json').read_text())['yaml']['yaml_file'] == f'{arch}.yaml'
+    assert not any(p.suffix == '.pt' and p.name != 'detector.pt' for p in out.rglob('*'))
+    model = make_bundle(tmp_path/'model', classifiers[0], out, classifiers[1], prep)
+    det = Bundle(model).detector_model('torch')
+    assert det.arch == f'{arch}.yaml'
+    rec = export_bundle(model)
+    assert rec['networks']['detector']['max_difference'] < 1e-3
+    dicoms = sorted((prep.parent/'release'/'test_images').glob('*.dicom'))[:3]
+    src = tmp_path/'in'; src.mkdir()
+    for f in dicoms: shutil.copy2(f, src/f.name)
+    for runtime in ('torch', 'onnx'):
+        r = run_cli('spinexr_predict', model, src, '--out', tmp_path/runtime, '--runtime', runtime, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+    a, b = (pd.read_csv(tmp_path/rt/'predictions.csv') for rt in ('torch', 'onnx'))
+    assert len(a) == len(b) and np.allclose(a.score, b.score, atol=1e-3)
+
+def test_rtdetr_starts_from_coco_weights(tmp_path):
+    "A locally made RT-DETR-l checkpoint imports into the store; a run starts from it, the RGB stem summed to gray."
+    from ultralytics import RTDETR
+    from spinexr.weights import WeightStore
+    RTDETR('rtdetr-l.yaml').save(str(tmp_path/'rtdetr-l.pt'))
+    store = WeightStore(tmp_path/'store')
+    r = run_cli('spinexr_weights', 'import', tmp_path/'rtdetr-l.pt', '--name', 'rtdetr-l', '--store', store.root)
+    assert r.returncode == 0, r.stderr
+    cfg = DetConfig(model='rtdetr-l.yaml')
+    net = detector_for(cfg).start(cfg, store.root)
+    coco = store.load('rtdetr-l')[0]
+    k = 'model.0.stem1.conv.weight'
+    assert net.state_dict()[k].shape[1] == 1 and np.allclose(net.state_dict()[k], coco[k].sum(1, keepdim=True),
+                                                             atol=1e-4)
+    n, total = map(int, cfg.pretrained_tensors.split('/'))
+    assert 0.9 * total < n < total, cfg.pretrained_tensors          # all but the 7-class heads
