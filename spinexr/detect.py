@@ -30,12 +30,16 @@ __all__ = ['DETECTOR_LIBRARIES', 'DETECTOR_YAMLS', 'ARCH_FIELDS', 'DET_RUN_FILES
            'evaluate_detector', 'show_predictions', 'missing_methods', 'spinexr_train_det']
 
 # %% ../nbs/20_detect.ipynb #7d8d6cf7
+def _check_yaml(model):
+    "A detector is named by its architecture's yaml (or name), never by a weights file."
+    if not str(model).endswith(('.yaml', '.yml')):
+        raise InputError(f'model must be an architecture .yaml such as {DEFAULT_DETECTOR}.yaml '
+                         f'(start from a .pt with weights), got {model!r}')
+
 def _check_settings(cfg):
     ("Refuse settings no run can have: a model that is not a yaml, an image side under 32, no epoch or no batch, "
      "focal loss on a family whose loss has its own.")
-    if not str(cfg.model).endswith(('.yaml', '.yml')):
-        raise InputError(f'model must be an architecture .yaml such as {DEFAULT_DETECTOR}.yaml '
-                         f'(start from a .pt with weights), got {cfg.model!r}')
+    _check_yaml(cfg.model)
     if cfg.imgsz < 32 or cfg.epochs < 1 or cfg.batch < 1:
         raise InputError('imgsz must be >= 32, epochs and batch >= 1')
     fam = next((f for f in DETECTOR_FAMILIES.values() if Path(cfg.model).stem in f.stems()), None)
@@ -89,6 +93,7 @@ def weights_name(self: DetConfig) -> str:
 # %% ../nbs/20_detect.ipynb #c55941f8
 def det_recipe(model: str = f'{DEFAULT_DETECTOR}.yaml', **overrides) -> DetConfig:
     "The full-scale `DetConfig` of the architecture `model` (a yaml or a name): its family's recipe, then `overrides`."
+    if Path(str(model)).suffix: _check_yaml(model)                 # a weights file gets the message that says so
     fam, size = detector_family(model)
     return DetConfig(**{**fam.recipe, **overrides, 'model': fam.yaml(size)})
 

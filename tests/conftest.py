@@ -63,9 +63,12 @@ def release_copy(release, tmp_path) -> Path:
 
 @pytest.fixture(scope='session')
 def prepared(tmp_path_factory):
-    "`prepared(**kw)`: `spinexr.prep.prepared_phantom(**kw)`, the prep tree of a phantom, made once per session."
+    ("`prepared(**kw)`: `spinexr.prep.prepared_phantom(**kw)`, the prep tree of a phantom, made once per session, in "
+     "a folder the session's pytest-xdist workers share (prepared_phantom and tiny_bundle lock while they make one).")
     from spinexr.prep import prepared_phantom
-    root = tmp_path_factory.mktemp('prepared')
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get('PYTEST_XDIST_WORKER') else base)/'prepared'
+    root.mkdir(exist_ok=True)
     return lambda **kw: prepared_phantom(root=root, **kw)
 
 CHROMIUM = '/usr/bin/chromium'       # Debian's, driven by Playwright (no `playwright install`)
