@@ -108,7 +108,7 @@ def classifier(self: DemoConfig, arch: str):
 def detector_archs(self: DemoConfig) -> list:
     "The detector architectures the demo trains: those of `detectors`, else `det_model` alone."
     names = [a.strip() for a in self.detectors.split(',') if a.strip()] or [self.det_model]
-    return [detector_family(a)[0].yaml(detector_family(a)[1]) for a in names]   # a clear error for an unknown one
+    return [fam.yaml(size) for fam, size in map(detector_family, names)]   # a clear error for an unknown one
 
 @patch
 def detector(self: DemoConfig, arch: str | None = None) -> DetConfig:

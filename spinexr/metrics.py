@@ -313,18 +313,24 @@ def coco_eval(gt: pd.DataFrame, preds: pd.DataFrame, max_dets: int = 100):
     return E
 
 # %% ../nbs/05_metrics.ipynb #dff6b2f7
+def _precision(E) -> np.ndarray: return E.eval['precision'][0, :, :, 0, 0]    # (101 recall points, 7 classes)
+
+def _ap50_of(E) -> tuple:
+    "({class: AP@0.5 or None where the class has no ground truth}, their mean or None) of COCOeval run `E`."
+    prec = _precision(E)
+    present = (prec > -1).all(axis=0)
+    ap = {c: float(prec[:, k].mean()) if present[k] else None for k, c in enumerate(DET_CLASSES)}
+    return ap, float(np.mean([v for v in ap.values() if v is not None])) if present.any() else None
+
 def det_ap50(gt: pd.DataFrame, preds: pd.DataFrame, n_boot: int = 0, seed: int = 0) -> dict:
     ("The official detection metric: AP@0.5 per class (None for a class without ground truth), mean, counts, PR "
      "curves; with `n_boot`, their bootstrap 95% CIs as `ci` (`det_bootstrap_ci`, below).")
     preds = check_det_predictions(preds, gt.image_id.unique())
     E = coco_eval(gt, preds)
-    prec = E.eval['precision'][0, :, :, 0, 0]                      # (101 recall points, 7 classes)
-    present = (prec > -1).all(axis=0)
-    ap = {c: float(prec[:, k].mean()) if present[k] else None for k, c in enumerate(DET_CLASSES)}
+    prec, (ap, map50) = _precision(E), _ap50_of(E)
     boxes = gt[gt.lesion_type.ne(NO_FINDING)]
     normal = set(gt.image_id) - set(boxes.image_id)
-    return dict(map50=float(np.mean([v for v in ap.values() if v is not None])) if present.any() else None,
-                ap50=ap, classes_in_mean=[c for c in DET_CLASSES if ap[c] is not None],
+    return dict(map50=map50, ap50=ap, classes_in_mean=[c for c in DET_CLASSES if ap[c] is not None],
                 n_gt={c: int((boxes.lesion_type == c).sum()) for c in DET_CLASSES},
                 n_pred={c: int((preds.lesion_type == c).sum()) for c in DET_CLASSES},
                 n_images=int(gt.image_id.nunique()), n_normal_images=len(normal),
@@ -413,14 +419,15 @@ def paired_det_bootstrap(gt: pd.DataFrame, preds_a: pd.DataFrame, preds_b: pd.Da
                          seed: int = 0, level: float = 0.95) -> dict:
     ("Detectors A and B on the same images: mAP and each class's AP@0.5 of both, and their difference A - B with "
      "its interval and p-value over `n` paired bootstrap resamples of the images.")
-    res = [det_ap50(gt, p) for p in (preds_a, preds_b)]
-    a, b = (det_bootstrap_samples(coco_eval(gt, p), n, seed) for p in (preds_a, preds_b))   # same seed: same draws
+    ids = gt.image_id.unique()
+    Es = [coco_eval(gt, check_det_predictions(p, ids)) for p in (preds_a, preds_b)]    # each scored once
+    (ap_a, map_a), (ap_b, map_b) = map(_ap50_of, Es)
+    a, b = (det_bootstrap_samples(E, n, seed) for E in Es)                            # same seed: same draws
     def compared(va, vb, col):
         return dict(a=va, b=vb, diff=None if va is None or vb is None else va - vb,
                     **_paired_difference(a[col].to_numpy(), b[col].to_numpy(), level))
-    return dict(map50=compared(res[0]['map50'], res[1]['map50'], 'map50'),
-                ap50={c: compared(res[0]['ap50'][c], res[1]['ap50'][c], c) for c in DET_CLASSES},
-                n_images=res[0]['n_images'], n_boot=int(n), seed=seed, level=level)
+    return dict(map50=compared(map_a, map_b, 'map50'), ap50={c: compared(ap_a[c], ap_b[c], c) for c in DET_CLASSES},
+                n_images=len(ids), n_boot=int(n), seed=seed, level=level)
 
 # %% ../nbs/05_metrics.ipynb #04e80f63
 def ap_table(res: dict) -> pd.DataFrame:
