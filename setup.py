@@ -44,7 +44,7 @@ setuptools.setup(
     url=cfg['git_url'],
     packages=setuptools.find_packages(include=['spinexr', 'spinexr.*']),
     include_package_data=True,
-    package_data={'spinexr': ['templates/*']},   # the report's and the web page's markup
+    package_data={'spinexr': ['templates/*', 'architectures/*.yaml']},   # markup; the detector yamls spinexr ships
     install_requires=requirements,
     extras_require={'dev': dev_requirements},
     python_requires='>=' + min_python,

@@ -61,6 +61,7 @@ class DemoConfig(JsonConfig):
     det_lr0: float = 2e-3
     det_pretrained: bool = False  # COCO weights from the weights store; the phantom demo trains from scratch
     detectors: str = ''           # architectures compared, e.g. 'yolo11l,rtdetr-l,yolo26l'; '' = det_model alone
+    det_copy_paste: float | None = None   # copy-paste of the rare classes (DetConfig.copy_paste); None: the recipe's
     keep_score: float = 0.5       # the fusion rule's box score for images called normal
     n_boot: int = 10_000          # bootstrap resamples for the classification CIs
     det_n_boot: int = 1000        # bootstrap resamples of the test images for the detection AP50 and mAP CIs
@@ -113,7 +114,8 @@ def detector_archs(self: DemoConfig) -> list:
 @patch
 def detector(self: DemoConfig, arch: str | None = None) -> DetConfig:
     "The `DetConfig` of a detector (default `det_model`): its family's recipe (`det_recipe`), at the demo's scale."
-    kw = dict(imgsz=self.det_imgsz, epochs=self.det_epochs, batch=self.det_batch, lr0=self.det_lr0)
+    kw = dict(imgsz=self.det_imgsz, epochs=self.det_epochs, batch=self.det_batch, lr0=self.det_lr0,
+              copy_paste=self.det_copy_paste)
     cfg = det_recipe(arch or self.det_model, seed=self.seed, **{k: v for k, v in kw.items() if v is not None})
     cfg.pretrained = self._pretrained(self.det_pretrained, cfg.weights_name)
     return cfg
@@ -755,12 +757,14 @@ def run_demo(out, data=None, cfg: DemoConfig | None = None, progress: bool = Tru
     return metrics
 
 # %% ../nbs/50_demo.ipynb #6f43f5b1
-def _cli_config(data, n_studies, seed, tiny, rehearsal, no_pretrained, detectors=None) -> DemoConfig:
+def _cli_config(data, n_studies, seed, tiny, rehearsal, no_pretrained, detectors=None,
+                det_copy_paste=None) -> DemoConfig:
     "The `DemoConfig` that `spinexr_demo`'s flags ask for."
     if tiny and rehearsal: raise InputError('choose --tiny or --rehearsal, not both')
     base = DemoConfig.tiny() if tiny else DemoConfig.rehearsal_scale() if rehearsal else \
            (DemoConfig.full_scale() if data else DemoConfig())
-    kw = {k: v for k, v in dict(n_studies=n_studies, seed=seed, detectors=detectors).items() if v is not None}
+    kw = {k: v for k, v in dict(n_studies=n_studies, seed=seed, detectors=detectors,
+                                det_copy_paste=det_copy_paste).items() if v is not None}
     if no_pretrained: kw.update(cls_pretrained=False, det_pretrained=False)
     cfg = DemoConfig(**{**asdict(base), **kw})
     cfg.detector_archs()                       # an unknown architecture stops here, before anything runs
@@ -823,10 +827,11 @@ def spinexr_demo(out: str = 'demo',          # the folder to write (resumes if i
                  tiny: bool = False,         # a toy scale that runs in about a minute (for checks, not results)
                  rehearsal: bool = False,    # full-scale settings, one epoch, about 60 images: shapes, memory, setup
                  no_pretrained: bool = False,   # train every model from scratch on purpose (no ImageNet/COCO weights)
-                 detectors: str = None):     # compare these, e.g. yolo11l,rtdetr-l,yolo26l; the best on val is bundled
+                 detectors: str = None,      # compare these, e.g. yolo11l,rtdetr-l,yolo26l; the best on val is bundled
+                 det_copy_paste: float = None):  # > 0: this share of detector training images get a rare lesion pasted
     "Run the whole chain on a phantom (default) or the real release: report.html, metrics.json, a model bundle."
     with cli_errors('spinexr_demo'):
-        cfg = _cli_config(data, n_studies, seed, tiny, rehearsal, no_pretrained, detectors)
+        cfg = _cli_config(data, n_studies, seed, tiny, rehearsal, no_pretrained, detectors, det_copy_paste)
         m = run_demo(out, data, cfg, progress=True, command=shlex.join(['spinexr_demo', *sys.argv[1:]]))
     print(f"spinexr_demo: {m['data']}; {m['total_seconds']:.0f} s")
     for line in [*_classification_lines(m), *_detection_lines(m['detection']), *_detectors_lines(m),

@@ -4,7 +4,7 @@
 
 # %% ../nbs/20_detect.ipynb #5c1f3a80
 from __future__ import annotations
-import contextlib, functools, json, math, os, shutil, sys, tempfile, time
+import contextlib, functools, json, math, os, random, re, shutil, sys, tempfile, time
 from dataclasses import dataclass
 from typing import ClassVar
 from pathlib import Path
@@ -22,12 +22,14 @@ from .tracking import log_run, single_run_tracker
 from .prep import PrepTree
 
 # %% auto #0
-__all__ = ['DETECTOR_LIBRARIES', 'DETECTOR_YAMLS', 'ARCH_FIELDS', 'DET_RUN_FILES', 'WBF_IOU_THRS', 'WBF_SKIP_THRS', 'DetConfig',
-           'det_recipe', 'repeat_factors', 'train_images', 'read_prep_labels', 'write_data_yaml', 'read_lines',
-           'focal_bce', 'FocalBCE', 'focal_criterion', 'spinexr_trainer', 'Detector', 'UltralyticsDetector',
-           'detector_for', 'detector_architecture', 'save_detector', 'load_detector', 'start_clean_detector',
-           'train_detector', 'predict_boxes', 'mirrored', 'flip_predictions', 'wbf', 'choose_tta', 'load_tta',
-           'evaluate_detector', 'show_predictions', 'missing_methods', 'spinexr_train_det']
+__all__ = ['PASTE_NEVER', 'DETECTOR_LIBRARIES', 'DETECTOR_YAMLS', 'ARCH_FIELDS', 'DET_RUN_FILES', 'WBF_IOU_THRS', 'WBF_SKIP_THRS',
+           'DetConfig', 'det_recipe', 'repeat_factors', 'train_images', 'read_prep_labels', 'write_data_yaml',
+           'read_lines', 'focal_bce', 'FocalBCE', 'image_class_frequencies', 'paste_class_weights', 'paste_params',
+           'RareCopyPaste', 'use_rare_copy_paste', 'focal_criterion', 'spinexr_trainer', 'Detector',
+           'UltralyticsDetector', 'detector_for', 'architecture_source', 'detector_architecture', 'save_detector',
+           'load_detector', 'start_clean_detector', 'train_detector', 'predict_boxes', 'mirrored', 'flip_predictions',
+           'wbf', 'choose_tta', 'load_tta', 'evaluate_detector', 'show_predictions', 'missing_methods',
+           'spinexr_train_det']
 
 # %% ../nbs/20_detect.ipynb #7d8d6cf7
 def _check_yaml(model):
@@ -42,7 +44,7 @@ def _check_settings(cfg):
     _check_yaml(cfg.model)
     if cfg.imgsz < 32 or cfg.epochs < 1 or cfg.batch < 1:
         raise InputError('imgsz must be >= 32, epochs and batch >= 1')
-    fam = next((f for f in DETECTOR_FAMILIES.values() if Path(cfg.model).stem in f.stems()), None)
+    fam = next((f for f in DETECTOR_FAMILIES.values() if Path(cfg.model).stem in f.archs()), None)
     if cfg.focal_gamma > 0 and fam is not None and fam.no_focal:
         raise InputError(f'focal_gamma must be 0 for {Path(cfg.model).stem}: {fam.no_focal}')
 
@@ -67,6 +69,7 @@ class DetConfig(JsonConfig):
     scale: float = 0.5              # augmentation: scale gain
     focal_gamma: float = 0.0        # > 0: focal loss on the classification branch (the seed promised 2.0)
     repeat_factor: float = 0.0      # > 0: repeat-factor sampling with this threshold (the authors used 0.1)
+    copy_paste: float = 0.0         # > 0: probability that a training image gets a rare lesion pasted in (the seed's)
     include_empty: bool = False     # train on images without boxes too (the authors left them out)
     pretrained: bool = True         # start from the COCO weights of this size in the weights store (spinexr_weights)
     weights: str | None = None      # a local ultralytics checkpoint to start from, instead of the store's
@@ -87,8 +90,11 @@ class DetConfig(JsonConfig):
 # %% ../nbs/20_detect.ipynb #0f82e105
 @patch(as_prop=True)
 def weights_name(self: DetConfig) -> str:
-    "The store name of this architecture's COCO weights: the yaml's stem (`yolo11l.yaml` -> `yolo11l`)."
-    return Path(self.model).stem
+    ("The store name of the COCO weights this architecture starts from: its size's (`yolo11l.yaml` and "
+     "`yolo11l-p2.yaml` -> `yolo11l`).")
+    try: fam, size = detector_family(self.model)
+    except InputError: return Path(self.model).stem
+    return fam.coco_stem(size)
 
 # %% ../nbs/20_detect.ipynb #c55941f8
 def det_recipe(model: str = f'{DEFAULT_DETECTOR}.yaml', **overrides) -> DetConfig:
@@ -162,6 +168,71 @@ class FocalBCE:
     def __init__(self, gamma: float): self.gamma = gamma
     def __call__(self, logits, target): return focal_bce(logits, target, self.gamma)
 
+# %% ../nbs/20_detect.ipynb #ce53b6d3
+PASTE_NEVER = ('Osteophytes',)      # the majority class: never pasted
+
+def image_class_frequencies(classes: list) -> pd.Series:
+    "Per lesion class, the fraction of images that have it; `classes`: each image's class indices (any shape)."
+    has = np.array([np.isin(np.arange(len(DET_CLASSES)), np.ravel(c)) for c in classes], bool)
+    return pd.Series(has.mean(0) if len(has) else 0.0, index=list(DET_CLASSES), dtype=float)
+
+def paste_class_weights(freq: pd.Series) -> pd.Series:
+    "Each class's share of the pastes: inverse to its image frequency, none for `PASTE_NEVER` or an absent class."
+    inv = (1 / freq[freq > 0]).reindex(freq.index, fill_value=0.0)
+    inv[inv.index.isin(PASTE_NEVER)] = 0.0
+    return inv / inv.sum() if inv.sum() > 0 else inv
+
+# %% ../nbs/20_detect.ipynb #30bd415d
+def _box_segments(instances, w: int, h: int):
+    "`instances` in pixel xyxy, each box also as its rectangle: a 4-point segment, the mask `CopyPaste` pastes."
+    instances.convert_bbox(format='xyxy')
+    instances.denormalize(w, h)
+    b = instances.bboxes
+    instances.segments = np.stack([b[:, [0, 1]], b[:, [2, 1]], b[:, [2, 3]], b[:, [0, 3]]], 1).astype(np.float32)
+    return instances
+
+def paste_params(labels: dict, source: dict, c: int, max_ioa: float = 0.3) -> dict:
+    "`CopyPaste`'s parameters that paste `source`'s boxes of class `c` into `labels`, where they cover no box much."
+    from copy import deepcopy
+    from ultralytics.utils.metrics import bbox_ioa
+    h, w = labels['img'].shape[:2]
+    inst = _box_segments(deepcopy(labels['instances']), w, h)
+    src = _box_segments(deepcopy(source['instances']), w, h)
+    ok = (source['cls'].reshape(-1) == c) & (bbox_ioa(src.bboxes, inst.bboxes) < max_ioa).all(1)
+    return dict(instances=inst, instances2=src, selected=np.nonzero(ok)[0], im_new=np.zeros((h, w), np.uint8),
+                labels2_cls=source['cls'], labels2_img=source['img'])
+
+# %% ../nbs/20_detect.ipynb #c6e7d85a
+class RareCopyPaste:
+    ("With probability `p`, paste into a training image the boxes of one rare class, drawn by `weights`, from a "
+     "training image that has it; `copy_paste` (ultralytics' `CopyPaste`, mixup mode) pastes them.")
+    def __init__(self, copy_paste, weights: pd.Series):
+        self.cp, self.p = copy_paste, copy_paste.p
+        self.prepare = copy_paste.pre_transform.transforms[-1]      # its affine transform without the mosaic
+        has = [np.ravel(l['cls']).astype(int) for l in copy_paste.dataset.labels]
+        self.pool = {c: [i for i, h in enumerate(has) if c in h] for c, wt in enumerate(weights) if wt > 0}
+        self.weights = [weights.iloc[c] for c in self.pool]
+
+    def __call__(self, labels: dict) -> dict:
+        if not self.pool or random.uniform(0, 1) > self.p: return labels
+        c = random.choices(list(self.pool), self.weights)[0]
+        source = self.prepare(self.cp.dataset.get_image_and_label(random.choice(self.pool[c])))
+        if source['img'].shape[:2] != labels['img'].shape[:2]: return labels
+        params = paste_params(labels, source, c)
+        return self.cp.apply_instances(self.cp.apply_image(labels, params), params)
+
+# %% ../nbs/20_detect.ipynb #194d49ac
+def use_rare_copy_paste(dataset) -> pd.Series:
+    "Put `RareCopyPaste` where ultralytics' `CopyPaste` is in a training dataset's transforms; the shares it uses."
+    from ultralytics.data.augment import CopyPaste
+    weights = paste_class_weights(image_class_frequencies([l['cls'] for l in dataset.labels]))
+    for compose in (dataset.transforms, *(t for t in dataset.transforms.transforms if hasattr(t, 'transforms'))):
+        for k, t in enumerate(compose.transforms):
+            if isinstance(t, CopyPaste) and t.mode == 'mixup':
+                compose.transforms[k] = RareCopyPaste(t, weights)
+                return weights
+    raise RuntimeError("no mixup-mode CopyPaste in the dataset's transforms: build it with copy_paste_mode='mixup'")
+
 # %% ../nbs/20_detect.ipynb #19a41fe9
 def focal_criterion(model, gamma: float):
     ("The model's own detection loss, with `FocalBCE(gamma)` as its classification term (both heads' terms of an "
@@ -172,7 +243,8 @@ def focal_criterion(model, gamma: float):
 
 # %% ../nbs/20_detect.ipynb #3277ccd3
 def spinexr_trainer(base=None, focal_gamma: float = 0.0):
-    "A subclass of ultralytics' trainer `base` (default `DetectionTrainer`) with focal loss (gamma > 0)."
+    ("A subclass of ultralytics' trainer `base` (default `DetectionTrainer`) with focal loss (gamma > 0), "
+     "copy-paste of the rare classes (`copy_paste` > 0) and the architectures spinexr ships.")
     from ultralytics.models.yolo.detect import DetectionTrainer
     from ultralytics.utils.torch_utils import unwrap_model
 
@@ -183,6 +255,13 @@ def spinexr_trainer(base=None, focal_gamma: float = 0.0):
             if self.gamma > 0:
                 for m in (unwrap_model(self.model), getattr(self.ema, 'ema', None)):
                     if m is not None: m.criterion = focal_criterion(m, self.gamma)
+        def build_dataset(self, img_path, mode='train', batch=None):
+            dataset = super().build_dataset(img_path, mode, batch)
+            if mode == 'train' and self.args.copy_paste > 0:
+                self.paste_shares = use_rare_copy_paste(dataset).round(4).to_dict()
+            return dataset
+        def get_model(self, cfg=None, weights=None, verbose=True):
+            return super().get_model(architecture_source(cfg) if isinstance(cfg, str) else cfg, weights, verbose)
     return SpinexrTrainer
 
 # %% ../nbs/20_detect.ipynb #75b06594
@@ -275,6 +354,24 @@ def detector_for(model) -> Detector:
         raise InputError(f'no implementation of the detector interface runs {family.library!r} ({family.title})')
     return DETECTOR_LIBRARIES[family.library](family, size)
 
+# %% ../nbs/20_detect.ipynb #c7b4bdc4
+def _own_yaml(name: str):
+    "The yaml spinexr ships as `name` (in `spinexr/architectures`, for variants ultralytics lacks); None if none."
+    from importlib.resources import files
+    f = files('spinexr')/'architectures'/name
+    return f if f.is_file() else None
+
+def architecture_source(arch: str):
+    ("What ultralytics builds `arch` from: its name where ultralytics ships its yaml, else the yaml spinexr ships "
+     "as a dict, at the size the name gives ('yolo11l-p2.yaml': architectures/yolo11-p2.yaml at scale 'l').")
+    import yaml
+    name = Path(arch).name
+    m = re.fullmatch(r'(.*?\d+)([nslmx])(-\w+)?\.yaml', name)
+    own = _own_yaml(f'{m[1]}{m[3] or ""}.yaml') if m else None
+    if own is None: return arch
+    return {**yaml.safe_load(own.read_text()), 'scale': m[2], 'yaml_file': name}
+
+
 # %% ../nbs/20_detect.ipynb #ece5e9c1
 @patch
 def task_class(self: UltralyticsDetector, role: str):
@@ -284,10 +381,15 @@ def task_class(self: UltralyticsDetector, role: str):
 
 @patch
 def wrapper(self: UltralyticsDetector, source):
-    "ultralytics' model wrapper of the family (`YOLO`, `RTDETR`) on `source`: a yaml, a checkpoint or an ONNX file."
+    ("ultralytics' model wrapper of the family (`YOLO`, `RTDETR`) on `source`: a yaml, a checkpoint or an ONNX file. "
+     "A yaml spinexr ships is wrapped as its size's, renamed: ultralytics' trainer builds it by that name.")
     import ultralytics
     runner = getattr(ultralytics, self.family.runner)
-    return runner(str(source), task='detect', verbose=False) if runner is ultralytics.YOLO else runner(str(source))
+    own = isinstance(architecture_source(str(source)), dict)
+    path = self.family.coco_stem(self.size) + '.yaml' if own else str(source)
+    w = runner(path, task='detect', verbose=False) if runner is ultralytics.YOLO else runner(path)
+    if own: w.overrides['model'] = str(source)          # built by SpinexrTrainer.get_model, callers set `model`
+    return w
 
 # %% ../nbs/20_detect.ipynb #0da0f778
 @contextlib.contextmanager
@@ -304,7 +406,7 @@ def _safe_ultralytics_loads():
         else: os.environ['ULTRALYTICS_SAFE_LOAD'] = env
 
 # %% ../nbs/20_detect.ipynb #b73159b5
-DETECTOR_YAMLS = tuple(f.yaml(s) for f in UltralyticsDetector.families() for s in f.sizes)   # built by name
+DETECTOR_YAMLS = tuple(a + '.yaml' for f in UltralyticsDetector.families() for a in f.archs())   # built by name
 ARCH_FIELDS = ('backbone', 'head', 'scale', 'nc', 'channels', 'activation')
 
 def detector_architecture(spec: dict, where) -> str:
@@ -319,10 +421,10 @@ def detector_architecture(spec: dict, where) -> str:
 # %% ../nbs/20_detect.ipynb #c2e82ea2
 @patch
 def build(self: UltralyticsDetector):
-    "A fresh 1-channel, 7-class network of the family's class, from ultralytics' own yaml of the architecture."
+    "A fresh 1-channel, 7-class network of the family's class, from the architecture's yaml (ultralytics' or ours)."
     offline_env()
     with keep_threads(), _safe_ultralytics_loads():
-        return self.task_class('model')(self.arch, ch=1, nc=len(DET_CLASSES), verbose=False)
+        return self.task_class('model')(architecture_source(self.arch), ch=1, nc=len(DET_CLASSES), verbose=False)
 
 # %% ../nbs/20_detect.ipynb #244fd4c2
 def save_detector(model, run_dir) -> Path:
@@ -449,7 +551,7 @@ def start(self: UltralyticsDetector, cfg: DetConfig, store=None):
 # %% ../nbs/20_detect.ipynb #c8265824
 DET_RUN_FILES = ('metrics.json', 'config.json', 'data.yaml', 'train.txt', 'history.csv', 'detector.json', 'detector.pt',
                  'tta.json', 'preds_val.csv', 'preds_test.csv', 'preds_val_flip.csv', 'preds_test_flip.csv',
-                 'preds_test_tta.csv', '.start.pt')     # metrics.json, written last, is removed first
+                 'preds_test_tta.csv', 'copy_paste.json', '.start.pt')  # metrics.json, written last, is removed first
 
 def start_clean_detector(out: Path):
     "Remove what an earlier detector run into `out` left: its files, ultralytics' folders, atomic writes' temporaries."
@@ -476,7 +578,7 @@ def train_detector(prep_dir, out_dir, cfg: DetConfig | None = None, verbose: boo
 def _train_args(cfg: DetConfig, data: Path, out: Path, verbose: bool) -> dict:
     return dict(data=str(data), epochs=cfg.epochs, imgsz=cfg.imgsz, batch=cfg.batch, optimizer=cfg.optimizer,
                 lr0=cfg.lr0, weight_decay=cfg.weight_decay, mosaic=cfg.mosaic, close_mosaic=cfg.close_mosaic,
-                warmup_epochs=cfg.warmup_epochs,
+                warmup_epochs=cfg.warmup_epochs, copy_paste=cfg.copy_paste, copy_paste_mode='mixup',
                 hsv_h=0.0, hsv_s=0.0, hsv_v=cfg.hsv_v, fliplr=cfg.fliplr, flipud=0.0, degrees=cfg.degrees,
                 scale=cfg.scale, device=cfg.device, workers=cfg.workers, amp=cfg.amp, patience=cfg.patience,
                 seed=cfg.seed, deterministic=True, project=str(out), name='ultralytics', exist_ok=True,
@@ -524,6 +626,7 @@ def train(self: UltralyticsDetector, start, data: Path, out: Path, cfg: DetConfi
         secs = time.perf_counter() - t0
         best = self.wrapper(out/'ultralytics'/'weights'/'best.pt')  # ultralytics' own checkpoint, written just now
         save_detector(best, out)
+        if shares := getattr(yolo.trainer, 'paste_shares', None): save_json(shares, out/'copy_paste.json')
     (out/'.start.pt').unlink(missing_ok=True)
     return secs, _history(out/'ultralytics')
 

@@ -25,12 +25,13 @@ from .classify import ClsConfig, recipe, train_classifier
 from .detect import DetConfig, det_recipe, evaluate_detector, train_detector
 
 # %% auto #0
-__all__ = ['PLAN_KEYS', 'CONFIGS', 'PLAN_OWNS', 'yaml_lines', 'model_kind', 'settable_fields', 'type_problem', 'job_config',
-           'Plan', 'job_base', 'read_plan', 'study_folds', 'write_fold_tree', 'Job', 'plan_jobs', 'ExperimentDir',
-           'job_spec', 'job_state', 'job_figures', 'run_job', 'job_command', 'run_job_process', 'gpu_count',
-           'run_local', 'run_ray', 'track_job', 'corrected_ci', 'results_table', 'figure_columns', 'summary_table',
-           'paired_table', 'fold_figure', 'summary_wide', 'plt_close', 'write_report', 'ExperimentConfig',
-           'prepare_jobs', 'record_end', 'exclusive_lock', 'run_experiment', 'write_tables', 'spinexr_experiment']
+__all__ = ['PLAN_KEYS', 'CONFIGS', 'PLAN_OWNS', 'PLAN_SETTINGS', 'yaml_lines', 'model_kind', 'settable_fields', 'type_problem',
+           'job_config', 'Plan', 'job_base', 'read_plan', 'study_folds', 'write_fold_tree', 'Job', 'plan_jobs',
+           'ExperimentDir', 'job_spec', 'job_state', 'job_figures', 'run_job', 'job_command', 'run_job_process',
+           'gpu_count', 'run_local', 'run_ray', 'track_job', 'corrected_ci', 'results_table', 'figure_columns',
+           'summary_table', 'paired_table', 'fold_figure', 'summary_wide', 'plt_close', 'write_report',
+           'ExperimentConfig', 'prepare_jobs', 'record_end', 'exclusive_lock', 'run_experiment', 'write_tables',
+           'spinexr_experiment']
 
 # %% ../nbs/60_experiments.ipynb #3661f489
 PLAN_KEYS = dict(
@@ -73,13 +74,15 @@ def model_kind(name) -> str:
 # %% ../nbs/60_experiments.ipynb #dd390010
 CONFIGS = dict(classifier=ClsConfig, detector=DetConfig)
 PLAN_OWNS = ('arch', 'model', 'seed')      # set by the plan's models and seeds, not by a setting
+PLAN_SETTINGS = dict(detector=dict(variant=str | None))   # settings of the plan's own, not config fields
 
 def settable_fields(kind: str) -> dict:
-    "Field name -> annotation of the config fields a plan may set for jobs of `kind`."
+    "Field name -> annotation of what a plan may set for jobs of `kind`: config fields, then the plan's own."
     cls = CONFIGS[kind]
     hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in fields(cls)
-            if f.name not in PLAN_OWNS and f.name not in getattr(cls, 'filled_in', ())}
+    return {**{f.name: hints[f.name] for f in fields(cls)
+               if f.name not in PLAN_OWNS and f.name not in getattr(cls, 'filled_in', ())},
+            **PLAN_SETTINGS.get(kind, {})}
 
 # %% ../nbs/60_experiments.ipynb #32b4a079
 def type_problem(kind: str, name: str, value) -> str | None:
@@ -96,9 +99,14 @@ def type_problem(kind: str, name: str, value) -> str | None:
 
 # %% ../nbs/60_experiments.ipynb #38af3bba
 def job_config(model: str, overrides: dict, seed: int):
-    "The `ClsConfig` or `DetConfig` of `model` trained with `overrides` and `seed`."
+    "The `ClsConfig` or `DetConfig` of `model` (its `variant`, if one is set) trained with `overrides` and `seed`."
     if model_kind(model) == 'classifier': return recipe(model, **{**overrides, 'seed': seed})
-    return det_recipe(model, **{**overrides, 'seed': seed})
+    fields = {k: v for k, v in overrides.items() if k != 'variant'}
+    variant = overrides.get('variant')
+    if variant and f'{model}-{variant}' not in detector_family(model)[0].archs():
+        raise InputError(f'{model} has no variant {variant!r}; its architectures: '
+                         + ', '.join(detector_family(model)[0].archs()))
+    return det_recipe(f'{model}-{variant}' if variant else model, **{**fields, 'seed': seed})
 
 # %% ../nbs/60_experiments.ipynb #eaf10f87
 @dataclass
@@ -163,11 +171,12 @@ def _check_models(raw, path, lines) -> list:
 
 # %% ../nbs/60_experiments.ipynb #04233ec6
 def _grid_settings(grid: dict, path, lines) -> dict:
-    "Named settings from a grid: {'focal_gamma': [0, 2]} -> {'focal_gamma=0': {...}, 'focal_gamma=2': {...}}."
+    "Named settings from a grid: {'focal_gamma': [0, 2]} -> {'focal_gamma-0': {...}, 'focal_gamma-2': {...}}."
     for k, v in grid.items():
         if not isinstance(v, list) or not v: raise _at(path, lines, ('grid', k), f'grid.{k} must be a list of values')
     combos = itertools.product(*grid.values())
-    return {','.join(f'{k}={v}' for k, v in zip(grid, c)): dict(zip(grid, c)) for c in combos}
+    return {'__'.join(f"{k}-{'none' if v is None else v}" for k, v in zip(grid, c)): dict(zip(grid, c))
+            for c in combos}
 
 def _named_settings(raw: dict, path, lines) -> dict:
     if raw.get('settings') is not None and raw.get('grid') is not None:

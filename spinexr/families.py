@@ -54,6 +54,7 @@ class DetectorFamily:
     recipe: dict = field(default_factory=dict)  # DetConfig field -> full-scale value, where not its default
     recipe_source: str = ''          # where the recipe comes from
     no_focal: str = ''               # why --focal_gamma does not apply to its loss; '' where it does
+    variants: dict = field(default_factory=dict)  # suffix -> what it changes: 'p2' makes 'yolo11l-p2' of 'yolo11l'
 
 # %% ../nbs/06_families.ipynb #e953d2e3
 @patch
@@ -62,9 +63,19 @@ def stems(self: DetectorFamily) -> list:
     return [self.prefix + s for s in self.sizes]
 
 @patch
+def archs(self: DetectorFamily) -> list:
+    "Every architecture of the family: its sizes, then each variant of each size ('yolo11n-p2' ...)."
+    return self.stems() + [f'{s}-{v}' for v in self.variants for s in self.stems()]
+
+@patch
 def yaml(self: DetectorFamily, size: str) -> str:
-    "The yaml the architecture of `size` is built from."
+    "The yaml the architecture of `size` (a size letter, or a size and a variant: 'l-p2') is built from."
     return f'{self.prefix}{size}.yaml'
+
+@patch
+def coco_stem(self: DetectorFamily, size: str) -> str:
+    "The stem whose COCO weights an architecture starts from: its size's ('l-p2' -> 'yolo11l'); a variant has none."
+    return self.prefix + size.split('-')[0]
 
 @patch
 def weights_what(self: DetectorFamily, stem: str) -> str:
@@ -74,22 +85,25 @@ def weights_what(self: DetectorFamily, stem: str) -> str:
 # %% ../nbs/06_families.ipynb #1975b3bb
 ULTRALYTICS_RECIPE = dict(epochs=100, batch=16, optimizer='auto', lr0=0.01, degrees=0.0)   # where DetConfig differs
 _ULTRALYTICS_SOURCE = "ultralytics' documented training defaults (default.yaml, docs.ultralytics.com/modes/train)"
+_P2 = 'a fourth, finer scale (P2/4, stride 4) for small objects: detects at P2-P5'
+_P6 = 'a fourth, coarser scale (P6/64) for large objects: detects at P3-P6'
 
 DETECTOR_FAMILIES = {f.name: f for f in (
-    DetectorFamily('yolo11', 'YOLO11', 'yolo11', 'nsmlx', recipe_source="the seed's YOLO11-l recipe (seed README)"),
+    DetectorFamily('yolo11', 'YOLO11', 'yolo11', 'nsmlx', recipe_source="the seed's YOLO11-l recipe (seed README)",
+                   variants={'p2': _P2}),
     DetectorFamily('rtdetr', 'RT-DETR', 'rtdetr-', 'lx', runner='RTDETR', recipe=ULTRALYTICS_RECIPE,
                    recipe_source=_ULTRALYTICS_SOURCE + ", as the seed's RT-DETR-l baseline",
                    no_focal="RT-DETR's classification loss is already a varifocal loss"),
     DetectorFamily('yolo26', 'YOLO26', 'yolo26', 'nsmlx', recipe=ULTRALYTICS_RECIPE,
-                   recipe_source=_ULTRALYTICS_SOURCE))}
+                   recipe_source=_ULTRALYTICS_SOURCE, variants={'p2': _P2, 'p6': _P6}))}
 DEFAULT_DETECTOR = 'yolo11l'
 
 def detector_family(arch: str) -> tuple:
     "(family, size) of an architecture name or its yaml: 'yolo11l.yaml' -> (yolo11, 'l'); `InputError` otherwise."
     stem = arch[:-len('.yaml')] if str(arch).endswith('.yaml') else arch
     for fam in DETECTOR_FAMILIES.values():
-        if isinstance(stem, str) and stem in fam.stems(): return fam, stem[len(fam.prefix):]
-    known = ', '.join(s for fam in DETECTOR_FAMILIES.values() for s in fam.stems())
+        if isinstance(stem, str) and stem in fam.archs(): return fam, stem[len(fam.prefix):]
+    known = ', '.join(s for fam in DETECTOR_FAMILIES.values() for s in fam.archs())
     raise InputError(f'architecture {arch!r} is not one spinexr builds; known: {known}')
 
 # %% ../nbs/06_families.ipynb #83cf3b9f

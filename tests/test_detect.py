@@ -89,13 +89,15 @@ def classifiers(run, tmp_path_factory):
     from spinexr.bundle import tiny_classifiers
     return tiny_classifiers(run[0], tmp_path_factory.mktemp('cls'), size=32)
 
-@pytest.mark.parametrize('arch', ['rtdetr-l', 'yolo26n'])
+@pytest.mark.parametrize('arch', ['rtdetr-l', 'yolo26n', 'yolo11n-p2'])
 def test_family_end_to_end(arch, run, classifiers, tmp_path):
-    "RT-DETR and YOLO26 train, score, bundle, export with parity and predict through spinexr_predict like YOLO11."
+    ("RT-DETR, YOLO26 and spinexr's own YOLO11 with a P2 head (with copy-paste of the rare classes) train, score, "
+     "bundle, export with parity and predict through spinexr_predict like YOLO11.")
     from spinexr.bundle import Bundle, make_bundle
     from spinexr.export import export_bundle
     prep, out = run[0], tmp_path/'det'
     focal = ['--focal_gamma', 2] if arch.startswith('yolo') else []          # RT-DETR's loss has its own
+    if arch.endswith('-p2'): focal += ['--copy_paste', 0.5]
     r = run_cli('spinexr_train_det', '--data', prep, '--out', out, '--model', f'{arch}.yaml', '--imgsz', 64,
                 '--epochs', 1, '--batch', 8, '--workers', 0, '--no_pretrained', *focal, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -103,6 +105,9 @@ def test_family_end_to_end(arch, run, classifiers, tmp_path):
     assert {'val', 'test', 'test_tta', 'ultralytics_test'} <= set(m) and 0 <= m['test']['map50'] <= 1
     assert json.loads((out/'detector.json').read_text())['yaml']['yaml_file'] == f'{arch}.yaml'
     assert not any(p.suffix == '.pt' and p.name != 'detector.pt' for p in out.rglob('*'))
+    if arch.endswith('-p2'):                       # the shares of the rare-class pastes it trained with
+        shares = json.loads((out/'copy_paste.json').read_text())
+        assert shares['Osteophytes'] == 0 and abs(sum(shares.values()) - 1) < 1e-3
     model = make_bundle(tmp_path/'model', classifiers[0], out, classifiers[1], prep)
     det = Bundle(model).detector_model('torch')
     assert det.arch == f'{arch}.yaml'
@@ -116,6 +121,23 @@ def test_family_end_to_end(arch, run, classifiers, tmp_path):
         assert r.returncode == 0, r.stderr[-3000:]
     a, b = (pd.read_csv(tmp_path/rt/'predictions.csv') for rt in ('torch', 'onnx'))
     assert len(a) == len(b) and np.allclose(a.score, b.score, atol=1e-3)
+
+def test_p2_variant_starts_from_its_sizes_coco_weights(tmp_path):
+    "yolo11n-p2 starts from yolo11n's COCO weights: every tensor of the same name and shape, the RGB stem summed."
+    from ultralytics import YOLO
+    from spinexr.weights import WeightStore
+    YOLO('yolo11n.yaml').save(str(tmp_path/'yolo11n.pt'))
+    store = WeightStore(tmp_path/'store')
+    r = run_cli('spinexr_weights', 'import', tmp_path/'yolo11n.pt', '--name', 'yolo11n', '--store', store.root)
+    assert r.returncode == 0, r.stderr
+    cfg = DetConfig(model='yolo11n-p2.yaml')
+    net = detector_for(cfg).start(cfg, store.root)
+    coco, state = store.load('yolo11n')[0], net.state_dict()
+    assert cfg.used_pretrained and np.allclose(state['model.0.conv.weight'],
+                                               coco['model.0.conv.weight'].sum(1, keepdim=True), atol=1e-4)
+    assert all(np.allclose(state[k], coco[k]) for k in coco if k.startswith(('model.9.', 'model.10.')))  # backbone
+    n, total = map(int, cfg.pretrained_tensors.split('/'))
+    assert 0.3 * total < n < total, cfg.pretrained_tensors
 
 def test_rtdetr_starts_from_coco_weights(tmp_path):
     "A locally made RT-DETR-l checkpoint imports into the store; a run starts from it, the RGB stem summed to gray."
