@@ -44,6 +44,7 @@ def _check_settings(cfg):
     _check_yaml(cfg.model)
     if cfg.imgsz < 32 or cfg.epochs < 1 or cfg.batch < 1:
         raise InputError('imgsz must be >= 32, epochs and batch >= 1')
+    if not 0 <= cfg.copy_paste <= 1: raise InputError(f'copy_paste is a probability (0 to 1), not {cfg.copy_paste}')
     fam = next((f for f in DETECTOR_FAMILIES.values() if Path(cfg.model).stem in f.archs()), None)
     if cfg.focal_gamma > 0 and fam is not None and fam.no_focal:
         raise InputError(f'focal_gamma must be 0 for {Path(cfg.model).stem}: {fam.no_focal}')
@@ -848,8 +849,9 @@ def _det_recipe_default(f) -> str:
     if len(set(map(repr, vals.values()))) == 1: return repr(next(iter(vals.values())))
     return ', '.join(f'{t}: {v!r}' for t, v in vals.items())
 
-_MODEL_HELP = ('architecture yaml: ' + '; '.join(f'{f.title} {f.yaml("{" + ",".join(f.sizes) + "}")} '
-                                                  f'(recipe: {f.recipe_source})' for f in DETECTOR_FAMILIES.values())
+_MODEL_HELP = ('architecture yaml: ' + '; '.join(f'{f.title} {f.yaml("{" + ",".join(f.sizes) + "}")}'
+                                                  + ''.join(f' or {f.yaml("*-" + v)}' for v in f.variants)
+                                                  + f' (recipe: {f.recipe_source})' for f in DETECTOR_FAMILIES.values())
                + '; its family\'s recipe sets every other default')
 
 # %% ../nbs/20_detect.ipynb #8be85bf6

@@ -122,19 +122,23 @@ def test_family_end_to_end(arch, run, classifiers, tmp_path):
     a, b = (pd.read_csv(tmp_path/rt/'predictions.csv') for rt in ('torch', 'onnx'))
     assert len(a) == len(b) and np.allclose(a.score, b.score, atol=1e-3)
 
+def started_from_local_coco(tmp_path, runner, stem: str, arch: str) -> tuple:
+    ("A run of `arch` started from the COCO weights `stem`, made here by ultralytics' `runner` and imported into a "
+     "store: (its config, its network's state, the COCO state).")
+    from spinexr.weights import WeightStore
+    runner(f'{stem}.yaml').save(str(tmp_path/f'{stem}.pt'))
+    store = WeightStore(tmp_path/'store')
+    r = run_cli('spinexr_weights', 'import', tmp_path/f'{stem}.pt', '--name', stem, '--store', store.root)
+    assert r.returncode == 0, r.stderr
+    cfg = DetConfig(model=f'{arch}.yaml')
+    return cfg, detector_for(cfg).start(cfg, store.root).state_dict(), store.load(stem)[0]
+
 def test_p2_variant_starts_from_its_sizes_coco_weights(tmp_path):
     "yolo11n-p2 starts from yolo11n's COCO weights: every tensor of the same name and shape, the RGB stem summed."
     from ultralytics import YOLO
-    from spinexr.weights import WeightStore
-    YOLO('yolo11n.yaml').save(str(tmp_path/'yolo11n.pt'))
-    store = WeightStore(tmp_path/'store')
-    r = run_cli('spinexr_weights', 'import', tmp_path/'yolo11n.pt', '--name', 'yolo11n', '--store', store.root)
-    assert r.returncode == 0, r.stderr
-    cfg = DetConfig(model='yolo11n-p2.yaml')
-    net = detector_for(cfg).start(cfg, store.root)
-    coco, state = store.load('yolo11n')[0], net.state_dict()
-    assert cfg.used_pretrained and np.allclose(state['model.0.conv.weight'],
-                                               coco['model.0.conv.weight'].sum(1, keepdim=True), atol=1e-4)
+    cfg, state, coco = started_from_local_coco(tmp_path, YOLO, 'yolo11n', 'yolo11n-p2')
+    k = 'model.0.conv.weight'
+    assert cfg.used_pretrained and np.allclose(state[k], coco[k].sum(1, keepdim=True), atol=1e-4)
     assert all(np.allclose(state[k], coco[k]) for k in coco if k.startswith(('model.9.', 'model.10.')))  # backbone
     n, total = map(int, cfg.pretrained_tensors.split('/'))
     assert 0.3 * total < n < total, cfg.pretrained_tensors
@@ -142,16 +146,8 @@ def test_p2_variant_starts_from_its_sizes_coco_weights(tmp_path):
 def test_rtdetr_starts_from_coco_weights(tmp_path):
     "A locally made RT-DETR-l checkpoint imports into the store; a run starts from it, the RGB stem summed to gray."
     from ultralytics import RTDETR
-    from spinexr.weights import WeightStore
-    RTDETR('rtdetr-l.yaml').save(str(tmp_path/'rtdetr-l.pt'))
-    store = WeightStore(tmp_path/'store')
-    r = run_cli('spinexr_weights', 'import', tmp_path/'rtdetr-l.pt', '--name', 'rtdetr-l', '--store', store.root)
-    assert r.returncode == 0, r.stderr
-    cfg = DetConfig(model='rtdetr-l.yaml')
-    net = detector_for(cfg).start(cfg, store.root)
-    coco = store.load('rtdetr-l')[0]
+    cfg, state, coco = started_from_local_coco(tmp_path, RTDETR, 'rtdetr-l', 'rtdetr-l')
     k = 'model.0.stem1.conv.weight'
-    assert net.state_dict()[k].shape[1] == 1 and np.allclose(net.state_dict()[k], coco[k].sum(1, keepdim=True),
-                                                             atol=1e-4)
+    assert state[k].shape[1] == 1 and np.allclose(state[k], coco[k].sum(1, keepdim=True), atol=1e-4)
     n, total = map(int, cfg.pretrained_tensors.split('/'))
     assert 0.9 * total < n < total, cfg.pretrained_tensors          # all but the 7-class heads
