@@ -44,7 +44,7 @@ setuptools.setup(
     url=cfg['git_url'],
     packages=setuptools.find_packages(include=['spinexr', 'spinexr.*']),
     include_package_data=True,
-    package_data={'spinexr': ['templates/*', 'architectures/*.yaml']},   # markup; the detector yamls spinexr ships
+    package_data={'spinexr': ['templates/*', 'architectures/*.yaml', 'plans/*.yaml']},   # markup, yamls
     install_requires=requirements,
     extras_require={'dev': dev_requirements},
     python_requires='>=' + min_python,

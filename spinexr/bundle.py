@@ -16,7 +16,7 @@ from .families import DEFAULT_DETECTOR, detector_family
 from .classify import ClsConfig, load_classifier
 from .detect import DetConfig, Detector, detector_for, load_tta
 from .ensemble import Ensemble
-from .runtime import OnnxNet, load_onnx_detector, onnxruntime_problem
+from .runtime import OnnxNet, load_onnx_detector, onnx_providers, onnxruntime_problem
 
 # %% auto #0
 __all__ = ['BUNDLE_FORMAT', 'BUNDLE_VERSION', 'BUNDLE_PACKAGES', 'ONNX_DIR', 'RUNTIMES', 'package_versions', 'Bundle',
@@ -297,30 +297,39 @@ def onnx_problem(b: Bundle, record: dict) -> str | None:
     return None
 
 # %% ../nbs/39_bundle.ipynb #15767dcf
-def choose_runtime(b: Bundle, record: dict, runtime: str = 'auto') -> str:
-    "'torch' or 'onnx' for `runtime` (auto, torch or onnx), or an error saying why the one asked for cannot run."
+def choose_runtime(b: Bundle, record: dict, runtime: str = 'auto', device: str = 'cpu') -> str:
+    ("'torch' or 'onnx' for `runtime` (auto, torch or onnx) on a resolved `device`, or an error saying why the one "
+     "asked for cannot run. `auto`: ONNX Runtime where the bundle is exported, on a CPU; PyTorch on a GPU.")
     if runtime not in RUNTIMES: raise InputError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     if runtime == 'torch': return 'torch'
     problem = onnx_problem(b, record)
     if problem and record.get('onnx'): raise InputError(problem, b.path)  # damaged or stale: never worked around
+    if runtime == 'auto' and device != 'cpu': return 'torch'             # the GPU path measured (38_runtime)
     problem = problem or onnxruntime_problem()
     if problem and runtime == 'onnx': raise InputError(problem, b.path)
+    if runtime == 'onnx': onnx_providers(device)                         # a GPU without onnxruntime-gpu: says so
     return 'torch' if problem else 'onnx'
 
 # %% ../nbs/39_bundle.ipynb #e7eeeb41
 @patch
-def classifiers(self: Bundle, runtime: str = 'torch') -> dict:
-    "Each classifier (ensemble order) as (network, its `ClsConfig`): a PyTorch module (eval) or an ONNX session."
+def classifiers(self: Bundle, runtime: str = 'torch', device: str = 'cpu') -> dict:
+    ("Each classifier (ensemble order) as (network, its `ClsConfig`) on `device`: a PyTorch module (eval) or an ONNX "
+     "session.")
     names = self.record['ensemble'].names
-    if runtime == 'torch': return {a: load_classifier(self.classifier(a)) for a in names}
+    if runtime == 'torch':
+        return {a: (net.to(device), cfg) for a in names for net, cfg in [load_classifier(self.classifier(a))]}
     nets = self.record['onnx']['networks']
-    return {a: (OnnxNet(self.onnx_file(a), nets[a]['sha256']), self.classifier_config(a)) for a in names}
+    return {a: (OnnxNet(self.onnx_file(a), nets[a]['sha256'], device=device), self.classifier_config(a))
+            for a in names}
 
 # %% ../nbs/39_bundle.ipynb #0716f22b
 @patch
-def detector_model(self: Bundle, runtime: str = 'torch') -> Detector:
-    "The detector (`20_detect`'s `Detector`), its network loaded on PyTorch or on ONNX Runtime."
+def detector_model(self: Bundle, runtime: str = 'torch', device: str = 'cpu') -> Detector:
+    "The detector (`20_detect`'s `Detector`), its network loaded on PyTorch or on ONNX Runtime, on `device`."
     detector = detector_for(self.detector_config())
-    if runtime == 'torch': return detector.load(self.detector)
-    sha = self.record['onnx']['networks']['detector']['sha256']
-    return load_onnx_detector(detector, self.onnx_file('detector'), sha)
+    if runtime == 'onnx':
+        sha = self.record['onnx']['networks']['detector']['sha256']
+        return load_onnx_detector(detector, self.onnx_file('detector'), sha, device=device)
+    detector = detector.load(self.detector)
+    detector.device = device
+    return detector

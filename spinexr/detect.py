@@ -306,6 +306,7 @@ class Detector:
      "network (`model`). Each library's implementation provides the `_required` methods; `predict` is shared.")
     library: str = ''       # the `DetectorFamily.library` whose families an implementation runs
     files: tuple = ()       # what `save` writes into a run directory (a bundle carries them)
+    device: str | None = None   # where `detect` runs ('cpu', 'cuda:0'); None: where the library chooses
     def __init__(self, family: DetectorFamily, size: str, model=None):
         self.family, self.size, self.model = family, size, model
     def __repr__(self): return f"{type(self).__name__}({self.arch!r}{', loaded' if self.model is not None else ''})"
@@ -638,7 +639,7 @@ def detect(self: UltralyticsDetector, images: list, cfg: DetConfig, batch: int =
     with keep_threads():
         _patch_ultralytics()
         res = self.model.predict(source=images, imgsz=cfg.imgsz, conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det,
-                                 verbose=False, batch=batch)
+                                 verbose=False, batch=batch, **({'device': self.device} if self.device else {}))
     return [(r.boxes.xyxy.cpu().numpy(), r.boxes.conf.cpu().numpy(), r.boxes.cls.cpu().numpy().astype(int))
             for r in res]
 
@@ -830,11 +831,13 @@ def load_onnx(self: UltralyticsDetector, data: bytes, name: str, session) -> Ult
         private = Path(d)/name
         private.write_bytes(data)           # ultralytics reads its metadata from a copy of the checked bytes
         yolo = self.wrapper(private)
-        yolo.predict(np.zeros((64, 64), np.uint8), imgsz=64, verbose=False)   # ultralytics sets up its backend
+        yolo.predict(np.zeros((64, 64), np.uint8), imgsz=64, verbose=False, device='cpu')   # sets up its backend
     backend = yolo.predictor.model.backend
     backend.session = session
     backend.output_names = [o.name for o in session.get_outputs()]
-    return type(self)(self.family, self.size, model=yolo)
+    onnx = type(self)(self.family, self.size, model=yolo)
+    onnx.device = 'cpu'        # ultralytics' side (letterbox, NMS); the session runs on its own providers
+    return onnx
 
 # %% ../nbs/20_detect.ipynb #ee116d57
 def missing_methods(implementation: type) -> list:

@@ -96,13 +96,14 @@ class Algorithm:
     threshold: float
     min_score: float = 0.25
     runtime: str = 'torch'          # what ran the networks' forwards (40_inference's runtimes)
+    device: str = 'cpu'             # where they ran ('cpu', 'cuda:0')
     name: str = 'spinexr'
 
 # %% ../nbs/35_dicom_out.ipynb #630663d1
 @patch
 def uid(self: Algorithm, kind: str, source_uid: str) -> str:
     "The UID of the `kind` object (a SOP instance, a series, a tracking id) made by this model from `source_uid`."
-    return derived_uid(kind, source_uid, self.bundle_sha256, f'{self.min_score:g}', self.runtime)
+    return derived_uid(kind, source_uid, self.bundle_sha256, f'{self.min_score:g}', self.runtime, self.device)
 
 # %% ../nbs/35_dicom_out.ipynb #f77f2459
 @patch
@@ -224,7 +225,8 @@ def _algorithm_id(algo: Algorithm):
     import highdicom as hd
     return hd.sr.AlgorithmIdentification(name=algo.name, version=algo.version,
                                          parameters=[f'bundle_sha256={algo.bundle_sha256}',
-                                                     f'min_score={algo.min_score:g}', f'runtime={algo.runtime}'])
+                                                     f'min_score={algo.min_score:g}', f'runtime={algo.runtime}',
+                                                     f'device={algo.device}'])
 
 def _coding_scheme():
     from highdicom.coding_schemes import CodingSchemeIdentificationItem

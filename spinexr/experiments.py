@@ -26,12 +26,12 @@ from .detect import DetConfig, det_recipe, evaluate_detector, train_detector
 
 # %% auto #0
 __all__ = ['PLAN_KEYS', 'CONFIGS', 'PLAN_OWNS', 'PLAN_SETTINGS', 'yaml_lines', 'model_kind', 'settable_fields', 'type_problem',
-           'job_config', 'Plan', 'job_base', 'read_plan', 'study_folds', 'write_fold_tree', 'Job', 'plan_jobs',
-           'ExperimentDir', 'job_spec', 'job_state', 'job_figures', 'run_job', 'job_command', 'run_job_process',
-           'gpu_count', 'run_local', 'run_ray', 'track_job', 'corrected_ci', 'results_table', 'figure_columns',
-           'summary_table', 'paired_table', 'fold_figure', 'summary_wide', 'plt_close', 'write_report',
-           'ExperimentConfig', 'prepare_jobs', 'record_end', 'exclusive_lock', 'run_experiment', 'write_tables',
-           'spinexr_experiment']
+           'job_config', 'Plan', 'job_base', 'plan_source', 'read_plan', 'study_folds', 'write_fold_tree', 'Job',
+           'plan_jobs', 'ExperimentDir', 'job_spec', 'job_state', 'job_figures', 'run_job', 'job_command',
+           'run_job_process', 'gpu_count', 'run_local', 'run_ray', 'track_job', 'corrected_ci', 'results_table',
+           'figure_columns', 'summary_table', 'paired_table', 'fold_figure', 'summary_wide', 'plt_close',
+           'write_report', 'ExperimentConfig', 'prepare_jobs', 'record_end', 'exclusive_lock', 'run_experiment',
+           'write_tables', 'spinexr_experiment']
 
 # %% ../nbs/60_experiments.ipynb #3661f489
 PLAN_KEYS = dict(
@@ -217,10 +217,17 @@ def _check_weights(plan: Plan, path, lines, store=None):
             except InputError as e: raise _at(path, lines, ('models',), f'{m}: {e.reason}') from None
 
 # %% ../nbs/60_experiments.ipynb #35572acd
+def plan_source(plan) -> Path:
+    "The file of a plan: `plan` itself, or where it is the name of a plan spinexr ships (`spinexr/plans/NAME.yaml`)."
+    from importlib.resources import files
+    shipped = files('spinexr')/'plans'/f'{plan}.yaml'
+    return Path(str(shipped)) if not Path(plan).is_file() and shipped.is_file() else Path(plan)
+
 def read_plan(path, store=None) -> Plan:
-    "The plan in the YAML file `path`, checked: the first problem stops it with the file, the line and the reason."
+    ("The plan in the YAML file `path` (or shipped as `path`: `plan_source`), checked: the first problem stops it "
+     "with the file, the line and the reason.")
     import yaml
-    path = Path(path)
+    path = plan_source(path)
     if not path.is_file(): raise InputError('plan not found', path)
     text = path.read_text()
     try: raw, lines = yaml.safe_load(text), yaml_lines(text)
@@ -645,7 +652,7 @@ def _tracker(cfg: ExperimentConfig, xdir: ExperimentDir, plan: Plan):
 def run_experiment(plan_path, out, cfg: ExperimentConfig | None = None, store=None,
                    quiet: bool = False) -> pd.DataFrame:
     "Run (or resume) the plan at `plan_path` into `out`; returns the results table (also in OUT/results.csv)."
-    cfg, xdir = cfg or ExperimentConfig(), ExperimentDir(out)
+    cfg, xdir, plan_path = cfg or ExperimentConfig(), ExperimentDir(out), plan_source(plan_path)
     plan = read_plan(plan_path, store)                         # a bad plan stops here, before anything is written
     tracker = _tracker(cfg, xdir, plan)                        # so does a tracking server that cannot be reached
     xdir.root.mkdir(parents=True, exist_ok=True)
@@ -675,7 +682,7 @@ def write_tables(xdir: ExperimentDir, plan: Plan, jobs: list) -> pd.DataFrame:
 # %% ../nbs/60_experiments.ipynb #3f96de32
 @call_parse
 @config_flags(ExperimentConfig)
-def spinexr_experiment(plan: str,         # the plan: a YAML file (prep, folds, seeds, models, settings)
+def spinexr_experiment(plan: str,         # the plan: a YAML file, or a plan spinexr ships (detection_ablation)
                        out: str = None,   # the experiment folder to write (re-running resumes)
                        **settings):
     "Run a plan of cross-validation folds, seeds, models and settings as jobs; tables with CIs and a report in OUT."

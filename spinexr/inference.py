@@ -5,6 +5,8 @@
 # %% ../nbs/40_inference.ipynb #cadea5df
 from __future__ import annotations
 import functools, shutil, sys, time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from fastcore.basics import patch
 from fastcore.script import call_parse, Param
 
 from .core import *
+from .core import _pool as process_pool
 from .dicom import MAX_PIXELS, to_original_coords, to_stored_coords
 from .inputs import find_inputs, image_ids, read_input
 from .metrics import fusion_rule
@@ -24,14 +27,15 @@ from .dicom_out import Algorithm, result_paths, write_results
 from .dicomweb import (connect, fetch_instance, http_reason, plan_study, store_instances, study_instances,
                               study_uids, uid_problem)
 from .bundle import Bundle, bundle_warnings, choose_runtime, package_versions
+from .runtime import autocast, choose_precision, resolve_device
 
 # %% auto #0
-__all__ = ['STAGES', 'STUDY_COLUMNS', 'NO_DICOM_SOURCE', 'SCORE_COLUMNS', 'DICOMWEB_COLUMNS', 'padded_batch', 'normalised',
-           'classifier_inputs', 'channels_last', 'Predictor', 'draw_overlay', 'overlay_png', 'image_record',
-           'study_scores', 'dicom_source_problem', 'Batch', 'Run', 'Writer', 'OverlayWriter', 'SaliencyWriter',
-           'DicomWriter', 'JsonWriter', 'score_table', 'CsvWriter', 'output_writers', 'outside', 'input_paths',
-           'write_batch', 'predict_batches', 'finish_writers', 'run_summary', 'predict_files', 'predict_studies',
-           'predict_dicomweb', 'timing_table', 'spinexr_predict']
+__all__ = ['STAGES', 'CRASHED', 'STUDY_COLUMNS', 'NO_DICOM_SOURCE', 'SCORE_COLUMNS', 'DICOMWEB_COLUMNS', 'padded_batch',
+           'normalised', 'classifier_inputs', 'channels_last', 'read_one', 'DecodePool', 'Predictor', 'draw_overlay',
+           'overlay_png', 'image_record', 'study_scores', 'dicom_source_problem', 'Batch', 'Run', 'Writer',
+           'OverlayWriter', 'SaliencyWriter', 'DicomWriter', 'JsonWriter', 'score_table', 'CsvWriter', 'output_writers',
+           'outside', 'input_paths', 'write_batch', 'predict_batches', 'finish_writers', 'run_summary', 'predict_files',
+           'predict_studies', 'predict_dicomweb', 'timing_table', 'spinexr_predict']
 
 # %% ../nbs/40_inference.ipynb #1b39f242
 def padded_batch(images, size: int):
@@ -68,32 +72,89 @@ def _failure(path, image_id, e: Exception) -> dict:
     return dict(source=str(path), image_id=image_id, error=str(e) if isinstance(e, InputError)
                 else f'{type(e).__name__}: {e}')
 
+# %% ../nbs/40_inference.ipynb #24543cc7
+CRASHED = 'decoding it ended its worker process (a crash in a codec, or killed for memory): not read'
+
+def read_one(path, size: int, max_pixels: int = MAX_PIXELS) -> tuple:
+    "(`read_input`'s (image, info), None), or (None, why it cannot be read): one input, the same in any process."
+    try: return read_input(path, size, max_pixels), None
+    except Exception as e: return None, _failure(path, '', e)['error']
+
+def _decode(item: tuple) -> tuple:
+    "In a worker: (index, *`read_one`) of an (index, path, size, max_pixels) item."
+    k, *args = item
+    return (k, *read_one(*args))
+
+# %% ../nbs/40_inference.ipynb #da5fa761
+class DecodePool:
+    "Decodes inputs in `workers` crash-isolated processes, answering in input order."
+    def __init__(self, workers: int): self.workers, self.pool = int(workers), None
+    def start(self):
+        "The worker processes (made on first use, and again after a crash)."
+        if self.pool is None: self.pool = process_pool(self.workers)
+        return self.pool
+    def close(self):
+        if self.pool is not None: self.pool.shutdown(wait=False, cancel_futures=True); self.pool = None
+
+    def _alone(self, item: tuple) -> tuple:
+        "An input that was in flight when a worker died, decoded in a process of its own: `read_one`'s answer."
+        with process_pool(1) as ex:
+            try: return ex.submit(_decode, item).result()[1:]
+            except BrokenProcessPool: return None, CRASHED
+
+    def map(self, paths, size: int, max_pixels: int = MAX_PIXELS) -> list:
+        "`read_one`'s answer for each path, in order; one whose decoding crashes its worker twice: (None, CRASHED)."
+        items = [(k, p, size, max_pixels) for k, p in enumerate(paths)]
+        try: futures = [self.start().submit(_decode, it) for it in items]
+        except BrokenProcessPool: self.close(); futures = [self.start().submit(_decode, it) for it in items]
+        answers, suspects = {}, []
+        for it, f in zip(items, futures):
+            try: answers[it[0]] = f.result()[1:]
+            except BrokenProcessPool: suspects.append(it)
+        if suspects: self.close()
+        for it in suspects: answers[it[0]] = self._alone(it)
+        return [answers[k] for k in range(len(items))]
+
 # %% ../nbs/40_inference.ipynb #6589ce89
 class Predictor:
-    "A loaded model bundle: `predict(paths)` runs the whole chain on new images, its networks on `runtime`."
-    def __init__(self, model_dir, runtime: str = 'auto', max_pixels: int = MAX_PIXELS):
+    ("A loaded model bundle: `predict(paths)` runs the whole chain on new images, its networks on `runtime` on "
+     "`device`, its inputs decoded in `workers` processes.")
+    def __init__(self, model_dir, runtime: str = 'auto', max_pixels: int = MAX_PIXELS, device: str = 'auto',
+                 workers: int = 1):
+        self.device = resolve_device(device)       # a GPU asked for that is not there: stops before anything loads
         b = model_dir if isinstance(model_dir, Bundle) else Bundle(model_dir)     # a Bundle keeps what it checked
         self.bundle, self.max_pixels = b, int(max_pixels)        # inputs over max_pixels: refused, undecoded
         self.model_dir, r = b.path, b.record       # read, and every file checked, before anything loads
-        self.runtime = choose_runtime(b, r, runtime)
+        self.runtime = choose_runtime(b, r, runtime, self.device)
+        self.decoder = DecodePool(workers) if workers > 1 else None
+        if self.decoder: self.decoder.start()      # forked while the process is small, before the models load
         self.ensemble, self.prep_size = r['ensemble'], int(r['prep_size'])
         self.warnings = bundle_warnings(r)     # caveats every prediction carries
         self.keep_score, self.tta = float(r['fusion']['keep_score']), r.get('tta', {})
         self.det_cfg, self.det_tta = b.detector_config(), b.detector_tta()   # flip TTA + WBF, where val chose it
-        self.classifiers = b.classifiers(self.runtime)
+        self.classifiers = b.classifiers(self.runtime, self.device)
+        self.net_device = self.device if self.runtime == 'torch' else 'cpu'   # ONNX Runtime takes host tensors
         if self.runtime == 'torch':
             self.classifiers = {a: (channels_last(m), c) for a, (m, c) in self.classifiers.items()}
-        self.detector = b.detector_model(self.runtime)
+        self.precisions = self.choose_precisions()
+        self.detector = b.detector_model(self.runtime, self.device)
         self.timing = dict.fromkeys(STAGES, 0.0)
 
     def _tick(self, stage, t0):
         t = time.perf_counter(); self.timing[stage] += t - t0; return t
 
+    def choose_precisions(self) -> dict:
+        "Each classifier's precision: `choose_precision`'s on a GPU under PyTorch, timed on a batch at its input size."
+        import torch
+        if self.runtime != 'torch' or self.device == 'cpu': return dict.fromkeys(self.classifiers, 'fp32')
+        return {a: choose_precision(net, torch.rand(8, 1, c.size, c.size, device=self.device), self.device)['precision']
+                for a, (net, c) in self.classifiers.items()}
+
     @functools.cached_property
     def cam_models(self) -> dict:
         "The classifiers as PyTorch modules for Grad-CAM (ONNX Runtime has no gradients): loaded on first use."
         if self.runtime == 'torch': return {a: net for a, (net, _) in self.classifiers.items()}
-        return {a: net for a, (net, _) in self.bundle.classifiers('torch').items()}
+        return {a: net for a, (net, _) in self.bundle.classifiers('torch', self.device).items()}
 
 # %% ../nbs/40_inference.ipynb #03b29d39
 @patch(as_prop=True)
@@ -106,9 +167,10 @@ def sha256(self: Predictor) -> str: return self.bundle.sha256
 # %% ../nbs/40_inference.ipynb #f7b791bc
 @patch
 def algorithm(self: Predictor, min_score: float = 0.25) -> Algorithm:
-    "Who made a result, for DICOM objects: spinexr's version, bundle SHA-256, threshold, `min_score`, runtime."
+    "Who made a result, for DICOM objects: spinexr's version, bundle SHA-256, threshold, `min_score`, runtime, device."
     return Algorithm(version=package_versions(('spinexr',))['spinexr'], bundle_sha256=self.sha256,
-                     threshold=self.ensemble.threshold, min_score=min_score, runtime=self.runtime)
+                     threshold=self.ensemble.threshold, min_score=min_score, runtime=self.runtime,
+                     device=self.device)
 
 # %% ../nbs/40_inference.ipynb #5600337d
 @patch
@@ -124,8 +186,11 @@ def inputs(self: Predictor, images):
 def classify(self: Predictor, images) -> np.ndarray:
     "Each classifier's probabilities (n_images, n_models), columns in the ensemble's order."
     import torch
+    cols = []
     with torch.inference_mode():
-        cols = [batch_probs(net, x, self.tta.get(a, False)).numpy() for a, net, x in self.inputs(images)]
+        for a, net, x in self.inputs(images):
+            with autocast(self.net_device, self.precisions[a]):
+                cols.append(batch_probs(net, x.to(self.net_device), self.tta.get(a, False)).float().cpu().numpy())
     return np.stack(cols, 1)
 
 # %% ../nbs/40_inference.ipynb #94f9696d
@@ -149,7 +214,7 @@ def warm_up(self: Predictor) -> float:
 def saliency(self: Predictor, images) -> list:
     "The ensemble's Grad-CAM map of each 8-bit image, at the image's size, in [0, 1] (`15_saliency`)."
     t = time.perf_counter()
-    maps = [grad_cams(self.cam_models[a], a, x) for a, _, x in self.inputs(images)]
+    maps = [grad_cams(self.cam_models[a], a, x.to(self.device)) for a, _, x in self.inputs(images)]
     out = [ensemble_cam([unpadded(m[k], *im.shape) for m in maps], self.ensemble.weights)
            for k, im in enumerate(images)]
     self._tick('saliency', t)
@@ -184,11 +249,14 @@ def run_models(self: Predictor, good) -> tuple:
 # %% ../nbs/40_inference.ipynb #64f20399
 @patch
 def read(self: Predictor, paths, ids) -> tuple:
-    "(the inputs read: (path, id, 8-bit image, info) each, a failures row for each one that cannot be read)."
+    ("(the inputs read: (path, id, 8-bit image, info) each, a failures row for each one that cannot be read); in "
+     "the decoding workers if there are any.")
     t, good, failures = time.perf_counter(), [], []
-    for p, i in zip(paths, ids):
-        try: good.append((p, i, *read_input(p, self.prep_size, self.max_pixels)))
-        except Exception as e: failures.append(_failure(p, i, e))   # one bad file must not stop the others
+    answers = (self.decoder.map(paths, self.prep_size, self.max_pixels) if self.decoder else
+               [read_one(p, self.prep_size, self.max_pixels) for p in paths])
+    for p, i, (read, why) in zip(paths, ids, answers):   # one bad file must not stop the others
+        if why is None: good.append((p, i, *read))
+        else: failures.append(dict(source=str(p), image_id=i, error=why))
     self._tick('decode', t)
     return good, failures
 
@@ -198,7 +266,11 @@ def predict(self: Predictor, paths, ids=None) -> tuple:
     ("(one record per readable input, boxes in original pixels after fusion, failures) for a batch of paths; "
      "an input the models fail on fails alone, with the reason.")
     ids = image_ids(paths) if ids is None else ids
-    good, failures = self.read(paths, ids)
+    return self.predict_read(*self.read(paths, ids))
+
+@patch
+def predict_read(self: Predictor, good: list, failures: list) -> tuple:
+    "`predict`'s answer for inputs already `read`: the models run on them, and an input they fail on fails alone."
     try: return (*self.run_models(good), failures)
     except Exception:
         if len(good) < 2: raise
@@ -398,7 +470,7 @@ class JsonWriter(Writer):
         r, p = self.run, self.run.pred
         e = p.ensemble
         self.files.append(save_json(dict(model_dir=str(Path(r.model_dir).absolute()), trained_on=p.record['trained_on'],
-                                         runtime=p.runtime, warnings=p.warnings,
+                                         runtime=p.runtime, device=p.device, warnings=p.warnings,
                                          threshold=e.threshold, keep_score=p.keep_score,
                                          ensemble=dict(names=e.names, weights=e.weights, how=e.how),
                                          images=r.records, failures=r.failures), r.out/'predictions.json'))
@@ -459,12 +531,23 @@ def write_batch(run: Run, writers, predicted: tuple) -> Batch:
 
 # %% ../nbs/40_inference.ipynb #66f59ddd
 def predict_batches(run: Run, writers, batch: int = 8, progress: bool = False):
-    "Predict the run's inputs `batch` at a time, each batch written by `writers` as it comes."
-    ids, steps = image_ids(run.paths), range(0, len(run.paths), batch)
+    ("Predict the run's inputs `batch` at a time, each batch written by `writers` as it comes; with decoding "
+     "workers, the next batch is decoded while the models run on this one.")
+    ids, pred = image_ids(run.paths), run.pred
+    chunks = [(run.paths[k:k + batch], ids[k:k + batch]) for k in range(0, len(run.paths), batch)]
+    steps = range(len(chunks))
     if progress:
         from fastprogress.fastprogress import progress_bar
         steps = progress_bar(steps, comment='batches')
-    for k in steps: write_batch(run, writers, run.pred.predict(run.paths[k:k + batch], ids[k:k + batch]))
+    if pred.decoder is None:
+        for k in steps: write_batch(run, writers, pred.predict(*chunks[k]))
+        return
+    with ThreadPoolExecutor(1, 'spinexr-decode') as ahead:
+        upcoming = ahead.submit(pred.read, *chunks[0]) if chunks else None
+        for k in steps:
+            read = upcoming.result()
+            if k + 1 < len(chunks): upcoming = ahead.submit(pred.read, *chunks[k + 1])
+            write_batch(run, writers, pred.predict_read(*read))
 
 # %% ../nbs/40_inference.ipynb #f9130914
 def finish_writers(run: Run, writers) -> list:
@@ -478,7 +561,9 @@ def finish_writers(run: Run, writers) -> list:
 def run_summary(run: Run) -> dict:
     "What `predict_files` returns: counts, seconds (loading, per image, per stage), the failures and the caveats."
     pred, recs, total, load = run.pred, run.records, time.perf_counter() - run.started, run.loaded - run.started
-    return dict(runtime=pred.runtime, n_inputs=len(run.paths), n_predicted=len(recs), n_failed=len(run.failures),
+    return dict(runtime=pred.runtime, device=pred.device, precisions=pred.precisions,
+                workers=pred.decoder.workers if pred.decoder else 1,
+                n_inputs=len(run.paths), n_predicted=len(recs), n_failed=len(run.failures),
                 n_boxes=len(run.all_boxes()), n_studies=len(run.studies()),
                 n_abnormal=sum(r['abnormal'] for r in recs), load_seconds=round(load, 2),
                 seconds=round(total, 2), seconds_per_image=round((total - load) / max(len(recs), 1), 4),
@@ -490,13 +575,14 @@ def run_summary(run: Run) -> dict:
 # %% ../nbs/40_inference.ipynb #4e4e91cb
 def predict_files(model_dir, inputs, out_dir, batch: int = 8, min_score: float = 0.25, overlays: bool = True,
                   predictor: Predictor | None = None, progress: bool = False, dicom: bool = False,
-                  runtime: str = 'auto', saliency: bool = False, max_pixels: int = MAX_PIXELS, writers=None) -> dict:
+                  runtime: str = 'auto', saliency: bool = False, max_pixels: int = MAX_PIXELS, writers=None,
+                  device: str = 'auto', workers: int = 1) -> dict:
     ("Predict every input with a bundle; write predictions.json/.csv, scores.csv, failures.csv, overlays (with "
      "`saliency`, saliency/<image_id>.png; and with `dicom`, each DICOM input's presentation state and SR under "
      "dicom/) to `out_dir`: the writers `output_writers` chooses, or `writers`. A summary of the run.")
     t_start, out_dir = time.perf_counter(), Path(out_dir)
     paths = input_paths(inputs, out_dir)
-    pred = predictor or Predictor(model_dir, runtime, max_pixels)   # inputs found and checked first: loading takes time
+    pred = predictor or Predictor(model_dir, runtime, max_pixels, device, workers)   # after the inputs are checked
     run = Run(pred, out_dir, model_dir, paths, started=t_start)
     writers = output_writers(overlays, saliency, dicom, min_score) if writers is None else writers
     for w in writers: w.start(run)
@@ -575,14 +661,15 @@ def predict_studies(client, pred: Predictor, model_dir, out_dir: Path, studies=N
 def predict_dicomweb(model_dir, url: str, out_dir, studies=None, batch: int = 8, min_score: float = 0.25,
                      overlays: bool = True, predictor: Predictor | None = None, progress: bool = False,
                      timeout: float = 20, runtime: str = 'auto', deadline: float = 300,
-                     keep_fetched: bool = False, max_pixels: int = MAX_PIXELS) -> dict:
+                     keep_fetched: bool = False, max_pixels: int = MAX_PIXELS, device: str = 'auto',
+                     workers: int = 1) -> dict:
     ("Predict the images of DICOMweb studies (`studies`, or all) and store each one's presentation state and SR "
      "back into its study; rows per instance in OUT/dicomweb.csv; the fetched images removed unless `keep_fetched`.")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir(): raise InputError('is a file, not a folder for the predictions',
                                                                    out_dir)
     client = connect(url, timeout, deadline=deadline)       # the server answers before the models load
-    pred = predictor or Predictor(model_dir, runtime, max_pixels)
+    pred = predictor or Predictor(model_dir, runtime, max_pixels, device, workers)
     rows, summary = predict_studies(client, pred, model_dir, out_dir, studies, batch, min_score, overlays, progress,
                                     keep_fetched)
     write_csv(pd.DataFrame(rows, columns=list(DICOMWEB_COLUMNS)), out_dir/'dicomweb.csv')
@@ -631,7 +718,8 @@ def _report_files(s: dict, out) -> int:
     print(f"spinexr_predict: {s['n_predicted']} of {s['n_inputs']} images predicted into {out} "
           f"({s['n_abnormal']} abnormal, {s['n_boxes']} boxes), {s['n_failed']} failed; "
           f"{s['seconds_per_image']:.3f} s per image ({shares}), "
-          f"models loaded in {s['load_seconds']:.1f} s ({s['runtime']})")
+          f"models loaded in {s['load_seconds']:.1f} s ({s['runtime']} on {s['device']}, "
+          f"{s['workers']} decoding process{'es' if s['workers'] > 1 else ''})")
     return 1 if s['n_failed'] else 0
 
 # %% ../nbs/40_inference.ipynb #1025ae0d
@@ -650,17 +738,22 @@ def spinexr_predict(
     deadline: float = 300,                   # with --dicomweb: seconds one request to the server may take in all
     keep_fetched: bool = False,              # with --dicomweb: keep the fetched images in OUT/fetched (else removed)
     runtime: str = 'auto',                   # networks on: torch, onnx (after spinexr_export), auto (onnx if exported)
+    device: str = 'auto',                    # where: auto (the first GPU, else the CPU), cpu, cuda, cuda:N
+    workers: int = None,                     # processes decoding the inputs (default: the cores); 1: in this one
     saliency: bool = False,                  # also write OUT/saliency/<image_id>.png: the ensemble's Grad-CAM map
     max_pixels: int = MAX_PIXELS):           # an input declaring more pixels is refused before it is decoded
     "Predict radiographs with a bundle: abnormality score, fused lesion boxes in original pixels; exit 1 if any fail."
     with cli_errors('spinexr_predict'):
         _check_flags(inputs, dicomweb, study, keep_fetched, saliency)
+        workers = default_threads() if workers is None else workers
+        if workers < 1: raise InputError(f'--workers must be at least 1, not {workers}')
         if dicomweb:
             w = predict_dicomweb(model_dir, dicomweb, out, study, batch=batch, min_score=min_score,
                                  overlays=not no_overlays, progress=live_progress(), timeout=timeout,
-                                 runtime=runtime, deadline=deadline, keep_fetched=keep_fetched, max_pixels=max_pixels)
+                                 runtime=runtime, deadline=deadline, keep_fetched=keep_fetched, max_pixels=max_pixels,
+                                 device=device, workers=workers)
         else:
             writers = output_writers(not no_overlays, saliency, dicom, min_score)   # what --flags ask for
             s = predict_files(model_dir, inputs, out, batch=batch, progress=live_progress(), runtime=runtime,
-                              max_pixels=max_pixels, writers=writers)
+                              max_pixels=max_pixels, writers=writers, device=device, workers=workers)
     sys.exit(_report_dicomweb(w, dicomweb, out) if dicomweb else _report_files(s, out))

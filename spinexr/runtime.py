@@ -4,7 +4,7 @@
 
 # %% ../nbs/38_runtime.ipynb #8eba379a
 from __future__ import annotations
-import hashlib, time, warnings
+import contextlib, hashlib, re, time, warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +13,75 @@ from fastcore.basics import patch
 from .core import *
 
 # %% auto #0
-__all__ = ['ONNX_OPSET', 'ORT_HINT', 'EXPORT_TOLERANCE', 'onnxruntime_problem', 'session_options', 'checked_bytes', 'OnnxNet',
-           'export_classifier', 'export_detector', 'load_onnx_detector']
+__all__ = ['DEVICE_HINT', 'PRECISIONS', 'PARITY', 'ONNX_OPSET', 'ORT_HINT', 'EXPORT_TOLERANCE', 'gpu_count', 'resolve_device',
+           'onnx_providers', 'autocast', 'choose_precision', 'onnxruntime_problem', 'session_options', 'checked_bytes',
+           'OnnxNet', 'export_classifier', 'export_detector', 'load_onnx_detector']
+
+# %% ../nbs/38_runtime.ipynb #3647c294
+DEVICE_HINT = 'auto (the first GPU torch sees, else the CPU), cpu, cuda or cuda:N'
+
+def gpu_count() -> int:
+    "How many GPUs torch can use here (0 without a CUDA build of torch, a driver or a device)."
+    import torch
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+def resolve_device(device: str | None = 'auto', gpus: int | None = None) -> str:
+    ("The device `device` asks for, as torch names it ('cpu', 'cuda:N'); `InputError` naming `--device` where it "
+     "cannot be had. `gpus`: how many GPUs there are (default: `gpu_count()`).")
+    d = str(device or 'auto').strip().lower()
+    m = re.fullmatch(r'auto|cpu|cuda(?::(\d+))?', d)
+    if not m: raise InputError(f'--device must be {DEVICE_HINT}; got {device!r}')
+    n = gpu_count() if gpus is None else gpus
+    if d in ('auto', 'cpu'): return 'cuda:0' if d == 'auto' and n else 'cpu'
+    if n == 0:
+        raise InputError(f'--device {device}: torch sees no GPU here (no CUDA build of torch, no driver or no device); '
+                         'use --device cpu, or --device auto to use a GPU only where there is one')
+    if int(m[1] or 0) >= n: raise InputError(f'--device {device}: this machine has {n} GPU(s), cuda:0 to cuda:{n - 1}')
+    return f'cuda:{int(m[1] or 0)}'
+
+# %% ../nbs/38_runtime.ipynb #aa99bf15
+def onnx_providers(device: str) -> list:
+    "ONNX Runtime's execution providers for a resolved `device`: the CPU's; on a GPU, CUDA's (onnxruntime-gpu) first."
+    if device == 'cpu': return ['CPUExecutionProvider']
+    import onnxruntime as ort
+    if 'CUDAExecutionProvider' not in ort.get_available_providers():
+        raise InputError(f'--runtime onnx on {device} needs the CUDA build of ONNX Runtime: pip install onnxruntime-gpu '
+                         '(in place of onnxruntime), or use --runtime torch (or auto) on the GPU')
+    return [('CUDAExecutionProvider', dict(device_id=int(device.split(':')[1]))), 'CPUExecutionProvider']
+
+# %% ../nbs/38_runtime.ipynb #997d6413
+PRECISIONS = dict(fp32=None, bf16='bfloat16', fp16='float16')   # name -> torch dtype of the autocast
+PARITY = 1e-2          # largest probability difference from fp32 that a faster precision may have
+
+def autocast(device: str, precision: str = 'fp32'):
+    "The context a forward runs in at `precision` on `device`: none for fp32, else torch's autocast."
+    import torch
+    if precision == 'fp32': return contextlib.nullcontext()
+    return torch.autocast(device.split(':')[0], dtype=getattr(torch, PRECISIONS[precision]))
+
+def _timed_probs(net, x, device: str, precision: str, repeats: int = 3) -> tuple:
+    "(seconds per forward, sigmoid outputs) of `net` on `x` at `precision`, after one warm-up forward."
+    import torch
+    sync = torch.cuda.synchronize if device.startswith('cuda') else (lambda: None)
+    with torch.inference_mode(), autocast(device, precision):
+        net(x); sync()
+        t0 = time.perf_counter()
+        for _ in range(repeats): y = net(x)
+        sync()
+    return (time.perf_counter() - t0) / repeats, torch.sigmoid(y.float())
+
+def choose_precision(net, x, device: str, candidates=None) -> dict:
+    ("{precision, seconds}: the fastest of `candidates` (fp32 first; default fp32 on a CPU, fp32, bf16 and fp16 on "
+     "a GPU) whose outputs on the batch `x` are within `PARITY` of fp32's, with each one's seconds per forward.")
+    candidates = list(candidates or (('fp32',) if device == 'cpu' else PRECISIONS))
+    if candidates == ['fp32']: return dict(precision='fp32', seconds={})
+    seconds, ref = {}, None
+    for p in candidates:
+        try: s, y = _timed_probs(net, x, device, p)
+        except RuntimeError: continue                     # a precision the device cannot run
+        if ref is None: ref = y
+        if float((y - ref).abs().max()) <= PARITY: seconds[p] = round(s, 6)
+    return dict(precision=min(seconds, key=seconds.get), seconds=seconds)
 
 # %% ../nbs/38_runtime.ipynb #48c4eff6
 ONNX_OPSET = 18          # opset of the exported graphs (torch's exporter and ultralytics' both write it)
@@ -55,11 +122,12 @@ def checked_bytes(path, sha256: str | None = None) -> bytes:
 # %% ../nbs/38_runtime.ipynb #2e6cd5f9
 class OnnxNet:
     "A network on ONNX Runtime, called like the torch module it was exported from: a float tensor in, one out."
-    def __init__(self, path, sha256: str | None = None, threads: int | None = None):
+    def __init__(self, path, sha256: str | None = None, threads: int | None = None, device: str = 'cpu'):
         import onnxruntime as ort
         self.path = Path(path)
         data = checked_bytes(path, sha256)
-        try: self.session = ort.InferenceSession(data, session_options(threads), providers=['CPUExecutionProvider'])
+        providers = onnx_providers(device)
+        try: self.session = ort.InferenceSession(data, session_options(threads), providers=providers)
         except Exception as e:
             raise InputError(f'not a loadable ONNX model ({type(e).__name__}: {str(e)[:200]})', path) from None
         self.input = self.session.get_inputs()[0].name
@@ -124,9 +192,10 @@ def export_detector(detector, imgsz: int, dst, opset: int = ONNX_OPSET) -> dict:
     return dict(imgsz=int(imgsz), max_difference=diff, seconds=time.perf_counter() - t0)
 
 # %% ../nbs/38_runtime.ipynb #74332ff7
-def load_onnx_detector(detector, path, sha256: str | None = None, threads: int | None = None):
-    "`detector` (`20_detect`'s interface) on a checked ONNX file, on ONNX Runtime; `predict` as on PyTorch."
+def load_onnx_detector(detector, path, sha256: str | None = None, threads: int | None = None, device: str = 'cpu'):
+    ("`detector` (`20_detect`'s interface) on a checked ONNX file, on ONNX Runtime on `device` (its pre- and "
+     "post-processing on the CPU); `predict` as on PyTorch.")
     import onnxruntime as ort
     data = checked_bytes(path, sha256)
-    session = ort.InferenceSession(data, session_options(threads), providers=['CPUExecutionProvider'])
+    session = ort.InferenceSession(data, session_options(threads), providers=onnx_providers(device))
     return detector.load_onnx(data, Path(path).name, session)

@@ -22,6 +22,7 @@ from .dicom import MAX_PIXELS, TooManyPixels, pixel_budget
 from .families import detector_family
 from .inputs import NOT_AN_IMAGE, check_pixels, image_ids, input_kind
 from .bundle import BUNDLE_PACKAGES, RUNTIMES, Bundle, package_versions
+from .runtime import resolve_device
 from .inference import Predictor, dicom_source_problem, image_record, overlay_png
 from .dicom_out import result_bytes
 
@@ -51,6 +52,7 @@ class ServeConfig(JsonConfig):
     receive_s: float = 120     # seconds a client has to send a whole upload; a slower one is refused (408)
     min_score: float = 0.25    # boxes drawn on the overlay from this score (all boxes are in the JSON)
     runtime: str = 'auto'      # networks on: torch, onnx (after spinexr_export), auto (onnx if exported)
+    device: str = 'auto'       # where they run: auto (the first GPU, else the CPU), cpu, cuda, cuda:N
 
     def __post_init__(self):
         if not 0 <= self.port <= 65535: raise InputError(f'port {self.port} is not a TCP port (0-65535)')
@@ -60,6 +62,7 @@ class ServeConfig(JsonConfig):
             raise InputError('batch, queue and clients must be at least 1')
         if not min(self.header_s, self.receive_s) > 0: raise InputError('header_s and receive_s must be positive')
         if self.runtime not in RUNTIMES: raise InputError(f"runtime must be one of {', '.join(RUNTIMES)}")
+        resolve_device(self.device)          # a GPU asked for that is not there: stops before the models load
 
 # %% ../nbs/45_serve.ipynb #32b65f6a
 @patch(as_prop=True)
@@ -363,6 +366,7 @@ def model_card(predictor: Predictor) -> dict:
     "What a bundle's answers rest on: training data and caveats, ensemble and its validation figures, fusion, sizes."
     b, det = predictor.record, predictor.det_cfg
     return dict(intended_use=RESEARCH_NOTE, trained_on=b['trained_on'], caveats=predictor.warnings,
+                runtime=predictor.runtime, device=predictor.device,
                 created=b.get('created'), prep_size=predictor.prep_size, ensemble=asdict(predictor.ensemble),
                 validation=b.get('validation', {}), tta=b.get('tta', {}), fusion=b['fusion'],
                 detector=dict(model=det.model, imgsz=det.imgsz, classes=list(DET_CLASSES)),
@@ -372,7 +376,8 @@ def model_card(predictor: Predictor) -> dict:
 def bundle_facts(predictor: Predictor, full_path: bool = True) -> dict:
     "What /health says of the bundle: where (its folder's name only, unless `full_path`), runtime, version, SHA-256s."
     where = predictor.model_dir.absolute()
-    return dict(path=str(where) if full_path else where.name, runtime=predictor.runtime,
+    return dict(path=str(where) if full_path else where.name, runtime=predictor.runtime, device=predictor.device,
+                precisions=predictor.precisions,
                 format=predictor.record['format'], version=predictor.record['version'], sha256=predictor.sha256,
                 files=predictor.files)
 
@@ -849,7 +854,7 @@ def check_port(host: str, port: int):
 def _warmed_up(bundle: Bundle, cfg: ServeConfig) -> tuple:
     "(a Predictor, its thread): the models loaded, checked and warmed up on the one thread they will run on."
     model_thread = ThreadPoolExecutor(1, 'spinexr-model')   # the models load, warm up and run on it alone
-    predictor = model_thread.submit(Predictor, bundle, cfg.runtime, cfg.max_pixels).result()  # checked once
+    predictor = model_thread.submit(Predictor, bundle, cfg.runtime, cfg.max_pixels, cfg.device).result()  # checked
     model_thread.submit(predictor.warm_up).result()     # else the first request pays ~1 s of lazy set-up
     return predictor, model_thread
 

@@ -581,3 +581,50 @@ def test_a_bundle_runs_no_code_and_every_file_is_checked(tiny_model, release, tm
         shutil.rmtree(bundle); keep.rename(bundle)
     assert predict().returncode == 0                     # the bundle, put back, is accepted
     TALLY['bad-input kinds'] += 3 + len(cases); TALLY['faults injected'] += 3 + len(cases)
+
+# ------------------------------------------------------- decoding in worker processes, and the device asked for
+
+def test_decoding_workers_write_what_one_process_writes(tiny_model, release, tmp_path):
+    "spinexr_predict --workers 2 writes the records and failures --workers 1 writes, in the same order."
+    dicoms = sorted((release/'test_images').glob('*.dicom'))[:5]
+    bad = tmp_path/'empty.dicom'; bad.write_bytes(b'')
+    out = {}
+    for w in (1, 2):
+        r = run_cli('spinexr_predict', tiny_model, dicoms[0], bad, *dicoms[1:], '--out', tmp_path/f'w{w}',
+                    '--workers', w, '--batch', 2, '--device', 'cpu', '--no_overlays', timeout=300)
+        assert r.returncode == 1 and 'empty.dicom' in r.stderr, r.stderr        # the empty file fails alone
+        assert f"(torch on cpu, {w} decoding process{'es' if w > 1 else ''})" in r.stdout, r.stdout
+        out[w] = load_json(tmp_path/f'w{w}'/'predictions.json')
+    assert out[1]['images'] == out[2]['images'] and len(out[1]['images']) >= 3
+    assert out[1]['failures'] == out[2]['failures']
+    assert out[1]['device'] == 'cpu'
+    TALLY['bad-input kinds'] += 1
+
+def test_a_decoder_that_kills_its_worker_fails_only_its_input(release, monkeypatch):
+    "A decode that ends its worker process is that input's failure; the pool is made again and the others answered."
+    import spinexr.inference as inference
+    paths = sorted((release/'test_images').glob('*.dicom'))[:4]
+    real = inference.read_input
+    def fatal(path, *args, **kwargs):                         # a codec that crashes on one file
+        if Path(path) == paths[1]: os._exit(9)
+        return real(path, *args, **kwargs)
+    monkeypatch.setattr(inference, 'read_input', fatal)       # the workers are forked: they see it too
+    pool = inference.DecodePool(2)
+    try: got = pool.map(paths, 128)
+    finally: pool.close()
+    assert got[1] == (None, inference.CRASHED)
+    for p, (read, why) in zip(paths[::2] + paths[3:], [got[0], got[2], got[3]]):
+        assert why is None and np.array_equal(read[0], real(p, 128)[0])
+    TALLY['faults injected'] += 1
+
+def test_a_gpu_asked_for_and_missing_stops_before_the_models_load(tiny_model, release, tmp_path):
+    "--device cuda on a machine whose torch sees no GPU: exit 1 in seconds, naming --device, nothing written."
+    from spinexr.runtime import gpu_count
+    if gpu_count(): pytest.skip('this machine has a GPU')
+    dicom = sorted((release/'test_images').glob('*.dicom'))[0]
+    r = run_cli('spinexr_predict', tiny_model, dicom, '--out', tmp_path/'p', '--device', 'cuda', timeout=120)
+    assert r.returncode == 1 and '--device cuda: torch sees no GPU here' in r.stderr and 'Traceback' not in r.stderr
+    assert not (tmp_path/'p'/'predictions.json').exists()
+    r = run_cli('spinexr_serve', tiny_model, '--device', 'cuda:1', '--port', 0, timeout=120)
+    assert r.returncode == 1 and '--device cuda:1' in r.stderr, r.stderr
+    TALLY['bad-input kinds'] += 2
