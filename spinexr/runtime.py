@@ -34,8 +34,8 @@ def resolve_device(device: str | None = 'auto', gpus: int | None = None) -> str:
     n = gpu_count() if gpus is None else gpus
     if d in ('auto', 'cpu'): return 'cuda:0' if d == 'auto' and n else 'cpu'
     if n == 0:
-        raise InputError(f'--device {device}: torch sees no GPU here (no CUDA build of torch, no driver or no device); '
-                         'use --device cpu, or --device auto to use a GPU only where there is one')
+        raise InputError(f'--device {device}: torch sees no GPU here (no CUDA build of torch, no driver or no '
+                         'device); use --device cpu, or --device auto to use a GPU only where there is one')
     if int(m[1] or 0) >= n: raise InputError(f'--device {device}: this machine has {n} GPU(s), cuda:0 to cuda:{n - 1}')
     return f'cuda:{int(m[1] or 0)}'
 
