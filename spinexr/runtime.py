@@ -45,8 +45,8 @@ def onnx_providers(device: str) -> list:
     if device == 'cpu': return ['CPUExecutionProvider']
     import onnxruntime as ort
     if 'CUDAExecutionProvider' not in ort.get_available_providers():
-        raise InputError(f'--runtime onnx on {device} needs the CUDA build of ONNX Runtime: pip install onnxruntime-gpu '
-                         '(in place of onnxruntime), or use --runtime torch (or auto) on the GPU')
+        raise InputError(f'--runtime onnx on {device} needs the CUDA build of ONNX Runtime: pip install '
+                         'onnxruntime-gpu (in place of onnxruntime), or use --runtime torch (or auto) on the GPU')
     return [('CUDAExecutionProvider', dict(device_id=int(device.split(':')[1]))), 'CPUExecutionProvider']
 
 # %% ../nbs/38_runtime.ipynb #997d6413
