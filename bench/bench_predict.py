@@ -3,17 +3,21 @@ writing), its speed-up over spinexr_predict as it was before the runtimes (a git
 on the same images) and the share of each stage, at batch 1 and 8, at the bundle's own input sizes and at the
 full-scale ones (classifiers at 384, detector at 640, decode at 1024).
 
-    python bench/bench_predict.py MODEL_DIR DICOM_DIR [--n 16] [--baseline 690675f] [--scales demo,full]
+    python bench/bench_predict.py MODEL_DIR DICOM_DIR [--n 16] [--baseline 76c6e8b] [--scales demo,full]
+                                  [--device auto] [--workers N]
 
 MODEL_DIR is a bundle (spinexr_demo writes DIR/model); it is copied, never changed: the copies are exported with
 spinexr_export, and the full-scale copy has its input sizes raised (the same weights: every network is fully
 convolutional up to its pooling). DICOM_DIR holds DICOMs the models never saw (spinexr_phantom /tmp/unseen
 --n_studies 12 --seed 77 --size 1024). Variants:
 
-- baseline: the package at --baseline (torch eager under no_grad, the input resized once per classifier);
+- baseline: the package at --baseline (default 76c6e8b: the last revision before --device and --workers, which
+  reads today's bundles; 690675f, before the runtimes, cannot);
 - torch, contiguous: this package's torch runtime with the classifiers put back in the default memory layout;
 - torch: this package's torch runtime (inference_mode, channels-last classifiers, one resize per size);
-- onnx: this package's ONNX Runtime path (spinexr_export's files).
+- onnx: this package's ONNX Runtime path (spinexr_export's files);
+- torch / onnx, N decoders: the same with the inputs decoded in --workers processes, a batch ahead (default: the
+  cores). Every variant runs on --device (default auto: the first GPU, else the CPU).
 
 It also measures the classifiers' input preparation (once per classifier against once per size) and loading the
 models against decoding the first batch (sequential against overlapped in a thread).
@@ -93,15 +97,20 @@ def contiguous(pred):
     for net, _ in pred.classifiers.values(): net.to(memory_format=torch.contiguous_format)
     return pred
 
+DEVICE, WORKERS = 'auto', os.cpu_count()        # set from --device and --workers
+
 def variants(model_dir, paths) -> dict:
     "timed_run of each variant of this package at batch 1 and 8."
     from spinexr.inference import Predictor
     out = {}
-    for name, make in (('torch, contiguous', lambda: contiguous(Predictor(model_dir, 'torch'))),
-                       ('torch', lambda: Predictor(model_dir, 'torch')),
-                       ('onnx', lambda: Predictor(model_dir, 'onnx'))):
+    on = lambda runtime, workers=1: Predictor(model_dir, runtime, device=DEVICE, workers=workers)
+    makers = [('torch, contiguous', lambda: contiguous(on('torch'))), ('torch', lambda: on('torch')),
+              ('onnx', lambda: on('onnx'))]
+    if WORKERS > 1: makers += [(f'{rt}, {WORKERS} decoders', lambda rt=rt: on(rt, WORKERS)) for rt in ('torch', 'onnx')]
+    for name, make in makers:
         pred = make(); pred.warm_up()
         out[name] = {b: timed_run(pred, model_dir, paths, b) for b in BATCHES}
+        if pred.decoder: pred.decoder.close()
     return out
 
 def input_preparation(model_dir, paths) -> dict:
@@ -158,14 +167,19 @@ if __name__ == '__main__':
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     ap.add_argument('model_dir'); ap.add_argument('dicoms')
     ap.add_argument('--n', type=int, default=16, help='DICOMs to predict')
-    ap.add_argument('--baseline', default='690675f', help='git revision of the baseline (before the runtimes)')
+    ap.add_argument('--baseline', default='76c6e8b', help='git revision of the baseline (before --device, --workers)')
     ap.add_argument('--scales', default='demo,full', help='demo (the bundle as it is), full (the 384 px copy)')
+    ap.add_argument('--device', default='auto', help='auto (the first GPU, else the CPU), cpu, cuda, cuda:N')
+    ap.add_argument('--workers', type=int, default=os.cpu_count(), help='decoding processes of the N-decoder variants')
     a = ap.parse_args()
+    DEVICE, WORKERS = a.device, a.workers
     sys.path.insert(0, str(REPO/'bench'))
     from spinexr.export import export_bundle
     from spinexr.inputs import find_inputs
     paths = find_inputs([a.dicoms])[:a.n]
-    print(f'{len(paths)} DICOMs from {a.dicoms}; {os.cpu_count()} CPUs; baseline: spinexr at {a.baseline}; '
+    from spinexr.runtime import resolve_device
+    print(f'{len(paths)} DICOMs from {a.dicoms}; {os.cpu_count()} CPUs; device {resolve_device(DEVICE)}; '
+          f'baseline: spinexr at {a.baseline} (on the CPU); '
           f"s/image of spinexr_predict's whole chain (overlays on), the fastest of {ROUNDS} rounds; "
           'speed-up against the baseline at batch 8')
     with tempfile.TemporaryDirectory() as tmp:

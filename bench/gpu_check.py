@@ -4,10 +4,12 @@
 
 1. the rehearsal (`spinexr_demo --rehearsal`): every step at full-scale settings, one epoch, on a phantom at release
    size;
-2. classifier training throughput at 384 px (images/s, fwd + bwd + AdamW step) for each architecture,
+2. spinexr_predict with the rehearsal's bundle on its release-size test DICOMs, on the device: s/image end to end
+   and by stage, decoding in one process and in one per core (the issue's goal: <= 0.06 s/image on an H200 machine);
+3. classifier training throughput at 384 px (images/s, fwd + bwd + AdamW step) for each architecture,
    fp32 and bf16 autocast with channels_last;
-3. YOLO11-l at 640, batch 12: training throughput (images/s, fwd + loss + bwd + step) with AMP on and off;
-4. DDP on two GPUs (torchrun, spinexr_train_cls on the rehearsal's prep tree), where there are two (with --smoke: two
+4. YOLO11-l at 640, batch 12: training throughput (images/s, fwd + loss + bwd + step) with AMP on and off;
+5. DDP on two GPUs (torchrun, spinexr_train_cls on the rehearsal's prep tree), where there are two (with --smoke: two
    CPU processes).
 
 Each part stops when the budget (seconds, whole script) is spent; results go to OUT/gpu_check.json and are printed.
@@ -87,6 +89,18 @@ def ddp(out: Path, smoke: bool, budget: float) -> dict:
     return dict(ok=r.returncode == 0, seconds=round(time.perf_counter() - t0, 1), stdout_tail=r.stdout[-1500:],
                 stderr_tail=r.stderr[-1500:])
 
+def predict_rate(out: Path, workers: int, budget: float) -> dict:
+    "spinexr_predict (--device auto) of the rehearsal bundle on its test DICOMs: s/image and the stage shares."
+    import re
+    model, dicoms = out/'rehearsal'/'model', sorted((out/'rehearsal').rglob('test_images/*.dicom'))
+    if not (model/'bundle.json').exists() or not dicoms: return dict(skipped='no bundle or DICOMs from the rehearsal')
+    cmd = [bin_('spinexr_predict'), str(model), *map(str, dicoms), '--out', str(out/f'predict_w{workers}'),
+           '--workers', str(workers), '--batch', '16', '--no_overlays']
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=max(60, left(budget) - 20))
+    m = re.search(r'([0-9.]+) s per image \(([^)]*)\), models loaded in ([0-9.]+) s \(([^)]*)\)', r.stdout)
+    if not m: return dict(ok=False, stdout_tail=r.stdout[-1500:], stderr_tail=r.stderr[-1500:])
+    return dict(ok=True, images=len(dicoms), s_per_image=float(m[1]), stages=m[2], load_s=float(m[3]), on=m[4])
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--out', default=os.environ.get('OUT', 'gpu_check'))
@@ -110,6 +124,8 @@ def main():
         print(f'{name}: {time.perf_counter() - t0:.0f} s: {json.dumps(res[name])[:600]}', flush=True)
 
     part('rehearsal', lambda: rehearsal(out, a.smoke, a.budget))
+    for w in sorted({1, os.cpu_count() or 1}):
+        part(f'predict_rehearsal_bundle_workers_{w}', lambda: predict_rate(out, w, a.budget))
     for arch in ('densenet121', 'tf_efficientnetv2_s', 'resnet50'):
         part(f'cls_{arch}_{size}_fp32_img_s', lambda: cls_rate(arch, size, bs, False, steps, device))
         part(f'cls_{arch}_{size}_bf16_channels_last_img_s', lambda: cls_rate(arch, size, bs, True, steps, device))
