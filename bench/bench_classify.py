@@ -20,7 +20,7 @@ def loader_rate(labels, size, bs=16) -> float:
     "Images per second of one loader process: PNG decode, resize/pad, augmentation, normalisation."
     cfg = ClsConfig(arch='resnet50', size=size, bs=bs, workers=0, pretrained=False)
     create_backbone(cfg)  # fills in the normalisation
-    dl = cls_dataloaders(labels, cfg).train
+    dl = cls_dataloaders(labels.path.iloc[0].parent.parent, cfg, labels).train
     it = iter(dl); next(it)                      # warm-up
     t0, n = time.perf_counter(), 0
     for x, y in it: n += len(x)                  # the rest of the epoch

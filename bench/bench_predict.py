@@ -11,13 +11,15 @@ spinexr_export, and the full-scale copy has its input sizes raised (the same wei
 convolutional up to its pooling). DICOM_DIR holds DICOMs the models never saw (spinexr_phantom /tmp/unseen
 --n_studies 12 --seed 77 --size 1024). Variants:
 
-- baseline: the package at --baseline (default 76c6e8b: the last revision before --device and --workers, which
-  reads today's bundles; 690675f, before the runtimes, cannot);
+- baseline: the package at --baseline (default 76c6e8b: the last revision before --device and --workers), its torch
+  runtime, on a copy of the bundle without the settings it does not know (training-only ones: `cache`,
+  `copy_paste`) and without the ONNX files;
 - torch, contiguous: this package's torch runtime with the classifiers put back in the default memory layout;
 - torch: this package's torch runtime (inference_mode, channels-last classifiers, one resize per size);
 - onnx: this package's ONNX Runtime path (spinexr_export's files);
 - torch / onnx, N decoders: the same with the inputs decoded in --workers processes, a batch ahead (default: the
-  cores). Every variant runs on --device (default auto: the first GPU, else the CPU).
+  cores). Every variant runs on --device (default auto: the first GPU, else the CPU), each in a fresh process, as
+  the baseline does.
 
 It also measures the classifiers' input preparation (once per classifier against once per size) and loading the
 models against decoding the first batch (sequential against overlapped in a thread).
@@ -31,15 +33,16 @@ BATCHES = (1, 8)
 FULL_SCALE = dict(cls_size=384, det_imgsz=640, prep_size=1024)   # 50_demo's full-scale settings
 
 def full_scale_copy(src: Path, dst: Path) -> Path:
-    "A copy of a bundle with the full-scale input sizes (same weights)."
+    "A copy of a bundle with the full-scale input sizes (same weights), its file list sealed again."
+    from spinexr.bundle import Bundle
     from spinexr.core import load_json, save_json
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns('onnx'))
     b = load_json(dst/'bundle.json'); b.pop('onnx', None); b['prep_size'] = FULL_SCALE['prep_size']
-    save_json(b, dst/'bundle.json')
     for cfg in (dst/'classifiers').glob('*/config.json'):
         save_json({**load_json(cfg), 'size': FULL_SCALE['cls_size']}, cfg)
     cfg = dst/'detector'/'config.json'
     save_json({**load_json(cfg), 'imgsz': FULL_SCALE['det_imgsz']}, cfg)
+    Bundle(dst).write_record(b)          # the changed configs listed with their new SHA-256s
     return dst
 
 def timed_run(predictor, model_dir, paths, batch: int) -> dict:
@@ -67,13 +70,24 @@ def fastest_runs(rev: str, model_dir, paths, tmp: Path) -> dict:
     return best
 
 BASELINE_SCRIPT = """
-import json, sys, spinexr
+import dataclasses, json, shutil, sys, tempfile, spinexr
 from pathlib import Path
 sys.path.insert(0, sys.argv[1]); from bench_predict import timed_run
+from spinexr.bundle import Bundle
+from spinexr.classify import ClsConfig
+from spinexr.core import load_json, save_json
+from spinexr.detect import DetConfig
 from spinexr.inference import Predictor
 assert Path(spinexr.__file__).is_relative_to(sys.argv[2]), spinexr.__file__
-model_dir, paths = sys.argv[3], json.loads(sys.argv[4])
-pred = Predictor(model_dir); pred.warm_up()
+model_dir, paths = Path(tempfile.mkdtemp())/'model', json.loads(sys.argv[4])
+shutil.copytree(sys.argv[3], model_dir, ignore=shutil.ignore_patterns('onnx'))   # the torch runtime, as it was then
+configs = [(f, ClsConfig) for f in model_dir.glob('classifiers/*/config.json')] + [(model_dir/'detector'/'config.json',
+                                                                                    DetConfig)]
+for f, C in configs:            # the settings this revision knows (training-only ones came later)
+    known = {x.name for x in dataclasses.fields(C)}
+    save_json({k: v for k, v in load_json(f).items() if k in known}, f)
+record = load_json(model_dir/'bundle.json'); record.pop('onnx', None); Bundle(model_dir).write_record(record)
+pred = Predictor(model_dir, 'torch'); pred.warm_up()
 print(json.dumps({b: timed_run(pred, model_dir, paths, b) for b in (1, 8)}))
 """
 
@@ -99,18 +113,31 @@ def contiguous(pred):
 
 DEVICE, WORKERS = 'auto', os.cpu_count()        # set from --device and --workers
 
-def variants(model_dir, paths) -> dict:
-    "timed_run of each variant of this package at batch 1 and 8."
+def variant_names() -> list:
+    names = ['torch, contiguous', 'torch', 'onnx']
+    return names + ([f'{rt}, {WORKERS} decoders' for rt in ('torch', 'onnx')] if WORKERS > 1 else [])
+
+def one_variant(name: str, model_dir, paths) -> dict:
+    "timed_run of one variant of this package at each batch, in this process."
     from spinexr.inference import Predictor
+    runtime, _, rest = name.partition(', ')
+    pred = Predictor(model_dir, runtime, device=DEVICE, workers=WORKERS if 'decoders' in rest else 1)
+    if rest == 'contiguous': contiguous(pred)
+    pred.warm_up()
+    out = {b: timed_run(pred, model_dir, paths, b) for b in BATCHES}
+    if pred.decoder: pred.decoder.close()
+    return out
+
+def variants(model_dir, paths) -> dict:
+    ("timed_run of each variant of this package at batch 1 and 8, each in a fresh process as the baseline is (in one "
+     "process, a variant's speed depended on those run before it).")
     out = {}
-    on = lambda runtime, workers=1: Predictor(model_dir, runtime, device=DEVICE, workers=workers)
-    makers = [('torch, contiguous', lambda: contiguous(on('torch'))), ('torch', lambda: on('torch')),
-              ('onnx', lambda: on('onnx'))]
-    if WORKERS > 1: makers += [(f'{rt}, {WORKERS} decoders', lambda rt=rt: on(rt, WORKERS)) for rt in ('torch', 'onnx')]
-    for name, make in makers:
-        pred = make(); pred.warm_up()
-        out[name] = {b: timed_run(pred, model_dir, paths, b) for b in BATCHES}
-        if pred.decoder: pred.decoder.close()
+    for name in variant_names():
+        r = subprocess.run([sys.executable, __file__, str(model_dir), json.dumps([str(p) for p in paths]),
+                            '--variant', name, '--device', DEVICE, '--workers', str(WORKERS)],
+                           capture_output=True, text=True)
+        if r.returncode: sys.exit(f'variant {name} failed:\n{r.stderr[-3000:]}')
+        out[name] = {int(b): v for b, v in json.loads(r.stdout.strip().splitlines()[-1]).items()}
     return out
 
 def input_preparation(model_dir, paths) -> dict:
@@ -171,8 +198,11 @@ if __name__ == '__main__':
     ap.add_argument('--scales', default='demo,full', help='demo (the bundle as it is), full (the 384 px copy)')
     ap.add_argument('--device', default='auto', help='auto (the first GPU, else the CPU), cpu, cuda, cuda:N')
     ap.add_argument('--workers', type=int, default=os.cpu_count(), help='decoding processes of the N-decoder variants')
+    ap.add_argument('--variant', default=None, help=argparse.SUPPRESS)   # one variant, in this process (internal)
     a = ap.parse_args()
     DEVICE, WORKERS = a.device, a.workers
+    if a.variant:                   # DICOMS is then the JSON list of the paths
+        print(json.dumps(one_variant(a.variant, a.model_dir, json.loads(a.dicoms)))); sys.exit()
     sys.path.insert(0, str(REPO/'bench'))
     from spinexr.export import export_bundle
     from spinexr.inputs import find_inputs

@@ -8,8 +8,14 @@
    and by stage, decoding in one process and in one per core (the issue's goal: <= 0.06 s/image on an H200 machine);
 3. classifier training throughput at 384 px (images/s, fwd + bwd + AdamW step) for each architecture,
    fp32 and bf16 autocast with channels_last;
-4. YOLO11-l at 640, batch 12: training throughput (images/s, fwd + loss + bwd + step) with AMP on and off;
-5. DDP on two GPUs (torchrun, spinexr_train_cls on the rehearsal's prep tree), where there are two (with --smoke: two
+4. YOLO11-l at 640, batch 12 and 48: training throughput (images/s, fwd + loss + bwd + step) with AMP on and off,
+   and a profile of a step at batch 12 (wall time against the device's busy time, the costliest operations): why AMP
+   changes nothing at batch 12;
+5. the classifiers' input pipeline from the training cache (`07a_cache`) at 384 px, batch 32, augmentation on the
+   device: images/s with 0 loader processes and with 8, against the classifiers' synthetic rates above;
+6. GPU utilisation sampled (nvidia-smi, every 0.2 s) while `spinexr_train_cls` (resnet50) and `spinexr_train_det`
+   train one epoch on the rehearsal's prep tree;
+7. DDP on two GPUs (torchrun, spinexr_train_cls on the rehearsal's prep tree), where there are two (with --smoke: two
    CPU processes).
 
 Each part stops when the budget (seconds, whole script) is spent; results go to OUT/gpu_check.json and are printed.
@@ -55,8 +61,8 @@ def cls_rate(arch: str, size: int, bs: int, bf16: bool, steps: int, device) -> f
     sync()
     return round(bs * steps / (time.perf_counter() - t0), 1)
 
-def yolo_rate(model_yaml: str, imgsz: int, batch: int, amp: bool, steps: int, device) -> float:
-    "Images/s of YOLO11 training steps (forward, ultralytics' own detection loss, backward, step) on synthetic batches."
+def yolo_step(model_yaml: str, imgsz: int, batch: int, amp: bool, device):
+    "One YOLO training step (forward, ultralytics' own detection loss, backward, AdamW step) on a synthetic batch."
     from ultralytics.cfg import get_cfg
     from ultralytics.nn.tasks import DetectionModel
     net = DetectionModel(model_yaml, ch=1, nc=7, verbose=False).to(device).train()
@@ -71,11 +77,38 @@ def yolo_rate(model_yaml: str, imgsz: int, batch: int, amp: bool, steps: int, de
         with torch.autocast(device.type, enabled=amp and device.type == 'cuda'):
             loss, _ = net.loss(b)
         opt.zero_grad(set_to_none=True); scaler.scale(loss.sum()).backward(); scaler.step(opt); scaler.update()
+    return step
+
+def yolo_rate(model_yaml: str, imgsz: int, batch: int, amp: bool, steps: int, device) -> float:
+    "Images/s of YOLO training steps on synthetic batches."
+    step = yolo_step(model_yaml, imgsz, batch, amp, device)
     for _ in range(2): step()
     sync(); t0 = time.perf_counter()
     for _ in range(steps): step()
     sync()
     return round(batch * steps / (time.perf_counter() - t0), 1)
+
+def yolo_profile(model_yaml: str, imgsz: int, batch: int, amp: bool, steps: int, device) -> dict:
+    ("Where a YOLO training step's time goes (torch.profiler): wall time against the time the device computes, and "
+     "the costliest operations. A device busy for a small share of the wall time waits on the CPU (Python, kernel "
+     "launches), which no precision changes; cuDNN's convolutions run in TF32 under fp32 by default: less for AMP to gain.")
+    from torch.profiler import ProfilerActivity, profile
+    step = yolo_step(model_yaml, imgsz, batch, amp, device)
+    for _ in range(3): step()
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
+    sync(); t0 = time.perf_counter()
+    with profile(activities=acts) as prof:
+        for _ in range(steps): step()
+        sync()
+    wall = (time.perf_counter() - t0) / steps * 1e3
+    ev = prof.key_averages()
+    dev = lambda e: getattr(e, 'self_device_time_total', 0) or getattr(e, 'self_cuda_time_total', 0)
+    busy = sum(dev(e) for e in ev) / 1e3 / steps
+    top = sorted(ev, key=lambda e: dev(e) or e.self_cpu_time_total, reverse=True)[:8]
+    return dict(wall_ms_per_step=round(wall, 1), device_busy_ms_per_step=round(busy, 1),
+                device_busy_share=round(busy / wall, 3) if device.type == 'cuda' else None,
+                cudnn_tf32=torch.backends.cudnn.allow_tf32, matmul_tf32=torch.backends.cuda.matmul.allow_tf32,
+                top=[(e.key[:60], round((dev(e) or e.self_cpu_time_total) / 1e3 / steps, 2)) for e in top])
 
 def ddp(out: Path, smoke: bool, budget: float) -> dict:
     prep = out/'rehearsal'/'prep'
@@ -100,6 +133,46 @@ def predict_rate(out: Path, workers: int, budget: float) -> dict:
     m = re.search(r'([0-9.]+) s per image \(([^)]*)\), models loaded in ([0-9.]+) s \(([^)]*)\)', r.stdout)
     if not m: return dict(ok=False, stdout_tail=r.stdout[-1500:], stderr_tail=r.stderr[-1500:])
     return dict(ok=True, images=len(dicoms), s_per_image=float(m[1]), stages=m[2], load_s=float(m[3]), on=m[4])
+
+def input_rate(out: Path, workers: int, smoke: bool) -> dict:
+    "Images/s of one epoch of the classifier training loader from the cache (built first, timed apart), on the device."
+    from spinexr.classify import ClsConfig, cls_dataloaders
+    prep = out/'rehearsal'/'prep'
+    if not (prep/'labels.csv').exists(): return dict(skipped='no prep tree from the rehearsal')
+    cfg = ClsConfig(arch='resnet50', size=64 if smoke else 384, bs=4 if smoke else 32, workers=workers,
+                    pretrained=False, mean=0.5, std=0.25)
+    t0 = time.perf_counter(); dls = cls_dataloaders(prep, cfg); setup = time.perf_counter() - t0
+    n, t0 = 0, time.perf_counter()
+    for _ in range(1 if smoke else 3):
+        for x, y in dls.train: n += len(x)
+    sync()
+    return dict(images_per_s=round(n / (time.perf_counter() - t0), 1), cache_and_loaders_s=round(setup, 1),
+                on=str(x.device))
+
+def utilisation_while(cmd: list, budget: float) -> dict:
+    "Run `cmd`, sampling the GPU's utilisation every 0.2 s: the mean, the mean over busy samples, the seconds."
+    smi = None
+    if torch.cuda.is_available():
+        smi = subprocess.Popen(['nvidia-smi', '--query-gpu=utilization.gpu', '--format=csv,noheader,nounits',
+                                '-lms', '200', '-i', '0'], stdout=subprocess.PIPE, text=True)
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=max(60, left(budget) - 30))
+    res = dict(ok=r.returncode == 0, seconds=round(time.perf_counter() - t0, 1), stderr_tail=r.stderr[-800:])
+    if smi:
+        smi.terminate(); samples = [int(v) for v in smi.communicate()[0].split() if v.isdigit()]
+        busy = [v for v in samples if v > 0]
+        res.update(samples=len(samples), mean_pct=round(sum(samples) / max(len(samples), 1), 1),
+                   busy_mean_pct=round(sum(busy) / max(len(busy), 1), 1))
+    return res
+
+def train_commands(out: Path, smoke: bool) -> dict:
+    "spinexr_train_cls (resnet50) and spinexr_train_det (yolo11l) for one epoch on the rehearsal's prep tree."
+    prep = out/'rehearsal'/'prep'
+    cls = [bin_('spinexr_train_cls'), '--arch', 'resnet50', '--data', str(prep), '--out', str(out/'util_cls'),
+           '--epochs', '1', '--no_pretrained'] + (['--size', '64'] if smoke else ['--bs', '64'])
+    det = [bin_('spinexr_train_det'), '--data', str(prep), '--out', str(out/'util_det'), '--epochs', '1',
+           '--no_pretrained'] + (['--model', 'yolo11n.yaml', '--imgsz', '128'] if smoke else [])
+    return dict(cls=cls, det=det)
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -129,9 +202,19 @@ def main():
     for arch in ('densenet121', 'tf_efficientnetv2_s', 'resnet50'):
         part(f'cls_{arch}_{size}_fp32_img_s', lambda: cls_rate(arch, size, bs, False, steps, device))
         part(f'cls_{arch}_{size}_bf16_channels_last_img_s', lambda: cls_rate(arch, size, bs, True, steps, device))
+    for b in (batch, 4 * batch):            # at 4x the batch: does AMP help once the device is busy?
+        for amp in (True, False):
+            part(f"yolo_{Path(yolo).stem}_{imgsz}_b{b}_amp_{'on' if amp else 'off'}_img_s",
+                 lambda: yolo_rate(yolo, imgsz, b, amp, steps, device))
     for amp in (True, False):
-        part(f"yolo_{Path(yolo).stem}_{imgsz}_b{batch}_amp_{'on' if amp else 'off'}_img_s",
-             lambda: yolo_rate(yolo, imgsz, batch, amp, steps, device))
+        part(f"yolo_{Path(yolo).stem}_{imgsz}_b{batch}_amp_{'on' if amp else 'off'}_profile",
+             lambda: yolo_profile(yolo, imgsz, batch, amp, 2 if a.smoke else 5, device))
+    for w in (0, 2 if a.smoke else 8):
+        part(f'cls_input_cache_workers_{w}', lambda: input_rate(out, w, a.smoke))
+    cmds = train_commands(out, a.smoke)
+    if (out/'rehearsal'/'prep'/'labels.csv').exists():
+        for name in ('cls', 'det'):
+            part(f'gpu_utilisation_train_{name}', lambda: utilisation_while(cmds[name], a.budget))
     if torch.cuda.device_count() >= 2 or a.smoke:
         part('ddp_2_gpus', lambda: ddp(out, a.smoke, a.budget))   # smoke: gloo on CPU
     else: res['ddp_2_gpus'] = f'skipped: {torch.cuda.device_count()} GPU(s)'

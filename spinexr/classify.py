@@ -20,11 +20,13 @@ from .metrics import *
 from .weights import WeightStore, read_state_dict, sha256_file
 from .tracking import log_run, single_run_tracker
 from .prep import PrepTree
+from .cache import CachedImages, ClsCache
 
 # %% auto #0
-__all__ = ['ARCHS', 'ClsConfig', 'recipe', 'recipe_table', 'read_labels', 'cls_datablock', 'cls_dataloaders', 'backbone_weights',
-           'create_backbone', 'BinaryLoss', 'cls_learner', 'batch_probs', 'predict_probs', 'epoch_line', 'plot_history',
-           'train_classifier', 'run_table', 'show_run', 'load_classifier', 'spinexr_train_cls']
+__all__ = ['ARCHS', 'ClsConfig', 'recipe', 'recipe_table', 'read_labels', 'cls_batch_tfms', 'cls_loader', 'cls_dataloaders',
+           'backbone_weights', 'create_backbone', 'BinaryLoss', 'cls_learner', 'batch_probs', 'predict_probs',
+           'epoch_line', 'plot_history', 'train_classifier', 'run_table', 'show_run', 'load_classifier',
+           'spinexr_train_cls']
 
 # %% ../nbs/10_classify.ipynb #66c1d0f9
 ARCHS = tuple(BACKBONES)     # the timm backbones of the registry (06_families), in its order
@@ -99,17 +101,13 @@ def read_labels(prep_dir) -> pd.DataFrame:
     return df
 
 # %% ../nbs/10_classify.ipynb #13aac498
-def cls_datablock(cfg: ClsConfig):
-    "fastai DataBlock over a labels table (columns path, abnormal, split)."
-    from fastai.vision.all import (DataBlock, ImageBlock, PILImageBW, RegressionBlock, ColReader, ColSplitter,
-                                   Resize, ResizeMethod, PadMode, aug_transforms, Normalize)
-    batch_tfms = [*aug_transforms(do_flip=True, flip_vert=False, max_rotate=cfg.max_rotate, max_zoom=cfg.max_zoom,
-                                  max_lighting=cfg.max_lighting, max_warp=0.0, p_lighting=0.75),
-                  Normalize.from_stats([cfg.mean], [cfg.std])]
-    return DataBlock(blocks=(ImageBlock(cls=PILImageBW), RegressionBlock(n_out=1)),
-                     get_x=ColReader('path'), get_y=ColReader('abnormal'), splitter=ColSplitter('is_valid'),
-                     item_tfms=Resize(cfg.size, method=ResizeMethod.Pad, pad_mode=PadMode.Zeros),
-                     batch_tfms=batch_tfms)
+def cls_batch_tfms(cfg: ClsConfig) -> list:
+    "The transforms of a batch on the device: bytes to [0, 1], the augmentations (training only), normalisation."
+    from fastai.vision.all import IntToFloatTensor, Normalize, aug_transforms
+    return [IntToFloatTensor(),
+            *aug_transforms(do_flip=True, flip_vert=False, max_rotate=cfg.max_rotate, max_zoom=cfg.max_zoom,
+                            max_lighting=cfg.max_lighting, max_warp=0.0, p_lighting=0.75),
+            Normalize.from_stats([cfg.mean], [cfg.std])]
 
 # %% ../nbs/10_classify.ipynb #4876984c
 def _default_workers(cfg):
@@ -117,19 +115,27 @@ def _default_workers(cfg):
     if cfg.workers is not None: return cfg.workers
     return min(8, cpu_count()) if torch.cuda.is_available() else 0
 
+def cls_loader(cache: ClsCache, rows: pd.DataFrame, cfg: ClsConfig, train: bool = False, weights=None):
+    "A fastai loader of `rows` (image_id, abnormal) from `cache`; `train`: shuffled (by `weights` if given), augmented."
+    from fastai.vision.all import TfmdDL, WeightedDL, default_device
+    nw = _default_workers(cfg)
+    kw = dict(bs=cfg.bs, shuffle=train, drop_last=train, num_workers=nw, persistent_workers=nw > 0,
+              after_batch=cls_batch_tfms(cfg), device=default_device())
+    ds = CachedImages(cache, rows, train)
+    return TfmdDL(ds, **kw) if weights is None else WeightedDL(ds, wgts=weights, **kw)
+
 # %% ../nbs/10_classify.ipynb #67440ac1
-def cls_dataloaders(labels: pd.DataFrame, cfg: ClsConfig):
-    "Train/val DataLoaders; with `imbalance='sampler'` batches are drawn class-balanced."
-    df = labels[labels.split.isin(['train', 'val'])].assign(is_valid=lambda d: d.split.eq('val'))
-    if df.is_valid.sum() == 0 or (~df.is_valid).sum() == 0: raise InputError('need images in both train and val splits')
-    dblock, nw = cls_datablock(cfg), _default_workers(cfg)
-    if cfg.imbalance != 'sampler': return dblock.dataloaders(df, bs=cfg.bs, num_workers=nw)
-    dsets = dblock.datasets(df)
-    train = df[~df.is_valid]
-    freq = train.abnormal.map(train.abnormal.value_counts(normalize=True)).to_numpy()
-    return dsets.weighted_dataloaders(1 / freq, bs=cfg.bs,
-                                      num_workers=nw,  # the DataBlock's transforms, as dataloaders() passes them
-                                      after_item=dblock.item_tfms, after_batch=dblock.batch_tfms)
+def cls_dataloaders(prep_dir, cfg: ClsConfig, labels: pd.DataFrame | None = None, progress: bool = False):
+    "Train/val DataLoaders from the tree's cache at `cfg.size`; with `imbalance='sampler'`, class-balanced batches."
+    from fastai.vision.all import DataLoaders, default_device
+    labels = read_labels(prep_dir) if labels is None else labels
+    train, val = labels[labels.split == 'train'], labels[labels.split == 'val']
+    if not len(train) or not len(val): raise InputError('need images in both train and val splits')
+    cache = ClsCache(prep_dir, cfg.size).build(labels.image_id, progress=progress)
+    weights = (1 / train.abnormal.map(train.abnormal.value_counts(normalize=True)).to_numpy()
+               if cfg.imbalance == 'sampler' else None)
+    return DataLoaders(cls_loader(cache, train, cfg, train=True, weights=weights), cls_loader(cache, val, cfg),
+                       path=prep_dir, device=default_device())
 
 # %% ../nbs/10_classify.ipynb #e8b7b367
 def backbone_weights(cfg: ClsConfig, store=None) -> tuple:
@@ -316,9 +322,9 @@ def _save_model(learn, cfg: ClsConfig, out: Path) -> pd.DataFrame:
     return history
 
 # %% ../nbs/10_classify.ipynb #d20fac28
-def _write_predictions(learn, df: pd.DataFrame, out: Path, split: str) -> dict:
+def _write_predictions(learn, cfg: ClsConfig, df: pd.DataFrame, out: Path, split: str) -> dict:
     "Write `preds_<split>.csv` and `preds_<split>_tta.csv`; returns their paths by 'plain' and 'tta'."
-    dl = learn.dls.test_dl(df, with_labels=True)
+    dl = cls_loader(learn.dls.valid.dataset.cache, df, cfg)
     paths = {}
     for kind, suffix in (('plain', ''), ('tta', '_tta')):
         p = predict_probs(learn.model, dl, tta=kind == 'tta')
@@ -366,11 +372,11 @@ def train_classifier(prep_dir, out_dir, cfg: ClsConfig | None = None, progress: 
     seed_everything(cfg.seed, torch=True)
     if num_distrib() <= 1: set_threads()
     model = create_backbone(cfg, weights)     # the network first, then the data: the order of the random draws
-    learn = cls_learner(cls_dataloaders(labels, cfg), cfg, model, path=out)
+    learn = cls_learner(cls_dataloaders(prep_dir, cfg, labels, progress=progress), cfg, model, path=out)
     secs = _fit(learn, cfg, progress)
     if not _is_rank0(): return {}
     history = _save_model(learn, cfg, out)
-    preds = {s: _write_predictions(learn, labels[labels.split == s], out, s) for s in ('val', 'test')
+    preds = {s: _write_predictions(learn, cfg, labels[labels.split == s], out, s) for s in ('val', 'test')
              if (labels.split == s).any()}
     metrics = _run_metrics(cfg, history, preds, secs)
     save_json(metrics, out/'metrics.json')

@@ -34,10 +34,10 @@ from .inference import Predictor
 from .saliency import box_mass_ratio, heatmap_over, map_rank_correlation, randomised
 
 # %% auto #0
-__all__ = ['PAPER_CLS', 'PAPER_AP50', 'PAPER_MAP50', 'CLS_METRICS', 'SEED_DET', 'REPORT_TEMPLATE', 'REPORT_CSS', 'SPLIT_COLUMNS',
-           'CLASS_COLUMNS', 'DemoConfig', 'check_release', 'check_weights', 'subset_release', 'choose_detector',
-           'test_results', 'compare_detectors', 'evaluate_demo', 'saliency_checks', 'weights_used',
-           'classification_table', 'study_table', 'detection_table', 'detectors_table', 'paired_table',
+__all__ = ['RELEASE_IMAGES', 'PAPER_CLS', 'PAPER_AP50', 'PAPER_MAP50', 'CLS_METRICS', 'SEED_DET', 'REPORT_TEMPLATE', 'REPORT_CSS',
+           'SPLIT_COLUMNS', 'CLASS_COLUMNS', 'DemoConfig', 'check_release', 'check_weights', 'subset_release',
+           'release_factor', 'choose_detector', 'test_results', 'compare_detectors', 'evaluate_demo', 'saliency_checks',
+           'weights_used', 'classification_table', 'study_table', 'detection_table', 'detectors_table', 'paired_table',
            'published_tables', 'seed_detector_table', 'render_report', 'write_report', 'run_demo', 'spinexr_demo']
 
 # %% ../nbs/50_demo.ipynb #4b30f1d1
@@ -204,8 +204,9 @@ class _Steps:
 
 # %% ../nbs/50_demo.ipynb #f76f7c6d
 @patch
-def __call__(self: _Steps, name, f, *args, settings: str = '', **kw):
-    "Run `f(*args, **kw)` as the step `name`; returns what it returns."
+def __call__(self: _Steps, name, f, *args, settings: str = '', scale=None, **kw):
+    ("Run `f(*args, **kw)` as the step `name`; returns what it returns. `scale()`, asked after the step, says how "
+     "many times its work the full-scale step does: its projected time.")
     if self.verbose: print(f'spinexr_demo: {name} ...', file=sys.stderr, flush=True)
     _reset_peak_rss(); _gpu_peak_gb(reset=True)
     children, t0 = _children_peak_kb(), time.perf_counter()
@@ -215,15 +216,17 @@ def __call__(self: _Steps, name, f, *args, settings: str = '', **kw):
                else 0)   # workers that ran in this step
     self.rows.append(dict(step=name, settings=settings, seconds=self.seconds[name],
                           peak_rss_gb=round(peak / 2**20, 2),
-                          peak_gpu_gb=_gpu_peak_gb()))
+                          peak_gpu_gb=_gpu_peak_gb(),
+                          full_scale_h=round(self.seconds[name] * scale() / 3600, 2) if scale else None))
     if self.verbose: print(f'spinexr_demo: {name} done in {self.seconds[name]:.0f} s', file=sys.stderr, flush=True)
     return out
 
 # %% ../nbs/50_demo.ipynb #a77720a0
 @patch
 def table(self: _Steps) -> pd.DataFrame:
-    "Each step's settings, wall time and peak memory."
-    return pd.DataFrame(self.rows, columns=['step', 'settings', 'seconds', 'peak_rss_gb', 'peak_gpu_gb'])
+    "Each step's settings, wall time, peak memory and, where it was projected, its hours at full scale."
+    return pd.DataFrame(self.rows,
+                        columns=['step', 'settings', 'seconds', 'peak_rss_gb', 'peak_gpu_gb', 'full_scale_h'])
 
 # %% ../nbs/50_demo.ipynb #1863ea1c
 def _demo_data(out: Path, data, cfg: DemoConfig, step: _Steps, progress: bool) -> tuple:
@@ -264,24 +267,37 @@ def _train_detector_once(prep_dir, run, cfg, progress):
 
 def _train_models(out: Path, data: Path, cfg: DemoConfig, step: _Steps, progress: bool) -> list:
     "Preprocess `data` into out/prep, train the classifiers and the detector where not done; the classifiers' runs."
+    full = DemoConfig.full_scale()
+    def scale(splits, epochs=1, now=1):      # a rehearsal projects its steps to the release, on this machine
+        return (lambda: release_factor(out/'prep', splits) * epochs / now) if cfg.rehearsal else None
     step('preprocess', prep, data, out/'prep', size=cfg.prep_size, val_frac=cfg.val_frac, seed=cfg.seed,
-         progress=progress,
-         settings=f'long side {cfg.prep_size} px')
+         progress=progress, settings=f'long side {cfg.prep_size} px', scale=scale(('train', 'val', 'test')))
     runs = [out/'classifiers'/a for a in ARCHS]
     for a, run in zip(ARCHS, runs):
         c = cfg.classifier(a)
-        step(f'classifier {a}', _train_classifier_once, out/'prep', run, c, progress, settings=_cls_settings(c))
+        step(f'classifier {a}', _train_classifier_once, out/'prep', run, c, progress, settings=_cls_settings(c),
+             scale=scale(('train', 'val'), full.classifier(a).epochs, c.epochs))
     if not cfg.detectors:
         step('detector', _train_detector_once, out/'prep', out/'detector', cfg.detector(), progress,
-             settings=_det_settings(cfg.detector()))
+             settings=_det_settings(cfg.detector()),
+             scale=scale(('train', 'val'), full.detector().epochs, cfg.detector().epochs))
         return runs
     for a in cfg.detector_archs():
         d = cfg.detector(a)
         step(f'detector {Path(a).stem}', _train_detector_once, out/'prep', out/'detectors'/Path(a).stem, d, progress,
-             settings=_det_settings(d))
+             settings=_det_settings(d), scale=scale(('train', 'val'), full.detector(a).epochs, d.epochs))
     step('detector choice', choose_detector, out, [Path(a).stem for a in cfg.detector_archs()],
          settings='the best validation mAP50')
     return runs
+
+# %% ../nbs/50_demo.ipynb #4fa2665c
+RELEASE_IMAGES = dict(train=8389, test=2077)      # VinDr-SpineXR's images per official split (its paper)
+
+def release_factor(prep_dir, splits) -> float:
+    "The release's images over a prep tree's, in `splits` (train and val are the release's train split)."
+    n = PrepTree(prep_dir).labels().split.isin(splits).sum()
+    full = RELEASE_IMAGES['train'] * bool({'train', 'val'} & set(splits)) + RELEASE_IMAGES['test'] * ('test' in splits)
+    return full / max(int(n), 1)
 
 # %% ../nbs/50_demo.ipynb #ecde23f9
 def _val_map50(run: Path) -> float | None:

@@ -22,14 +22,14 @@ from .tracking import log_run, single_run_tracker
 from .prep import PrepTree
 
 # %% auto #0
-__all__ = ['PASTE_NEVER', 'DETECTOR_LIBRARIES', 'DETECTOR_YAMLS', 'ARCH_FIELDS', 'DET_RUN_FILES', 'WBF_IOU_THRS', 'WBF_SKIP_THRS',
-           'DetConfig', 'det_recipe', 'repeat_factors', 'train_images', 'read_prep_labels', 'write_data_yaml',
-           'read_lines', 'focal_bce', 'FocalBCE', 'image_class_frequencies', 'paste_class_weights', 'paste_params',
-           'RareCopyPaste', 'use_rare_copy_paste', 'focal_criterion', 'spinexr_trainer', 'Detector',
+__all__ = ['DET_CACHES', 'PASTE_NEVER', 'DETECTOR_LIBRARIES', 'DETECTOR_YAMLS', 'ARCH_FIELDS', 'DET_RUN_FILES', 'WBF_IOU_THRS',
+           'WBF_SKIP_THRS', 'DetConfig', 'det_recipe', 'repeat_factors', 'train_images', 'read_prep_labels',
+           'write_data_yaml', 'read_lines', 'focal_bce', 'FocalBCE', 'image_class_frequencies', 'paste_class_weights',
+           'paste_params', 'RareCopyPaste', 'use_rare_copy_paste', 'focal_criterion', 'spinexr_trainer', 'Detector',
            'UltralyticsDetector', 'detector_for', 'architecture_source', 'detector_architecture', 'save_detector',
-           'load_detector', 'start_clean_detector', 'train_detector', 'predict_boxes', 'mirrored', 'flip_predictions',
-           'wbf', 'choose_tta', 'load_tta', 'evaluate_detector', 'show_predictions', 'missing_methods',
-           'spinexr_train_det']
+           'load_detector', 'start_clean_detector', 'train_detector', 'det_workers', 'predict_boxes', 'mirrored',
+           'flip_predictions', 'wbf', 'choose_tta', 'load_tta', 'evaluate_detector', 'show_predictions',
+           'missing_methods', 'spinexr_train_det']
 
 # %% ../nbs/20_detect.ipynb #7d8d6cf7
 def _check_yaml(model):
@@ -38,6 +38,8 @@ def _check_yaml(model):
         raise InputError(f'model must be an architecture .yaml such as {DEFAULT_DETECTOR}.yaml '
                          f'(start from a .pt with weights), got {model!r}')
 
+DET_CACHES = ('none', 'ram', 'disk')   # ultralytics' image cache: decoded, resized images kept between epochs
+
 def _check_settings(cfg):
     ("Refuse settings no run can have: a model that is not a yaml, an image side under 32, no epoch or no batch, "
      "focal loss on a family whose loss has its own.")
@@ -45,6 +47,8 @@ def _check_settings(cfg):
     if cfg.imgsz < 32 or cfg.epochs < 1 or cfg.batch < 1:
         raise InputError('imgsz must be >= 32, epochs and batch >= 1')
     if not 0 <= cfg.copy_paste <= 1: raise InputError(f'copy_paste is a probability (0 to 1), not {cfg.copy_paste}')
+    if cfg.cache not in DET_CACHES: raise InputError(f'cache must be one of {DET_CACHES}, got {cfg.cache!r}')
+    if cfg.workers is not None and cfg.workers < 0: raise InputError(f'workers must be >= 0, got {cfg.workers}')
     fam = next((f for f in DETECTOR_FAMILIES.values() if Path(cfg.model).stem in f.archs()), None)
     if cfg.focal_gamma > 0 and fam is not None and fam.no_focal:
         raise InputError(f'focal_gamma must be 0 for {Path(cfg.model).stem}: {fam.no_focal}')
@@ -75,7 +79,8 @@ class DetConfig(JsonConfig):
     pretrained: bool = True         # start from the COCO weights of this size in the weights store (spinexr_weights)
     weights: str | None = None      # a local ultralytics checkpoint to start from, instead of the store's
     device: str | None = None       # '' or None: GPU 0 if any, else CPU; 'cpu'; '0,1' for DDP on two GPUs
-    workers: int = 2                # data loader processes
+    workers: int | None = None      # data loader processes (default: the cores, at most 8, on a GPU; 2 on a CPU)
+    cache: str = 'ram'              # ultralytics' image cache between epochs: 'ram' (2.5x its loader), 'disk', 'none'
     amp: bool = True                # mixed precision on GPU
     patience: int = 100             # early stopping patience in epochs
     seed: int = 0
@@ -577,12 +582,20 @@ def train_detector(prep_dir, out_dir, cfg: DetConfig | None = None, verbose: boo
     return dict(train_seconds=round(secs, 1), epochs_run=len(history), n_train_images=len(read_lines(out/'train.txt')))
 
 # %% ../nbs/20_detect.ipynb #9cfc0409
+def det_workers(cfg: DetConfig) -> int:
+    "The loader processes of a run: the config's, else the cores (at most 8) when it trains on a GPU, else 2."
+    import torch
+    if cfg.workers is not None: return cfg.workers
+    gpu = cfg.device not in ('cpu',) and torch.cuda.is_available()
+    return min(8, cpu_count()) if gpu else 2
+
 def _train_args(cfg: DetConfig, data: Path, out: Path, verbose: bool) -> dict:
     return dict(data=str(data), epochs=cfg.epochs, imgsz=cfg.imgsz, batch=cfg.batch, optimizer=cfg.optimizer,
                 lr0=cfg.lr0, weight_decay=cfg.weight_decay, mosaic=cfg.mosaic, close_mosaic=cfg.close_mosaic,
                 warmup_epochs=cfg.warmup_epochs, copy_paste=cfg.copy_paste, copy_paste_mode='mixup',
                 hsv_h=0.0, hsv_s=0.0, hsv_v=cfg.hsv_v, fliplr=cfg.fliplr, flipud=0.0, degrees=cfg.degrees,
-                scale=cfg.scale, device=cfg.device, workers=cfg.workers, amp=cfg.amp, patience=cfg.patience,
+                scale=cfg.scale, device=cfg.device, workers=det_workers(cfg), amp=cfg.amp, patience=cfg.patience,
+                cache=False if cfg.cache == 'none' else cfg.cache,
                 seed=cfg.seed, deterministic=True, project=str(out), name='ultralytics', exist_ok=True,
                 plots=False, verbose=verbose, val=True)
 

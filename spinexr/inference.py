@@ -4,8 +4,8 @@
 
 # %% ../nbs/40_inference.ipynb #cadea5df
 from __future__ import annotations
-import functools, shutil, sys, time
-from concurrent.futures import ThreadPoolExecutor
+import functools, shutil, sys, threading, time
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +20,7 @@ from .core import _pool as process_pool
 from .dicom import MAX_PIXELS, to_original_coords, to_stored_coords
 from .inputs import find_inputs, image_ids, read_input
 from .metrics import fusion_rule
+from .cache import square_image
 from .classify import ClsConfig, batch_probs
 from .saliency import ensemble_cam, grad_cams, heatmap_over, unpadded
 from .ensemble import Ensemble, study_predictions
@@ -41,9 +42,8 @@ __all__ = ['STAGES', 'CRASHED', 'STUDY_COLUMNS', 'NO_DICOM_SOURCE', 'SCORE_COLUM
 def padded_batch(images, size: int):
     "8-bit grey images as one uint8 batch tensor (n, 1, size, size), padded to square as in training (fastai)."
     import torch
-    from fastai.vision.all import PILImageBW, Resize, ResizeMethod, PadMode, ToTensor, Pipeline
-    item = Pipeline([Resize(size, method=ResizeMethod.Pad, pad_mode=PadMode.Zeros), ToTensor()], split_idx=1)
-    return torch.stack([item(PILImageBW.create(np.ascontiguousarray(im))) for im in images])
+    from fastai.vision.all import TensorImageBW              # the type fastai's batch transforms act on
+    return TensorImageBW(torch.stack([torch.from_numpy(square_image(im, size))[None] for im in images]))
 
 # %% ../nbs/40_inference.ipynb #1ef835ef
 def normalised(x, cfg: ClsConfig):
@@ -87,14 +87,20 @@ def _decode(item: tuple) -> tuple:
 
 # %% ../nbs/40_inference.ipynb #da5fa761
 class DecodePool:
-    "Decodes inputs in `workers` crash-isolated processes, answering in input order."
-    def __init__(self, workers: int): self.workers, self.pool = int(workers), None
+    "Decodes inputs in `workers` crash-isolated processes, answering in input order; threads may share it."
+    def __init__(self, workers: int): self.workers, self.pool, self.lock = int(workers), None, threading.Lock()
     def start(self):
         "The worker processes (made on first use, and again after a crash)."
-        if self.pool is None: self.pool = process_pool(self.workers)
-        return self.pool
+        with self.lock:
+            if self.pool is None: self.pool = process_pool(self.workers)
+            return self.pool
+    def _drop(self, pool):
+        "Shut down `pool` (broken), and forget it unless another thread has already replaced it."
+        with self.lock:
+            if self.pool is pool: self.pool = None
+        pool.shutdown(wait=False, cancel_futures=True)
     def close(self):
-        if self.pool is not None: self.pool.shutdown(wait=False, cancel_futures=True); self.pool = None
+        if self.pool is not None: self._drop(self.pool)
 
     def _alone(self, item: tuple) -> tuple:
         "An input that was in flight when a worker died, decoded in a process of its own: `read_one`'s answer."
@@ -104,14 +110,16 @@ class DecodePool:
 
     def map(self, paths, size: int, max_pixels: int = MAX_PIXELS) -> list:
         "`read_one`'s answer for each path, in order; one whose decoding crashes its worker twice: (None, CRASHED)."
-        items = [(k, p, size, max_pixels) for k, p in enumerate(paths)]
-        try: futures = [self.start().submit(_decode, it) for it in items]
-        except BrokenProcessPool: self.close(); futures = [self.start().submit(_decode, it) for it in items]
+        items, pool = [(k, p, size, max_pixels) for k, p in enumerate(paths)], self.start()
+        try: futures = [pool.submit(_decode, it) for it in items]
+        except BrokenProcessPool:
+            self._drop(pool); pool = self.start()
+            futures = [pool.submit(_decode, it) for it in items]
         answers, suspects = {}, []
         for it, f in zip(items, futures):
             try: answers[it[0]] = f.result()[1:]
-            except BrokenProcessPool: suspects.append(it)
-        if suspects: self.close()
+            except (BrokenProcessPool, CancelledError): suspects.append(it)     # cancelled: another thread's crash
+        if suspects: self._drop(pool)
         for it in suspects: answers[it[0]] = self._alone(it)
         return [answers[k] for k in range(len(items))]
 

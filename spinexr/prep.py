@@ -42,6 +42,7 @@ class PrepTree:
     boxes_csv = property(lambda self: self.root/'boxes.csv')
     summary_json = property(lambda self: self.root/'prep.json')
     lock = property(lambda self: self.root/'.prep.lock', doc="held while a run writes; a tree's first entry")
+    cache = property(lambda self: self.root/'cache', doc='training caches (`07a_cache`), rebuilt when the tree changes')
 
 # %% ../nbs/07_prep.ipynb #b6162101
 @patch

@@ -53,13 +53,14 @@ class ServeConfig(JsonConfig):
     min_score: float = 0.25    # boxes drawn on the overlay from this score (all boxes are in the JSON)
     runtime: str = 'auto'      # networks on: torch, onnx (after spinexr_export), auto (onnx if exported)
     device: str = 'auto'       # where they run: auto (the first GPU, else the CPU), cpu, cuda, cuda:N
+    workers: int = 2           # uploads decoded at once, beside the models; from 2, in crash-isolated processes
 
     def __post_init__(self):
         if not 0 <= self.port <= 65535: raise InputError(f'port {self.port} is not a TCP port (0-65535)')
         if not self.max_mb > 0: raise InputError(f'max_mb must be positive, not {self.max_mb}')
         pixel_budget(self.max_pixels)
-        if min(self.batch, self.queue, self.clients) < 1:
-            raise InputError('batch, queue and clients must be at least 1')
+        if min(self.batch, self.queue, self.clients, self.workers) < 1:
+            raise InputError('batch, queue, clients and workers must be at least 1')
         if not min(self.header_s, self.receive_s) > 0: raise InputError('header_s and receive_s must be positive')
         if self.runtime not in RUNTIMES: raise InputError(f"runtime must be one of {', '.join(RUNTIMES)}")
         resolve_device(self.device)          # a GPU asked for that is not there: stops before the models load
@@ -151,12 +152,16 @@ class _Job:
     path: Path
     key: str
     future: asyncio.Future
+    read: tuple = ([], [])      # the `Predictor`'s `read` of it: ([the image read], [the failure row])
 
 class ModelQueue:
     "A `Predictor` on one thread, fed from a bounded queue; `await predict(path)` -> (record, boxes) or an error."
-    def __init__(self, predictor: Predictor, batch: int = 8, size: int = 64, thread: ThreadPoolExecutor | None = None):
+    def __init__(self, predictor: Predictor, batch: int = 8, size: int = 64, thread: ThreadPoolExecutor | None = None,
+                 workers: int = 2):
         self.predictor, self.batch, self.size = predictor, batch, size
         self.thread = thread or ThreadPoolExecutor(1, 'spinexr-model')
+        self.decoder = ThreadPoolExecutor(workers, 'spinexr-decode')   # uploads decoded here, beside the models
+        self.decoding, self.tasks = set(), set()                      # jobs being decoded; their asyncio tasks
         self.jobs, self.n, self.storing = asyncio.Queue(size), 0, 0
         self.batches, self.batches_run = deque(maxlen=1000), 0   # the last batches' sizes, for the tests
         self.jobs_run, self.skipped, self.running = 0, 0, []     # jobs sent to the models; dropped, client gone
@@ -178,8 +183,11 @@ def problem(self: ModelQueue) -> str | None:
 def admit(self: ModelQueue):
     "Refuse a new request now (ModelsDown, QueueFull) unless the models run and the queue has room for it."
     if why := self.problem: raise ModelsDown(f'{why}: restart spinexr_serve')
-    if self.storing + self.jobs.qsize() >= self.size:
+    if self.storing + self.waiting >= self.size:
         raise QueueFull(f'{self.size} requests are waiting for the models')
+
+@patch(as_prop=True)
+def waiting(self: ModelQueue) -> int: return len(self.decoding) + self.jobs.qsize()
 
 # %% ../nbs/45_serve.ipynb #5e70c010
 @patch
@@ -194,13 +202,29 @@ def admitted(self: ModelQueue):
 # %% ../nbs/45_serve.ipynb #9d9099b7
 @patch
 def submit(self: ModelQueue, path) -> asyncio.Future:
-    "Queue `path`: its future gives (record, boxes, None) or (None, None, why it failed); cancel it to drop the job."
+    ("Decode `path`, then queue it: its future gives (record, boxes, None) or (None, None, why it failed); cancel it "
+     "to drop the job.")
     if why := self.problem: raise ModelsDown(f'{why}: restart spinexr_serve')
+    if self.waiting >= self.size: raise QueueFull(f'{self.size} requests are waiting for the models')
     self.n += 1
     job = _Job(Path(path), f'job{self.n}', asyncio.get_running_loop().create_future())
-    try: self.jobs.put_nowait(job)
-    except asyncio.QueueFull: raise QueueFull(f'{self.size} requests are waiting for the models') from None
+    self.decoding.add(job)
+    task = asyncio.get_running_loop().create_task(self._decode(job))
+    self.tasks.add(task); task.add_done_callback(self.tasks.discard)
     return job.future
+
+@patch
+async def _decode(self: ModelQueue, job: _Job):
+    "Read `job`'s file on a decoding thread; then queue it for the models, unless its client or the models are gone."
+    try: job.read = await asyncio.get_running_loop().run_in_executor(self.decoder, self.predictor.read, [job.path],
+                                                                      [job.key])
+    except Exception as e:
+        job.read = ([], [dict(source=str(job.path), image_id=job.key,
+                              error=f'it could not be read ({type(e).__name__}: {e})')])
+    finally: self.decoding.discard(job)
+    if job.future.done(): self.skipped += not self.down
+    elif why := self.problem: job.future.set_exception(ModelsDown(f'{why}: restart spinexr_serve'))
+    else: self.jobs.put_nowait(job)          # room: `waiting` counted it since `submit`
 
 # %% ../nbs/45_serve.ipynb #134e501d
 def _scrubbed(reason: str, path: Path) -> str:
@@ -233,8 +257,9 @@ def _settle(self: ModelQueue, jobs, recs, boxes, fails):
 async def _run_batch(self: ModelQueue, jobs: list):
     "`jobs` through the models; if they raise, each again alone, so that only the image that raised fails."
     self.running = jobs                                  # answered by `_stopped` if the worker ends meanwhile
-    try: out = await asyncio.get_running_loop().run_in_executor(
-        self.thread, self.predictor.predict, [j.path for j in jobs], [j.key for j in jobs])
+    good, failed = [g for j in jobs for g in j.read[0]], [f for j in jobs for f in j.read[1]]
+    if not good: self.running = []; return self._settle(jobs, [], None, failed)     # nothing for the models
+    try: out = await asyncio.get_running_loop().run_in_executor(self.thread, self.predictor.predict_read, good, failed)
     except Exception as e:
         if self.problem: self.down = self.problem; raise   # the thread stopped: not the images' fault
         self.running = []
@@ -273,7 +298,7 @@ def _stopped(self: ModelQueue, task: asyncio.Task):
     fault = None if task.cancelled() else task.exception()
     self.down = self.down or ('the models were stopped' if fault is None else
                               f"the models' worker failed ({type(fault).__name__}: {fault})")
-    jobs = [*self.running]
+    jobs = [*self.running, *self.decoding]
     while not self.jobs.empty(): jobs.append(self.jobs.get_nowait())
     for j in jobs:
         if not j.future.done(): j.future.set_exception(ModelsDown(f'{self.down}: restart spinexr_serve'))
@@ -290,10 +315,10 @@ def start(self: ModelQueue) -> asyncio.Task:
 # %% ../nbs/45_serve.ipynb #8ad0e904
 @patch
 def close(self: ModelQueue):
-    "Stop the worker and its watch, and the models' thread (jobs not begun are dropped)."
+    "Stop the worker and its watch, and the models' and the decoding threads (jobs not begun are dropped)."
     for t in (self.worker, self.watcher):
         if t: t.cancel()
-    self.thread.shutdown(wait=False, cancel_futures=True)
+    for ex in (self.thread, self.decoder): ex.shutdown(wait=False, cancel_futures=True)
 
 # %% ../nbs/45_serve.ipynb #f559036c
 @patch
@@ -831,7 +856,7 @@ def create_app(predictor: Predictor, cfg: ServeConfig | None = None, thread: Thr
     ("(the application inside its guards, as uvicorn serves it; the FastAPI application) for a loaded `Predictor` "
      "(run on `thread`, the one it was loaded on, if given): the page, /predict, /health, /model, offline API docs.")
     cfg = cfg or ServeConfig()
-    svc = Service(predictor, cfg, ModelQueue(predictor, cfg.batch, cfg.queue, thread),
+    svc = Service(predictor, cfg, ModelQueue(predictor, cfg.batch, cfg.queue, thread, cfg.workers),
                   package_versions(BUNDLE_PACKAGES + SERVE_PACKAGES))
     app, page = fastapi_app(svc), PageTemplate.read()
     add_error_handlers(app)
@@ -854,7 +879,8 @@ def check_port(host: str, port: int):
 def _warmed_up(bundle: Bundle, cfg: ServeConfig) -> tuple:
     "(a Predictor, its thread): the models loaded, checked and warmed up on the one thread they will run on."
     model_thread = ThreadPoolExecutor(1, 'spinexr-model')   # the models load, warm up and run on it alone
-    predictor = model_thread.submit(Predictor, bundle, cfg.runtime, cfg.max_pixels, cfg.device).result()  # checked
+    predictor = model_thread.submit(Predictor, bundle, cfg.runtime, cfg.max_pixels, cfg.device,
+                                    cfg.workers).result()       # checked; the decoding processes forked first
     model_thread.submit(predictor.warm_up).result()     # else the first request pays ~1 s of lazy set-up
     return predictor, model_thread
 

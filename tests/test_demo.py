@@ -274,6 +274,7 @@ def test_rehearsal_on_a_subset_of_a_release(phantom_release, tmp_path):
     """The rehearsal's own path on a release (subset, then every step; rehearsal.csv), at a toy scale, comparing two
     detector families; the release untouched."""
     from conftest import tree_digest
+    from spinexr.classify import recipe
     from spinexr.demo import DemoConfig, run_demo
     rel = phantom_release('rel', n_studies=40, size=256)                 # the bundle records the folder's name
     before = tree_digest(rel)
@@ -283,7 +284,12 @@ def test_rehearsal_on_a_subset_of_a_release(phantom_release, tmp_path):
     t = pd.read_csv(tmp_path/'out'/'rehearsal.csv')
     assert t.step.tolist()[:3] == ['subset', 'preprocess', 'classifier densenet121'] and t.step.iloc[-1] == 'report'
     assert (t.seconds >= 0).all() and (t.peak_rss_gb > 0).all() and 'from scratch' in t.settings[2]
-    assert 25 <= len(pd.read_csv(tmp_path/'out'/'prep'/'labels.csv')) <= 55
+    labels = pd.read_csv(tmp_path/'out'/'prep'/'labels.csv')
+    assert 25 <= len(labels) <= 55
+    cls = t.set_index('step').loc['classifier densenet121']             # its time projected to the release's images
+    assert cls.full_scale_h == pytest.approx(cls.seconds * 8389 / labels.split.isin(['train', 'val']).sum()
+                                             * recipe('densenet121').epochs / 3600, rel=0.02, abs=0.01)
+    assert t.full_scale_h[t.step.isin(['subset', 'report'])].isna().all() and t.full_scale_h.notna().sum() == 6
     assert 'rehearsal subset' in m['data'] and tree_digest(rel) == before
     t = read_bundle(tmp_path/'out'/'model')['trained_on']       # a phantom's subset, in a rehearsal: both are caveats
     assert (t['data'], t['root'], t['rehearsal']) == ('phantom', 'rel (a subset)', True)

@@ -628,3 +628,31 @@ def test_a_gpu_asked_for_and_missing_stops_before_the_models_load(tiny_model, re
     r = run_cli('spinexr_serve', tiny_model, '--device', 'cuda:1', '--port', 0, timeout=120)
     assert r.returncode == 1 and '--device cuda:1' in r.stderr, r.stderr
     TALLY['bad-input kinds'] += 2
+
+# ----------------------------------------------------------------------------------------- the classifiers' cache
+
+_SLOW_BUILD = ("import sys, time; import spinexr.cache as c; c.CHUNK = 4; square = c.square_image; "
+               "c.square_image = lambda *a: (time.sleep(0.05), square(*a))[1]; "
+               "c.ClsCache(sys.argv[1], 32).build([f'i{k}' for k in range(40)], workers=1)")
+
+def test_a_killed_cache_build_resumes_where_it_stopped(tmp_path, monkeypatch):
+    psutil = pytest.importorskip('psutil')
+    import cv2
+    import spinexr.cache as cache_mod
+    from spinexr.cache import ClsCache, _chunk_jobs, square_image
+    tree, rng, ids = tmp_path/'tree', np.random.default_rng(0), [f'i{k}' for k in range(40)]
+    (tree/'images').mkdir(parents=True)
+    for i in ids:
+        cv2.imwrite(str(tree/'images'/f'{i}.png'), rng.integers(0, 256, tuple(rng.integers(20, 60, 2)), np.uint8))
+    cache = ClsCache(tree, 32)
+    def done(): return len(list((cache.building/'done').glob('*.json'))) if (cache.building/'done').is_dir() else 0
+    k = kill_when([sys.executable, '-c', _SLOW_BUILD, tree], lambda: done() >= 3, 0.0, psutil)
+    left = done()
+    assert k['killed'] and 3 <= left < 10 and not cache.dir.exists(), (k, left)   # no half cache under its final name
+    monkeypatch.setattr(cache_mod, 'CHUNK', 4)
+    assert len(_chunk_jobs(cache, ids)) == 10 - left                                # the next build does only the rest
+    cache.build(ids, workers=2)
+    images, idx = cache.open()
+    assert idx['ids'] == ids and not cache.building.exists()
+    assert all((images[n] == square_image(tree/'images'/f'{i}.png', 32)).all() for n, i in enumerate(ids))
+    TALLY['faults injected'] += 1
