@@ -91,7 +91,7 @@ def yolo_rate(model_yaml: str, imgsz: int, batch: int, amp: bool, steps: int, de
 def yolo_profile(model_yaml: str, imgsz: int, batch: int, amp: bool, steps: int, device) -> dict:
     ("Where a YOLO training step's time goes (torch.profiler): wall time against the time the device computes, and "
      "the costliest operations. A device busy for a small share of the wall time waits on the CPU (Python, kernel "
-     "launches), which no precision changes; cuDNN's convolutions run in TF32 under fp32 by default: less for AMP to gain.")
+     "launches), which no precision changes; cuDNN's convolutions are TF32 under fp32 by default: less for AMP.")
     from torch.profiler import ProfilerActivity, profile
     step = yolo_step(model_yaml, imgsz, batch, amp, device)
     for _ in range(3): step()
