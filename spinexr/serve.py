@@ -147,7 +147,7 @@ def close(self: Uploads):
 class QueueFull(Exception): "The queue has no room for another request: 503, retry."
 class ModelsDown(Exception): "The models cannot answer (their thread stopped, their worker ended): 503."
 
-@dataclass
+@dataclass(eq=False)           # a job is itself, not its fields: it goes in sets
 class _Job:
     path: Path
     key: str
