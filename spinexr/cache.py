@@ -71,18 +71,18 @@ def _fill_chunk(job: dict) -> dict:
     boxes, errors = [], []
     for k, p in enumerate(paths):
         try:
-            sq = square_image(p, size)
-            out[start + k] = sq
-            h, w = _png_shape(p)
-            boxes.append(content_box(h, w, size))
+            img = _grey(p)                              # decoded once: its square and its size
+            out[start + k] = square_image(img, size)
+            boxes.append(content_box(*img.shape, size))
         except Exception as e: errors.append(dict(image=str(p), error=f'{type(e).__name__}: {e}'))
     out.flush(); del out
     if not errors: save_json(boxes, job['marker'])
     return dict(start=start, errors=errors)
 
-def _png_shape(p) -> tuple:
-    from PIL import Image
-    with Image.open(p) as im: return im.height, im.width
+def _grey(p) -> np.ndarray:
+    "A PNG as fastai's `PILImageBW` reads it, as an array."
+    from fastai.vision.all import PILImageBW
+    return np.asarray(PILImageBW.create(p))
 
 # %% ../nbs/07a_cache.ipynb #fc87ab4f
 def _chunk_jobs(cache: ClsCache, ids: list) -> list:
