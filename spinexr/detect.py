@@ -27,8 +27,8 @@ __all__ = ['DET_CACHES', 'PASTE_NEVER', 'DETECTOR_LIBRARIES', 'DETECTOR_YAMLS', 
            'write_data_yaml', 'read_lines', 'focal_bce', 'FocalBCE', 'image_class_frequencies', 'paste_class_weights',
            'paste_params', 'RareCopyPaste', 'use_rare_copy_paste', 'focal_criterion', 'spinexr_trainer', 'Detector',
            'UltralyticsDetector', 'detector_for', 'architecture_source', 'detector_architecture', 'save_detector',
-           'load_detector', 'start_clean_detector', 'train_detector', 'det_workers', 'predict_boxes', 'mirrored',
-           'flip_predictions', 'wbf', 'choose_tta', 'load_tta', 'evaluate_detector', 'show_predictions',
+           'load_detector', 'start_clean_detector', 'train_detector', 'det_workers', 'kept_boxes', 'predict_boxes',
+           'mirrored', 'flip_predictions', 'wbf', 'choose_tta', 'load_tta', 'evaluate_detector', 'show_predictions',
            'missing_methods', 'spinexr_train_det']
 
 # %% ../nbs/20_detect.ipynb #7d8d6cf7
@@ -656,6 +656,18 @@ def detect(self: UltralyticsDetector, images: list, cfg: DetConfig, batch: int =
     return [(r.boxes.xyxy.cpu().numpy(), r.boxes.conf.cpu().numpy(), r.boxes.cls.cpu().numpy().astype(int))
             for r in res]
 
+# %% ../nbs/20_detect.ipynb #83c648df
+def kept_boxes(xyxy, score, cls) -> np.ndarray:
+    ("Which of an image's boxes are detections: not clipped to nothing by the image border, and not a repeat (the "
+     "same box, once clipped, as a higher-scoring box of its class).")
+    x = np.asarray(xyxy, float).reshape(-1, 4)
+    keep, seen = (x[:, 2] > x[:, 0]) & (x[:, 3] > x[:, 1]), set()
+    for k in np.argsort(-np.asarray(score, float), kind='stable'):
+        key = (int(cls[k]), *np.round(x[k], 2))
+        keep[k] &= key not in seen
+        seen.add(key)
+    return keep
+
 # %% ../nbs/20_detect.ipynb #c2e346a2
 def predict_boxes(detector: Detector, images, cfg: DetConfig, ids=None, batch: int = 16) -> pd.DataFrame:
     "Boxes (image_id, lesion_type, score, box) in the images' pixels; `images`: paths, or 8-bit arrays with `ids`."
@@ -667,8 +679,7 @@ def predict_boxes(detector: Detector, images, cfg: DetConfig, ids=None, batch: i
         for i, (xyxy, score, cls) in zip(ids[k:k + batch], detector.detect(images[k:k + batch], cfg, batch)):
             rows += [dict(image_id=i, lesion_type=DET_CLASSES[c], score=float(s), xmin=x[0], ymin=x[1], xmax=x[2],
                           ymax=x[3])
-                     for x, s, c in zip(xyxy, score, cls) if x[2] > x[0]
-                         and x[3] > x[1]]  # a box clipped to nothing is no detection
+                     for x, s, c, keep in zip(xyxy, score, cls, kept_boxes(xyxy, score, cls)) if keep]
     return pd.DataFrame(rows, columns=['image_id', 'lesion_type', 'score', *BOX_COLUMNS])
 
 # %% ../nbs/20_detect.ipynb #b8dd58e5

@@ -15,13 +15,14 @@ from .core import *
 from .annotations import read_annotations
 
 # %% auto #0
-__all__ = ['CLS_METRICS', 'THRESHOLD_RULES', 'CAL_BINS', 'DET_COLUMNS', 'CLS_COLUMNS', 'cls_metrics', 'operating_points',
-           'youden_threshold', 'f1_threshold', 'pick_threshold', 'bootstrap_samples', 'bootstrap_ci', 'roc_figure',
-           'calibration_bins', 'calibration_errors', 'reliability_figure', 'xyxy_to_xywh', 'check_det_predictions',
-           'coco_eval', 'det_ap50', 'match_tables', 'table_ap', 'det_bootstrap_samples', 'det_bootstrap_ci',
-           'paired_det_bootstrap', 'ap_table', 'pr_figure', 'fusion_rule', 'reverse_fusion', 'read_cls_predictions',
-           'read_det_predictions', 'eval_cls', 'eval_det', 'eval_det_compare', 'cls_report', 'det_report',
-           'det_compare_report', 'spinexr_eval_cls', 'spinexr_eval_det']
+__all__ = ['CLS_METRICS', 'THRESHOLD_RULES', 'SMALL_N', 'PROPORTIONS', 'INTERVAL_METHODS', 'CAL_BINS', 'DET_COLUMNS',
+           'CLS_COLUMNS', 'cls_metrics', 'operating_points', 'youden_threshold', 'f1_threshold', 'pick_threshold',
+           'bootstrap_samples', 'bootstrap_ci', 'proportion_ci', 'proportion_cis', 'roc_figure', 'calibration_bins',
+           'calibration_errors', 'reliability_figure', 'xyxy_to_xywh', 'check_det_predictions', 'coco_eval', 'det_ap50',
+           'match_tables', 'table_ap', 'det_bootstrap_samples', 'det_bootstrap_ci', 'paired_det_bootstrap', 'ap_table',
+           'pr_figure', 'fusion_rule', 'reverse_fusion', 'read_cls_predictions', 'read_det_predictions', 'eval_cls',
+           'eval_det', 'eval_det_compare', 'cls_report', 'det_report', 'det_compare_report', 'spinexr_eval_cls',
+           'spinexr_eval_det']
 
 # %% ../nbs/05_metrics.ipynb #ae4047f3
 CLS_METRICS = ('auroc', 'sensitivity', 'specificity', 'f1', 'precision', 'accuracy')
@@ -150,6 +151,35 @@ def bootstrap_ci(y, p, threshold: float, n: int = 10_000, seed: int = 0, level: 
         q = {k: np.nanquantile(s[k].to_numpy(), [a, 1 - a]) if s[k].notna().any() else (np.nan, np.nan)
              for k in CLS_METRICS}
     return {k: (float(lo), float(hi)) for k, (lo, hi) in q.items()}
+
+# %% ../nbs/05_metrics.ipynb #1967da33
+SMALL_N = 10      # a figure from fewer cases than this is flagged
+PROPORTIONS = {'sensitivity': ('tp', 'fn'), 'specificity': ('tn', 'fp'), 'precision': ('tp', 'fp'),
+               'accuracy': (('tp', 'tn'), ('fp', 'fn'))}          # {metric: (successes, failures)} of the counts
+INTERVAL_METHODS = {'exact': 'Clopper-Pearson', 'wilson': 'Wilson'}
+
+def proportion_ci(k: int, n: int, method: str = 'exact', level: float = 0.95) -> tuple:
+    "The interval of the proportion `k`/`n`: Clopper-Pearson ('exact') or Wilson ('wilson'); (nan, nan) for n = 0."
+    from scipy.stats import binomtest
+    if method not in INTERVAL_METHODS: raise ValueError(f'method must be one of {list(INTERVAL_METHODS)}')
+    if not 0 <= k <= n: raise ValueError(f'need 0 <= k <= n, got {k}/{n}')
+    if n == 0: return (math.nan, math.nan)
+    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method=method)
+    return float(ci.low), float(ci.high)
+
+# %% ../nbs/05_metrics.ipynb #f8ce9ea9
+def _count(m: dict, keys) -> int: return sum(m[k] for k in ((keys,) if isinstance(keys, str) else keys))
+
+def proportion_cis(m: dict, method: str = 'exact', level: float = 0.95) -> dict:
+    ("Each proportion of `cls_metrics`' counts with its interval: {metric: {k, n, value, low, high, method, "
+     "small}}; `small`: from fewer than `SMALL_N` cases.")
+    out = {}
+    for name, (hit, miss) in PROPORTIONS.items():
+        k = _count(m, hit); n = k + _count(m, miss)
+        lo, hi = proportion_ci(k, n, method, level)
+        out[name] = dict(k=k, n=n, value=k / n if n else math.nan, low=lo, high=hi,
+                         method=INTERVAL_METHODS[method], small=n < SMALL_N)
+    return out
 
 # %% ../nbs/05_metrics.ipynb #5fecc017
 def roc_figure(y, p, threshold: float | None = None, ax=None, label: str | None = None, ci=None, marker: str = 'o'):
@@ -544,7 +574,8 @@ def _eval_threshold(df: pd.DataFrame, threshold, val, rule: str) -> tuple:
 # %% ../nbs/05_metrics.ipynb #d883aa82
 def eval_cls(pred_csv, threshold: float | None = None, val=None, rule: str = 'youden', n_boot: int = 10_000,
              seed: int = 0) -> dict:
-    "Score a classification CSV with the published protocol: AUROC and threshold metrics with bootstrap 95% CIs."
+    ("Score a classification CSV with the published protocol: AUROC and threshold metrics with bootstrap 95% CIs; "
+     "the proportions also with their counts and exact intervals (`proportions`).")
     if threshold is not None and val is not None: raise InputError('give --threshold or --val, not both')
     if rule not in THRESHOLD_RULES: raise InputError(f'rule must be one of {list(THRESHOLD_RULES)}, got {rule!r}')
     if n_boot < 1: raise InputError(f'n_boot must be at least 1, got {n_boot}')
@@ -556,6 +587,7 @@ def eval_cls(pred_csv, threshold: float | None = None, val=None, rule: str = 'yo
     return dict(pred_csv=str(pred_csv), **{k: m[k] for k in CLS_METRICS}, threshold=float(threshold),
                 threshold_source=source, optimistic=optimistic,
                 ci={k: list(ci[k]) for k in CLS_METRICS}, ci_level=0.95, n_boot=n_boot, seed=seed,
+                proportions=proportion_cis(m),
                 **{k: m[k] for k in ('n', 'n_pos', 'n_neg', 'tp', 'fp', 'tn', 'fn')}, **extra)
 
 # %% ../nbs/05_metrics.ipynb #c0d7e7ef
@@ -588,16 +620,26 @@ def eval_det_compare(gt_csv, a_csv, b_csv, n_boot: int = 1000, seed: int = 0) ->
     return dict(gt_csv=str(gt_csv), a_csv=str(a_csv), b_csv=str(b_csv), **paired_det_bootstrap(gt, a, b, n_boot, seed))
 
 # %% ../nbs/05_metrics.ipynb #d470b329
+def _interval_line(r: dict, k: str, f) -> str:
+    "A metric's interval, how it was made, and a flag if it rests on fewer than `SMALL_N` cases."
+    p = r.get('proportions', {}).get(k)
+    if p is not None: lo, hi, how, small = p['low'], p['high'], f"{p['method']}, {p['k']}/{p['n']}", p['small']
+    else:
+        (lo, hi), small = r['ci'][k], min(r['n_pos'], r['n_neg']) < SMALL_N
+        how = f"bootstrap, {r['n_boot']:,} resamples, threshold fixed"
+    return f"{f(lo)} - {f(hi)}   {how}" + (f'  [few cases: under {SMALL_N}]' if small else '')
+
 def cls_report(r: dict) -> str:
-    "The classification results of `eval_cls` as a text table."
+    ("The classification results of `eval_cls` as a text table: each proportion with its counts and exact "
+     "interval, AUROC and F1 with their bootstrap intervals; figures from fewer than `SMALL_N` cases flagged.")
     f = lambda v: '   n/a' if v is None or not math.isfinite(v) else f'{v:.4f}'
     lines = [f"{r['pred_csv']}: {r['n']} images ({r['n_pos']} abnormal, {r['n_neg']} normal)",
              f"threshold {r['threshold']:.6g} ({r['threshold_source']}); p >= threshold is abnormal"]
     if r['optimistic']:
         lines.append('WARNING: the threshold was tuned on the data it is scored on; pass --val or --threshold for a '
                      'reportable figure')
-    lines.append(f"{'metric':<12} {'value':>7}   95% CI ({r['n_boot']:,} bootstrap resamples, threshold fixed)")
-    for k in CLS_METRICS: lines.append(f"{k:<12} {f(r[k]):>7}   {f(r['ci'][k][0])} - {f(r['ci'][k][1])}")
+    lines.append(f"{'metric':<12} {'value':>7}   95% interval      how")
+    for k in CLS_METRICS: lines.append(f"{k:<12} {f(r[k]):>7}   {_interval_line(r, k, f)}")
     lines.append(f"TP {r['tp']}  FP {r['fp']}  TN {r['tn']}  FN {r['fn']}")
     if 'val' in r:
         lines.append(f"validation: {r['val']['n']} images, AUROC {f(r['val']['auroc'])}, sensitivity "

@@ -15,7 +15,7 @@ from .core import *
 # %% auto #0
 __all__ = ['DEVICE_HINT', 'PRECISIONS', 'PARITY', 'ONNX_OPSET', 'ORT_HINT', 'EXPORT_TOLERANCE', 'gpu_count', 'resolve_device',
            'onnx_providers', 'autocast', 'choose_precision', 'onnxruntime_problem', 'session_options', 'checked_bytes',
-           'OnnxNet', 'export_classifier', 'export_detector', 'load_onnx_detector']
+           'OnnxNet', 'detector_difference', 'export_classifier', 'export_detector', 'load_onnx_detector']
 
 # %% ../nbs/38_runtime.ipynb #3647c294
 DEVICE_HINT = 'auto (the first GPU torch sees, else the CPU), cpu, cuda or cuda:N'
@@ -147,6 +147,26 @@ EXPORT_TOLERANCE = 1e-3      # largest |logit difference| (or detector output di
 def _largest_difference(a, b, scale: float = 1.0) -> float:
     return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max() / scale)
 
+# %% ../nbs/38_runtime.ipynb #0f20027d
+def _row_scores(x: np.ndarray) -> np.ndarray:
+    "Each detection row's score: (box, score, class) rows have it in column 4; (box, class scores) rows, the largest."
+    return x[..., 4] if x.shape[-1] == 6 else x[..., 4:].max(-1)
+
+def detector_difference(ref, got, imgsz: int, margin: float = 1e-3) -> float:
+    ("Largest difference between two outputs of a detector, relative to the input side: anchors as columns "
+     "(n, values, anchors) element by element; detections as rows (n, rows, values) as sets, in either order, each "
+     "row scoring more than `margin` above the last one selected matched to its nearest row of the other output.")
+    a, b = np.asarray(ref, np.float64), np.asarray(got, np.float64)
+    if a.shape != b.shape: return float('inf')
+    if a.ndim != 3 or a.shape[1] > a.shape[2]: return _largest_difference(a, b, imgsz)
+    worst = 0.0
+    for x, y in zip(a, b):
+        cut = max(_row_scores(x).min(), _row_scores(y).min()) + margin
+        d = np.abs(x[:, None, :] - y[None, :, :]).max(-1)                # (rows of x, rows of y)
+        for near, above in ((d.min(1), _row_scores(x) > cut), (d.min(0), _row_scores(y) > cut)):
+            worst = max(worst, near[above].max(initial=0.0))
+    return worst / imgsz
+
 # %% ../nbs/38_runtime.ipynb #2efb6afc
 def export_classifier(model, size: int, dst, opset: int = ONNX_OPSET) -> dict:
     "Export a classifier (1 x `size` x `size` input, dynamic batch) to the ONNX file `dst`, checked against torch."
@@ -184,7 +204,7 @@ def export_detector(detector, imgsz: int, dst, opset: int = ONNX_OPSET) -> dict:
     x = torch.rand(1, ch, imgsz, imgsz, generator=torch.Generator().manual_seed(0))
     sess = ort.InferenceSession(checked_bytes(dst), session_options(), providers=['CPUExecutionProvider'])
     got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
-    diff = _largest_difference(_bare_outputs(net, x), got, scale=imgsz)
+    diff = detector_difference(_bare_outputs(net, x), got, imgsz)
     if not diff <= EXPORT_TOLERANCE:
         dst.unlink()
         raise InputError(f'the detector\'s ONNX export differs from PyTorch by {diff:.2g} (relative, more than '

@@ -2,6 +2,8 @@ import json, os, shutil, subprocess, sys
 from urllib.parse import urlparse
 from collections import Counter
 from pathlib import Path
+import numpy as np
+import pandas as pd
 import pytest
 
 BIN = Path(sys.executable).parent    # the console commands of the package under test are installed here
@@ -151,3 +153,16 @@ def pytest_terminal_summary(terminalreporter):
                                 f"{tally['faults injected']} faults injected, {tally['5xx']} 5xx answers to bad input, "
                                 f"{tally['files lost']} files lost"
                                 + (f'; spinexr_prep peak RSS {mib}' if mib else ''))
+
+def matched_boxes(a: pd.DataFrame, b: pd.DataFrame) -> list:
+    "For each box of `a`, best first: (IoU, score difference) with its best unused match in `b` (same image, class)."
+    from pycocotools import mask
+    xywh = lambda d: np.c_[d.xmin, d.ymin, d.xmax - d.xmin, d.ymax - d.ymin].astype(float)
+    out, used = [], set()
+    for r in a.sort_values('score', ascending=False).itertuples():
+        c = b[(b.image_id == r.image_id) & (b.lesion_type == r.lesion_type) & ~b.index.isin(used)]
+        if not len(c): out.append((0.0, 1.0)); continue
+        ious = mask.iou(xywh(pd.DataFrame([r._asdict()])), xywh(c), [0] * len(c))[0]
+        k = int(ious.argmax()); used.add(c.index[k])
+        out.append((float(ious[k]), abs(float(c.score.iloc[k]) - r.score)))
+    return out

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import CHROMIUM, CHROMIUM_ARGS, SHOTS, require_system, run_cli
+from conftest import CHROMIUM, CHROMIUM_ARGS, SHOTS, matched_boxes, require_system, run_cli
 
 from spinexr.core import DET_CLASSES
 from spinexr.bundle import Bundle, bundle_sha256, read_bundle
@@ -304,19 +304,6 @@ def test_rehearsal_on_a_subset_of_a_release(phantom_release, tmp_path):
     assert 'Detectors compared' in (tmp_path/'out'/'report.html').read_text()
 
 
-def _matched(a: pd.DataFrame, b: pd.DataFrame) -> list:
-    "For each box of `a`, best first: (IoU, score difference) with its best unused match in `b` (same image, class)."
-    from pycocotools import mask
-    xywh = lambda d: np.c_[d.xmin, d.ymin, d.xmax - d.xmin, d.ymax - d.ymin].astype(float)
-    out, used = [], set()
-    for r in a.sort_values('score', ascending=False).itertuples():
-        c = b[(b.image_id == r.image_id) & (b.lesion_type == r.lesion_type) & ~b.index.isin(used)]
-        if not len(c): out.append((0.0, 1.0)); continue
-        ious = mask.iou(xywh(pd.DataFrame([r._asdict()])), xywh(c), [0] * len(c))[0]
-        k = int(ious.argmax()); used.add(c.index[k])
-        out.append((float(ious[k]), abs(float(c.score.iloc[k]) - r.score)))
-    return out
-
 def test_onnx_runtime_matches_torch(demo, unseen, tmp_path):
     """spinexr_export on the demo's bundle, then spinexr_predict with each runtime on 21 unseen DICOMs: the same
     probabilities (1e-4), decisions and boxes (one to one, IoU >= 0.99, scores within 1e-3); a changed ONNX file
@@ -343,7 +330,7 @@ def test_onnx_runtime_matches_torch(demo, unseen, tmp_path):
     assert np.abs(po.p_abnormal - pt.p_abnormal).max() <= 1e-4
     assert (po.abnormal == pt.abnormal).all()
     assert len(bt) and len(bo) == len(bt)
-    m = np.array(_matched(bt, bo))                          # one to one: each torch box has its own ONNX box
+    m = np.array(matched_boxes(bt, bo))                          # one to one: each torch box has its own ONNX box
     assert m[:, 0].min() >= 0.99 and m[:, 1].max() <= 1e-3, (m[:, 0].min(), m[:, 1].max())
     f = bundle/rec['networks']['resnet50']['file']
     data = bytearray(f.read_bytes()); data[len(data) // 2] ^= 1; f.write_bytes(bytes(data))

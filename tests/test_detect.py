@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import run_cli
+from conftest import matched_boxes, run_cli
 from spinexr.core import DET_CLASSES, InputError
 from spinexr.detect import DetConfig, detector_for, load_detector, predict_boxes
 from spinexr.prep import PrepTree
@@ -116,11 +116,17 @@ def test_family_end_to_end(arch, run, classifiers, tmp_path):
     dicoms = sorted((prep.parent/'release'/'test_images').glob('*.dicom'))[:3]
     src = tmp_path/'in'; src.mkdir()
     for f in dicoms: shutil.copy2(f, src/f.name)
+    tree, cfg = PrepTree(prep), Bundle(model).detector_config()
+    lab = tree.labels()
+    pngs = [tree.png(i) for i in lab.image_id[lab.split == 'test']]
+    a, b = (predict_boxes(Bundle(model).detector_model(rt), pngs, cfg) for rt in ('torch', 'onnx'))
+    m = np.array(matched_boxes(a, b))                       # the detector alone: the same boxes, one to one
+    assert len(a) and len(b) == len(a) and m[:, 0].min() >= 0.99 and m[:, 1].max() <= 1e-3
     for runtime in ('torch', 'onnx'):
         r = run_cli('spinexr_predict', model, src, '--out', tmp_path/runtime, '--runtime', runtime, timeout=600)
         assert r.returncode == 0, r.stderr[-3000:]
-    a, b = (pd.read_csv(tmp_path/rt/'predictions.csv') for rt in ('torch', 'onnx'))
-    assert len(a) == len(b) and np.allclose(a.score, b.score, atol=1e-3)
+    a, b = (pd.read_csv(tmp_path/rt/'predictions.csv', dtype={'score': float}) for rt in ('torch', 'onnx'))
+    assert len(a) == len(b) and np.allclose(a.score, b.score, atol=1e-3)   # after fusion (none, if all look normal)
 
 def started_from_local_coco(tmp_path, runner, stem: str, arch: str) -> tuple:
     ("A run of `arch` started from the COCO weights `stem`, made here by ultralytics' `runner` and imported into a "
