@@ -4,7 +4,7 @@
 
 # %% ../nbs/39_bundle.ipynb #fc4e1f3b
 from __future__ import annotations
-import shutil, tempfile, time
+import html, shutil, tempfile, time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -16,13 +16,15 @@ from .families import DEFAULT_DETECTOR, detector_family
 from .classify import ClsConfig, load_classifier
 from .detect import DetConfig, Detector, detector_for, load_tta
 from .ensemble import Ensemble
+from .metrics import interval_text
 from .runtime import OnnxNet, load_onnx_detector, onnx_providers, onnxruntime_problem
 
 # %% auto #0
-__all__ = ['BUNDLE_FORMAT', 'BUNDLE_VERSION', 'BUNDLE_PACKAGES', 'ONNX_DIR', 'RUNTIMES', 'package_versions', 'Bundle',
-           'hash_files', 'combined_sha256', 'bundle_files', 'bundle_sha256', 'read_bundle', 'bundle_warnings',
+__all__ = ['BUNDLE_FORMAT', 'BUNDLE_VERSION', 'BUNDLE_PACKAGES', 'ONNX_DIR', 'RESEARCH_NOTE', 'DATA_SOURCES', 'REFERENCES',
+           'LIMITATIONS', 'FAILURE_MODES', 'RUNTIMES', 'CARD_SECTIONS', 'package_versions', 'Bundle', 'hash_files',
+           'combined_sha256', 'bundle_files', 'bundle_sha256', 'read_bundle', 'bundle_warnings', 'model_kind',
            'training_record', 'validation_record', 'make_bundle', 'tiny_classifiers', 'tiny_bundle', 'network_sources',
-           'onnx_problem', 'choose_runtime']
+           'onnx_problem', 'choose_runtime', 'card_html']
 
 # %% ../nbs/39_bundle.ipynb #41fdac91
 BUNDLE_FORMAT, BUNDLE_VERSION = 'spinexr-bundle', 3   # 2: `trained_on`; 3: `files`, the SHA-256 of every file
@@ -162,6 +164,12 @@ def bundle_warnings(record: dict) -> list:
         out.append('the model comes from a rehearsal (one epoch on a few images): it checks a setup and is not a model')
     return out
 
+# %% ../nbs/39_bundle.ipynb #675b8817
+def model_kind(record: dict) -> str:
+    "'phantom' (learnt from synthetic images), 'rehearsal' (a setup check on a few images) or 'release'."
+    t = record['trained_on']
+    return 'phantom' if t['data'] == 'phantom' else 'rehearsal' if t.get('rehearsal') else 'release'
+
 # %% ../nbs/39_bundle.ipynb #7bef12a0
 def training_record(prep_dir, **extra) -> dict:
     "What models trained on the prep tree `prep_dir` learnt from: phantom or release, its root, images per split."
@@ -200,8 +208,9 @@ def _pack_runs(tmp: Path, cls_runs: list, archs: list, det_run: Path):
 
 # %% ../nbs/39_bundle.ipynb #b0c79d72
 def make_bundle(out, cls_runs, det_run, ens: Ensemble, prep_dir, keep_score: float = 0.5,
-                trained_on: dict | None = None) -> Path:
-    "Pack classifier runs, a detector run and an ensemble, trained on `prep_dir`, into the bundle `out` (atomically)."
+                trained_on: dict | None = None, evaluation: dict | None = None) -> Path:
+    ("Pack classifier runs, a detector run and an ensemble, trained on `prep_dir`, into the bundle `out` "
+     "(atomically), with its test `evaluation` if given, and its card (`model_card.json`).")
     out, cls_runs = Path(out), [Path(r) for r in cls_runs]
     archs = [ClsConfig.load(r/'config.json').arch for r in cls_runs]
     if sorted(archs) != sorted(ens.names): raise InputError(f'the ensemble combines {ens.names}, the runs are {archs}')
@@ -212,15 +221,106 @@ def make_bundle(out, cls_runs, det_run, ens: Ensemble, prep_dir, keep_score: flo
         _pack_runs(tmp, cls_runs, archs, Path(det_run))
         run_metrics = {a: _run_metrics(r) for r, a in zip(cls_runs, archs)}
         tta = {a: bool(m.get('tta', False)) for a, m in run_metrics.items()}
-        Bundle(tmp).write_record(dict(
+        rec = dict(
             format=BUNDLE_FORMAT, version=BUNDLE_VERSION, prep_size=int(prep_size), ensemble=asdict(ens),
             fusion=dict(keep_score=float(keep_score)), classifiers=ens.names, tta=tta, trained_on=record,
             validation=validation_record(run_metrics, _run_metrics(det_run), ens),
-            versions=package_versions(), created=time.strftime('%Y-%m-%dT%H:%M:%S%z')))
+            **({'evaluation': evaluation} if evaluation else {}),
+            versions=package_versions(), created=time.strftime('%Y-%m-%dT%H:%M:%S%z'))
+        Bundle(tmp).write_record(rec)
+        save_json(Bundle(tmp).card(sha256=False), tmp/'model_card.json')      # the card of what was written,
+        Bundle(tmp).write_record(rec)                                        # sealed with the rest
         swap_in(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+# %% ../nbs/39_bundle.ipynb #5f859440
+RESEARCH_NOTE = ('A research model, not a diagnostic device: its scores and boxes are not findings, and must not '
+                 'guide the care of a patient.')
+DATA_SOURCES = {
+    'release': ('VinDr-SpineXR 1.0.0 (PhysioNet, credentialed access): spine radiographs from two Vietnamese '
+                'hospitals, each read by one radiologist; licence: PhysioNet Credentialed Health Data License 1.5.0, '
+                'which binds this model too'),
+    'phantom': 'synthetic images made by spinexr (spinexr.phantom): no patient data'}
+REFERENCES = ('Nguyen et al., VinDr-SpineXR: a deep learning framework for spinal lesions detection and '
+              'classification from radiographs, MICCAI 2021 (arXiv 2106.12930)',
+              'Tejani et al., Checklist for Artificial Intelligence in Medical Imaging (CLAIM): 2024 update, '
+              'Radiology: Artificial Intelligence 2024',
+              'Collins et al., TRIPOD+AI statement, BMJ 2024;385:e078378')
+LIMITATIONS = (
+    'Trained and tested on one release from two hospitals: performance elsewhere (other scanners, populations, '
+    'views, children) is unknown until measured there.',
+    'Each training image was read by one radiologist: the labels carry that reader\'s errors.',
+    'The image-level call is abnormal versus normal; it does not grade severity or urgency.',
+    'Rare lesion classes have few training boxes: their AP is low and uncertain (see the evaluation intervals).',
+    'A phantom-trained bundle shows that the software runs; its numbers say nothing about radiographs.')
+FAILURE_MODES = (
+    'Refused, with the reason: files that are not DICOM, PNG or JPEG; more pixels than the limit; almost uniform '
+    'images, drawings or masks (too few grey levels); colour pictures.',
+    'Not screened out: radiographs of other body parts, and spine images of other modalities saved as PNG or JPEG; '
+    'their scores are meaningless.',
+    'A PNG or JPEG carries no DICOM header: pixel spacing, laterality and window are unknown.',
+    'Boxes below the display score are mostly background; they are kept for the official mAP, not for reading.')
+
+# %% ../nbs/39_bundle.ipynb #dfcab441
+def _no_paths(text):
+    "`text` with each absolute path replaced by its last part (a card names no folder of the machine it was made on)."
+    return None if text is None else ' '.join(Path(w).name if w.startswith('/') else w for w in str(text).split())
+
+# %% ../nbs/39_bundle.ipynb #087b4e9a
+def _eval_metrics(record: dict) -> dict:
+    "The headline figures, MONAI's `eval_metrics`: validation ones always, test ones where the bundle has them."
+    v, e = record.get('validation', {}), record.get('evaluation') or {}
+    out = {'val_ensemble_auroc': v.get('ensemble_auroc'), 'val_detector_map50': v.get('detector_map50')}
+    if c := e.get('classification'):
+        out.update(test_auroc=c['auroc'], test_sensitivity=c['sensitivity'], test_specificity=c['specificity'])
+    if d := e.get('detection'): out['test_map50'] = d.get('map50')
+    return out
+
+@patch
+def card(self: Bundle, sha256: bool = True) -> dict:
+    ("The bundle's model card (fields after MONAI's `metadata.json`, CLAIM 2024 and TRIPOD+AI); `sha256`: with "
+     "the bundle's SHA-256 (not in the copy the bundle holds, which that hash covers).")
+    r = self.record
+    t, e, v, kind = r['trained_on'], asdict(r['ensemble']), r.get('versions', {}), model_kind(r)
+    det = DetConfig.load(self.detector/'config.json')
+    return dict(
+        name='spinexr spine radiograph model', version=t.get('spinexr'), created=r.get('created'),
+        task='Spine radiographs: each image normal or abnormal, and boxes of seven lesion classes',
+        description=(f"{len(e['names'])} image classifiers ({', '.join(e['names'])}), their {e['how']} average "
+                     f"calibrated ({e['calibration']}), and a {detector_family(det.model)[0].title} lesion detector "
+                     f"({Path(det.model).stem}, {det.imgsz} px); boxes kept by the fusion rule"),
+        authors='spinexr developers', copyright='2026 onwards, spinexr developers',
+        intended_use=RESEARCH_NOTE, not_for_diagnosis=True,
+        intended_users='medical-imaging researchers reproducing or extending VinDr-SpineXR, on de-identified images',
+        model_kind=kind, caveats=bundle_warnings(r),
+        data_source=DATA_SOURCES[t['data']], data_type='dicom, png, jpeg (grey-scale spine radiographs)',
+        image_classes=f"one grey channel, padded to square and resized to {r['prep_size']} px for the models",
+        label_classes=dict(image=['normal', 'abnormal'], lesions=[clinical_name(c) for c in DET_CLASSES]),
+        pred_classes=dict(p_abnormal='calibrated probability that the image is abnormal',
+                          boxes='lesion class, score and box in the original pixels'),
+        training_data=dict(kind=t['data'], source=t.get('root'), images_per_split=t.get('images'),
+                           trained=t.get('date'), rehearsal=bool(t.get('rehearsal')),
+                           command=_no_paths(t.get('command'))),
+        decision=dict(threshold=e['threshold'], rule=e['rule'], chosen_on='validation', study_rule=e['study_how']),
+        fusion=r['fusion'], tta=r.get('tta', {}),
+        calibration=dict(method=e['calibration'], chosen_by='lowest cross-validated log-loss within validation',
+                         cv_log_loss=e['cal_cv_log_loss']),
+        validation=r.get('validation', {}),
+        evaluation=r.get('evaluation') or 'no test evaluation was recorded with this bundle',
+        eval_metrics=_eval_metrics(r),
+        limitations=list(LIMITATIONS), failure_modes=list(FAILURE_MODES), references=list(REFERENCES),
+        license='Apache-2.0 (spinexr code); the weights are bound by the training data\'s licence (data_source)',
+        pytorch_version=v.get('torch'), numpy_version=v.get('numpy'), required_packages_version=v,
+        network_data_format=dict(inputs='one radiograph: DICOM, PNG or JPEG', outputs='p_abnormal and boxes (JSON, '
+                                 'CSV, DICOM GSPS and SR)'),
+        reporting=dict(CLAIM_2024=['intended use', 'data source', 'data partitions', 'reference standard',
+                                   'model description', 'evaluation metrics with intervals', 'calibration',
+                                   'failure analysis', 'software versions'],
+                       TRIPOD_AI=['objectives', 'data source', 'participants (counts)', 'outcome', 'model '
+                                  'specification', 'performance with uncertainty', 'limitations', 'availability']),
+        **({'sha256': self.sha256} if sha256 else {}))
 
 # %% ../nbs/39_bundle.ipynb #618cef14
 def _tiny_detector() -> str:
@@ -333,3 +433,45 @@ def detector_model(self: Bundle, runtime: str = 'torch', device: str = 'cpu') ->
     detector = detector.load(self.detector)
     detector.device = device
     return detector
+
+# %% ../nbs/39_bundle.ipynb #a5656abf
+CARD_SECTIONS = {
+    'Intended use': ('intended_use', 'intended_users', 'model_kind', 'caveats'),
+    'The model': ('task', 'description', 'version', 'created', 'sha256', 'runtime', 'device', 'image_classes',
+                  'label_classes', 'pred_classes', 'network_data_format', 'tta'),
+    'Training data': ('data_source', 'data_type', 'training_data'),
+    'Evaluation': ('eval_metrics', 'evaluation', 'validation'),
+    'Decision and calibration': ('decision', 'calibration', 'fusion'),
+    'Limitations and failure modes': ('limitations', 'failure_modes'),
+    'Software and licence': ('license', 'authors', 'copyright', 'pytorch_version', 'numpy_version',
+                             'required_packages_version'),
+    'References and reporting': ('references', 'reporting')}
+
+def _html_value(v) -> str:
+    "A card value as HTML: dicts as definition lists, lists as lists, numbers to 4 significant digits, text escaped."
+    if isinstance(v, dict):
+        return '<dl>' + ''.join(f'<dt>{html.escape(str(k).replace("_", " "))}</dt><dd>{_html_value(x)}</dd>'
+                                for k, x in v.items()) + '</dl>'
+    if isinstance(v, (list, tuple)): return '<ul>' + ''.join(f'<li>{_html_value(x)}</li>' for x in v) + '</ul>'
+    if isinstance(v, float): return f'{v:.4g}'
+    return html.escape('n/a' if v is None else str(v))
+
+def _evaluation_view(ev):
+    "The recorded test evaluation with each figure and its interval as one line (`interval_text`, as fractions)."
+    if not isinstance(ev, dict): return ev
+    c, d = ev.get('classification') or {}, ev.get('detection') or {}
+    view = {f"test {k.upper() if k == 'auroc' else k}": interval_text(c, k, 1, 3)
+            for k in ('auroc', 'sensitivity', 'specificity', 'f1') if k in c or k in (c.get('proportions') or {})}
+    if d.get('map50') is not None:
+        ci = (d.get('ci') or {}).get('map50')
+        view['test mAP50, with the fusion rule'] = f"{d['map50']:.3f}" + (f' ({ci[0]:.3f}-{ci[1]:.3f}, bootstrap)'
+                                                                           if ci else '')
+    return {**view, **{k: v for k, v in ev.items() if k not in ('classification', 'detection')}}
+
+def card_html(card: dict, level: int = 2) -> str:
+    "The card as HTML sections, headings at `level`: every field once, in `CARD_SECTIONS`' order."
+    out = []
+    for title, keys in CARD_SECTIONS.items():
+        fields = {k: _evaluation_view(card[k]) if k == 'evaluation' else card[k] for k in keys if k in card}
+        out.append(f'<section><h{level}>{title}</h{level}>{_html_value(fields)}</section>')
+    return '\n'.join(out)

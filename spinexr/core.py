@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 
 # %% auto #0
-__all__ = ['NO_FINDING', 'LESION_TYPES', 'DET_CLASSES', 'CLASS_ID', 'CLASS_COLORS', 'BOX_COLUMNS', 'ANNOTATION_COLUMNS', 'SPLITS',
-           'show_boxes', 'InputError', 'is_safe_id', 'cli_errors', 'live_progress', 'atomic_path', 'swap_in',
-           'clear_run', 'write_text', 'save_json', 'load_json', 'plain', 'write_csv', 'save_figure', 'check_columns',
-           'read_csv_checked', 'save_weights', 'load_weights', 'JsonConfig', 'config_flags', 'given_settings',
-           'seed_everything', 'cpu_count', 'default_threads', 'set_threads', 'keep_threads', 'map_isolated',
-           'cache_dir', 'offline_env']
+__all__ = ['NO_FINDING', 'LESION_TYPES', 'DET_CLASSES', 'CLASS_ID', 'CLINICAL_NAMES', 'CLASS_COLORS', 'BOX_COLUMNS',
+           'ANNOTATION_COLUMNS', 'SPLITS', 'clinical_name', 'show_boxes', 'InputError', 'is_safe_id', 'cli_errors',
+           'live_progress', 'atomic_path', 'swap_in', 'clear_run', 'write_text', 'save_json', 'load_json', 'plain',
+           'write_csv', 'save_figure', 'check_columns', 'read_csv_checked', 'save_weights', 'load_weights',
+           'JsonConfig', 'config_flags', 'given_settings', 'seed_everything', 'cpu_count', 'default_threads',
+           'set_threads', 'keep_threads', 'map_isolated', 'cache_dir', 'offline_env']
 
 # %% ../nbs/00_core.ipynb #968e4ea0
 NO_FINDING = 'No finding'
@@ -30,6 +30,13 @@ LESION_TYPES = ('Osteophytes', 'Disc space narrowing', 'Foraminal stenosis', 'Su
 DET_CLASSES = ('Osteophytes', 'Surgical implant', 'Spondylolysthesis', 'Foraminal stenosis',
                'Disc space narrowing', 'Vertebral collapse', 'Other lesions')
 CLASS_ID = {name: i for i, name in enumerate(DET_CLASSES)}
+
+# %% ../nbs/00_core.ipynb #4bfa975f
+CLINICAL_NAMES = {'Spondylolysthesis': 'Spondylolisthesis'}    # the data's spelling: the clinical one
+
+def clinical_name(lesion_type: str) -> str:
+    "The name of a lesion class as a clinician spells it (the data's own string where that is already so)."
+    return CLINICAL_NAMES.get(lesion_type, lesion_type)
 
 # %% ../nbs/00_core.ipynb #d8ee006e
 CLASS_COLORS = dict(zip(DET_CLASSES, ('#e6194b', '#4363d8', '#f58231', '#3cb44b', '#ffe119', '#911eb4', '#42d4f4')))

@@ -4,7 +4,7 @@
 
 # %% ../nbs/50_demo.ipynb #80be8119
 from __future__ import annotations
-import base64, io, resource, shlex, shutil, sys, time
+import base64, html, io, resource, shlex, shutil, sys, time
 from itertools import combinations
 from dataclasses import asdict, dataclass
 from importlib.resources import files
@@ -22,23 +22,25 @@ from .annotations import images_dir, load_release
 from .phantom import PHANTOM_STAMP, PhantomConfig, is_phantom, make_phantom
 from .prep import PrepTree, prep
 from .analysis import class_table, plot_class_counts, split_table
-from .metrics import det_ap50, paired_det_bootstrap, pr_figure, read_det_predictions, reliability_figure
+from .metrics import (det_ap50, interval_parts, interval_text, paired_det_bootstrap, pr_figure,
+                             read_det_predictions, reliability_figure)
 from .classify import ARCHS, recipe, train_classifier
 from .detect import DetConfig, det_recipe, evaluate_detector, load_tta, show_predictions, train_detector
 from .families import detector_family
 from .ensemble import (Ensemble, aligned, calibration_results, calibration_table, ensemble_predictions,
                               ensemble_roc_figure, evaluate_ensemble, fit_ensemble, fusion_results, fusion_table,
                               run_predictions, study_results)
-from .bundle import bundle_sha256, make_bundle, package_versions, read_bundle
+from .bundle import Bundle, bundle_sha256, card_html, make_bundle, package_versions, read_bundle
 from .inference import Predictor
 from .saliency import box_mass_ratio, heatmap_over, map_rank_correlation, randomised
 
 # %% auto #0
 __all__ = ['RELEASE_IMAGES', 'PAPER_CLS', 'PAPER_AP50', 'PAPER_MAP50', 'CLS_METRICS', 'SEED_DET', 'REPORT_TEMPLATE', 'REPORT_CSS',
-           'SPLIT_COLUMNS', 'CLASS_COLUMNS', 'DemoConfig', 'check_release', 'check_weights', 'subset_release',
-           'release_factor', 'choose_detector', 'test_results', 'compare_detectors', 'evaluate_demo', 'saliency_checks',
-           'weights_used', 'classification_table', 'study_table', 'detection_table', 'detectors_table', 'paired_table',
-           'published_tables', 'seed_detector_table', 'render_report', 'write_report', 'run_demo', 'spinexr_demo']
+           'SPLIT_COLUMNS', 'CLASS_COLUMNS', 'ALT', 'DemoConfig', 'check_release', 'check_weights', 'subset_release',
+           'release_factor', 'choose_detector', 'test_results', 'compare_detectors', 'evaluate_demo',
+           'evaluation_record', 'saliency_checks', 'weights_used', 'classification_table', 'study_table',
+           'detection_table', 'detectors_table', 'paired_table', 'published_tables', 'seed_detector_table',
+           'render_report', 'write_report', 'run_demo', 'spinexr_demo']
 
 # %% ../nbs/50_demo.ipynb #4b30f1d1
 @dataclass
@@ -379,7 +381,7 @@ def compare_detectors(out, n_boot: int = 1000) -> dict:
 
 # %% ../nbs/50_demo.ipynb #200a5cc1
 _KEEP = ('auroc', 'sensitivity', 'specificity', 'f1', 'precision', 'accuracy', 'threshold', 'ci', 'n', 'n_pos',
-         'n_neg')     # what metrics.json keeps of each classifier's results
+         'n_neg', 'proportions')     # what metrics.json keeps of each classifier's results
 
 def evaluate_demo(out, cfg: DemoConfig) -> dict:
     "Fit the ensemble on validation and score everything on test; writes ensemble.json; returns the metrics."
@@ -398,12 +400,21 @@ def evaluate_demo(out, cfg: DemoConfig) -> dict:
                 **({'detectors': compare_detectors(out, cfg.det_n_boot)} if cfg.detectors else {}))
 
 # %% ../nbs/50_demo.ipynb #468bf271
-def _bundle(out: Path, runs: list, cfg: DemoConfig, root_name: str, command: str | None):
-    "Pack the demo's runs and ensemble into the model bundle out/model."
+def evaluation_record(m: dict) -> dict:
+    ("What a bundle keeps of the demo's test evaluation `m`, for its card: the ensemble's figures (with their "
+     "intervals and counts) and the detection mAP50 with the fusion rule.")
+    d = m['detection']['with_fusion']
+    return dict(split='test', images=m['ensemble']['n'], abnormal_images=m['ensemble']['n_pos'],
+                classification={k: m['ensemble'][k] for k in _KEEP},
+                detection=dict(map50=d['map50'], ci=d.get('ci')))
+
+def _bundle(out: Path, runs: list, cfg: DemoConfig, root_name: str, command: str | None, metrics: dict):
+    "Pack the demo's runs and ensemble into the model bundle out/model, with its test evaluation."
     return make_bundle(out/'model', runs, out/'detector', Ensemble.load(out/'ensemble.json'), out/'prep',
                        cfg.keep_score,
                        trained_on=dict(root=root_name, rehearsal=cfg.rehearsal,
-                                       command=command or 'spinexr.demo.run_demo'))
+                                       command=command or 'spinexr.demo.run_demo'),
+                       evaluation=evaluation_record(metrics))
 
 # %% ../nbs/50_demo.ipynb #946cff38
 def _stats(v) -> dict:
@@ -460,8 +471,8 @@ CLS_METRICS = dict(auroc='AUROC', sensitivity='Sensitivity', specificity='Specif
 
 # %% ../nbs/50_demo.ipynb #cc7851d0
 def _pct_ci(r: dict, k: str) -> str:
-    "Metric `k` of results `r` and its 95% CI, in percent."
-    return f"{100 * r[k]:.2f} ({100 * r['ci'][k][0]:.1f}-{100 * r['ci'][k][1]:.1f})"
+    "Metric `k` of results `r` and its 95% interval (`interval_text`), in percent."
+    return interval_text(r, k)
 
 def classification_table(m: dict) -> pd.DataFrame:
     "Each classifier and the ensemble on test, in percent, with 95% CIs."
@@ -575,12 +586,24 @@ def _named(df: pd.DataFrame, columns: dict) -> tuple:
     return df.rename(columns={k: v[0] for k, v in columns.items()}), [columns[c] for c in df.columns if c in columns]
 
 # %% ../nbs/50_demo.ipynb #98821572
-def _img(fig) -> str:
+ALT = {   # what each of the report's figures shows, for a reader who cannot see it
+    'class_counts': 'Bar chart of the images with each lesion class, per split',
+    'roc': 'ROC curves of each classifier and of the ensemble on the test split, each with its operating point',
+    'reliability': ("Reliability diagram: the share of abnormal test images against the ensemble's probability, "
+                    'before and after calibration'),
+    'pr': "Precision-recall curves of the detector's boxes on the test split, per lesion class, without and with "
+          'the fusion rule',
+    'examples': 'Test images in pairs: the ground-truth boxes on the left, the boxes predicted after the fusion '
+                'rule on the right',
+    'saliency': "The ensemble's Grad-CAM maps over the same test images, with their ground-truth boxes"}
+
+def _img(fig, alt: str) -> str:
     import matplotlib.pyplot as plt
     buf = io.BytesIO()
     fig.savefig(buf, format='png', dpi=100, bbox_inches='tight')
     plt.close(fig)
-    return f'<img alt="figure" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+    return (f'<img alt="{html.escape(alt, quote=True)}" '
+            f'src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">')
 
 def _number(v: float) -> str: return f'{v:,.0f}' if abs(v) >= 100 else f'{v:.2f}'
 
@@ -620,24 +643,25 @@ def _dataset_section(ann: pd.DataFrame) -> dict:
     splits, split_glossary = _named(split_table(ann), SPLIT_COLUMNS)
     classes, class_glossary = _named(class_table(ann), CLASS_COLUMNS)
     return dict(split_table=_table(splits), split_glossary=split_glossary, class_table=_table(classes),
-                class_glossary=class_glossary, class_counts=_img(plot_class_counts(ann)))
+                class_glossary=class_glossary, class_counts=_img(plot_class_counts(ann), ALT['class_counts']))
 
 # %% ../nbs/50_demo.ipynb #42034c0c
+def _report_cell(r: dict, k: str) -> tuple:
+    "A metric in percent (with † if from few cases) and its interval under it, as the report's tables show them."
+    v, ci, small = interval_parts(r, k)
+    return v + (' †' if small else ''), ci
+
 def _classification_section(r) -> dict:
     "'Classification': the test split, the ensemble, each model's figures with their CIs, the ROC curves."
     m, ens = r.m, r.ens
     cls_res = {**m['classifiers'], 'ensemble': m['ensemble']}
-    pct = lambda v: f'{100 * v:.2f}'
-    cls_rows = [dict(model=n,
-                     cells=[(pct(v[k]), f"{100 * v['ci'][k][0]:.1f}", f"{100 * v['ci'][k][1]:.1f}")
-                            for k in CLS_METRICS])
-                for n, v in cls_res.items()]
+    cls_rows = [dict(model=n, cells=[_report_cell(v, k) for k in CLS_METRICS]) for n, v in cls_res.items()]
     return dict(n_test=m['ensemble']['n'], n_test_abnormal=m['ensemble']['n_pos'], n_boot=f'{r.cfg.n_boot:,}',
                 ensemble=f"{ens.how} averaging, weights "
                          f"{', '.join(f'{n} {w:.2f}' for n, w in zip(ens.names, ens.weights))}, "
                          f"threshold {ens.threshold:.3f}",
                 cls_metrics=list(CLS_METRICS.values()), cls_rows=cls_rows,
-                roc=_img(ensemble_roc_figure(r.test, cls_res, ens)))
+                roc=_img(ensemble_roc_figure(r.test, cls_res, ens), ALT['roc']))
 
 # %% ../nbs/50_demo.ipynb #e075a275
 def _calibration_words(c: dict) -> str:
@@ -659,7 +683,8 @@ def _calibration_section(r) -> dict:
     "'Calibration' and 'Studies': the calibration chosen, its test figures, the reliability diagram; the study figures."
     m = r.m
     return dict(calibration=_calibration_words(m['calibration']), cal_bins=m['calibration']['after']['bins'],
-                cal_table=_table(calibration_table(m['calibration'])), reliability=_img(_reliability(r.test, r.ens)),
+                cal_table=_table(calibration_table(m['calibration'])),
+                reliability=_img(_reliability(r.test, r.ens), ALT['reliability']),
                 study_how=m['study']['how'], study_threshold=f"{m['study']['threshold']:.3f}",
                 n_studies=m['study']['n_studies'],
                 study_table=_table(study_table(m)))
@@ -692,7 +717,7 @@ def _detection_section(r) -> dict:
                 det_n_boot=f'{cfg.det_n_boot:,}',
                 ultralytics_map50='n/a' if ul is None else f'{100 * ul:.2f}', det_table=_table(detection_table(m)),
                 tta=_tta_words(m['detection'].get('tta')),
-                pr=_img(_pr_pair(r.fus)),
+                pr=_img(_pr_pair(r.fus), ALT['pr']),
                 threshold=f'{ens.threshold:.3f}', keep_score=cfg.keep_score, fusion_table=_table(fusion_table(r.fus)))
 
 # %% ../nbs/50_demo.ipynb #8357475f
@@ -732,8 +757,9 @@ def _examples_section(out: Path, r) -> dict:
     "'Examples': ground truth and predictions on the example images, and where the classifiers looked."
     ids = r.examples
     return dict(examples=_img(show_predictions(out/'prep', _final(r.fus)['boxes_fused'], ids, min_score=0.25,
-                                               ncols=4)) if ids else '',
-                saliency=_img(_saliency_figure(out, ids)) if ids and r.m.get('saliency', {}).get('n_images') else '',
+                                               ncols=4), ALT['examples']) if ids else '',
+                saliency=_img(_saliency_figure(out, ids), ALT['saliency'])
+                         if ids and r.m.get('saliency', {}).get('n_images') else '',
                 sal=r.m.get('saliency', {}))
 
 # %% ../nbs/50_demo.ipynb #6204ef93
@@ -748,7 +774,8 @@ def write_report(out) -> Path:
         **_run_section(out, r), **_dataset_section(r.ann), **_classification_section(r), **_calibration_section(r),
         **_detection_section(r), **_examples_section(out, r),
         **_detectors_section(r),
-        'paper_cls': _table(paper_cls), 'paper_det': _table(paper_det), 'seed_det': _table(seed_detector_table())}))
+        'paper_cls': _table(paper_cls), 'paper_det': _table(paper_det), 'seed_det': _table(seed_detector_table()),
+        'card': card_html(Bundle(out/'model').card(), level=3)}))
 
 # %% ../nbs/50_demo.ipynb #c52f6f7c
 def run_demo(out, data=None, cfg: DemoConfig | None = None, progress: bool = True, command: str | None = None) -> dict:
@@ -763,7 +790,7 @@ def run_demo(out, data=None, cfg: DemoConfig | None = None, progress: bool = Tru
     data, data_label, root_name = _demo_data(out, data, cfg, step, progress)
     runs = _train_models(out, data, cfg, step, progress)
     metrics = step('ensemble and evaluation', evaluate_demo, out, cfg)      # writes ensemble.json
-    step('model bundle', _bundle, out, runs, cfg, root_name, command)
+    step('model bundle', _bundle, out, runs, cfg, root_name, command, metrics)
     metrics['saliency'] = step('saliency checks', saliency_checks, out)
     metrics.update(data=data_label, data_root=str(data), weights=weights_used(out))
     _save_metrics(out, metrics, step)   # the report reads it,

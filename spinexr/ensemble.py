@@ -249,13 +249,14 @@ def ensemble_predictions(preds: dict, ens: Ensemble) -> pd.DataFrame:
 # %% ../nbs/30_ensemble.ipynb #e03de078
 def score_on_test(val: pd.DataFrame, test: pd.DataFrame, threshold: float | None = None, rule: str = 'youden',
                   n_boot: int = 10_000, seed: int = 0) -> dict:
-    "Test metrics with 95% CIs at a threshold chosen on `val` by `rule` (or given)."
+    ("Test metrics with 95% CIs at a threshold chosen on `val` by `rule` (or given); the proportions also with "
+     "their counts and exact intervals.")
     if threshold is None: threshold = pick_threshold(val.label.to_numpy(), val.prob.to_numpy(), rule)
     y, p = test.label.to_numpy(), test.prob.to_numpy()
     m = cls_metrics(y, p, threshold)
     ci = bootstrap_ci(y, p, threshold, n=n_boot, seed=seed)
     return dict(**{k: m[k] for k in CLS_METRICS}, threshold=float(threshold), ci={k: list(ci[k]) for k in CLS_METRICS},
-                n=m['n'], n_pos=m['n_pos'], n_neg=m['n_neg'])
+                n=m['n'], n_pos=m['n_pos'], n_neg=m['n_neg'], proportions=proportion_cis(m))
 
 # %% ../nbs/30_ensemble.ipynb #0a711b98
 def evaluate_ensemble(val: dict, test: dict, ens: Ensemble, n_boot: int = 10_000) -> dict:
@@ -291,9 +292,9 @@ def study_results(test: dict, ens: Ensemble, studies, n_boot: int = 10_000) -> d
 
 # %% ../nbs/30_ensemble.ipynb #00cf3bbf
 def ensemble_table(results: dict) -> pd.DataFrame:
-    "One row per model: AUROC, F1, sensitivity, specificity (95% CI) and threshold, in percent like the paper."
-    f = lambda r, k: f"{100 * r[k]:.2f} ({100 * r['ci'][k][0]:.2f}-{100 * r['ci'][k][1]:.2f})"
-    rows = [{'model': n, **{k: f(r, k) for k in ('auroc', 'f1', 'sensitivity', 'specificity')},
+    ("One row per model: AUROC, F1, sensitivity, specificity (95% interval, `interval_text`) and threshold, in "
+     "percent like the paper.")
+    rows = [{'model': n, **{k: interval_text(r, k) for k in ('auroc', 'f1', 'sensitivity', 'specificity')},
              'threshold': f"{r['threshold']:.3f}"}
             for n, r in results.items()]
     return pd.DataFrame(rows).set_index('model')

@@ -310,8 +310,8 @@ def _draw_boxes(out: np.ndarray, boxes: pd.DataFrame, min_score: float, font, fs
         c = _bgr(CLASS_COLORS[b.lesion_type])
         p0, p1 = (int(round(b.xmin)), int(round(b.ymin))), (int(round(b.xmax)), int(round(b.ymax)))
         cv2.rectangle(out, p0, p1, c, th)
-        cv2.putText(out, f'{b.lesion_type} {b.score:.2f}', (p0[0], max(10, p0[1] - 3)), font, fs * 0.8, c,
-                    max(1, th - 1), cv2.LINE_AA)
+        label = f'{clinical_name(b.lesion_type)} {b.score:.2f}'
+        cv2.putText(out, label, (p0[0], max(10, p0[1] - 3)), font, fs * 0.8, c, max(1, th - 1), cv2.LINE_AA)
 
 def _text_rows(out: np.ndarray, lines, y: int, font, fs, th, ground, ink, pad: int, lift: int) -> int:
     "Draw `lines` one under another from row `y`, each on a box of colour `ground`; the row below the last."

@@ -17,12 +17,12 @@ from .annotations import read_annotations
 # %% auto #0
 __all__ = ['CLS_METRICS', 'THRESHOLD_RULES', 'SMALL_N', 'PROPORTIONS', 'INTERVAL_METHODS', 'CAL_BINS', 'DET_COLUMNS',
            'CLS_COLUMNS', 'cls_metrics', 'operating_points', 'youden_threshold', 'f1_threshold', 'pick_threshold',
-           'bootstrap_samples', 'bootstrap_ci', 'proportion_ci', 'proportion_cis', 'roc_figure', 'calibration_bins',
-           'calibration_errors', 'reliability_figure', 'xyxy_to_xywh', 'check_det_predictions', 'coco_eval', 'det_ap50',
-           'match_tables', 'table_ap', 'det_bootstrap_samples', 'det_bootstrap_ci', 'paired_det_bootstrap', 'ap_table',
-           'pr_figure', 'fusion_rule', 'reverse_fusion', 'read_cls_predictions', 'read_det_predictions', 'eval_cls',
-           'eval_det', 'eval_det_compare', 'cls_report', 'det_report', 'det_compare_report', 'spinexr_eval_cls',
-           'spinexr_eval_det']
+           'bootstrap_samples', 'bootstrap_ci', 'proportion_ci', 'proportion_cis', 'interval_parts', 'interval_text',
+           'roc_figure', 'calibration_bins', 'calibration_errors', 'reliability_figure', 'xyxy_to_xywh',
+           'check_det_predictions', 'coco_eval', 'det_ap50', 'match_tables', 'table_ap', 'det_bootstrap_samples',
+           'det_bootstrap_ci', 'paired_det_bootstrap', 'ap_table', 'pr_figure', 'fusion_rule', 'reverse_fusion',
+           'read_cls_predictions', 'read_det_predictions', 'eval_cls', 'eval_det', 'eval_det_compare', 'cls_report',
+           'det_report', 'det_compare_report', 'spinexr_eval_cls', 'spinexr_eval_det']
 
 # %% ../nbs/05_metrics.ipynb #ae4047f3
 CLS_METRICS = ('auroc', 'sensitivity', 'specificity', 'f1', 'precision', 'accuracy')
@@ -180,6 +180,22 @@ def proportion_cis(m: dict, method: str = 'exact', level: float = 0.95) -> dict:
         out[name] = dict(k=k, n=n, value=k / n if n else math.nan, low=lo, high=hi,
                          method=INTERVAL_METHODS[method], small=n < SMALL_N)
     return out
+
+# %% ../nbs/05_metrics.ipynb #9face991
+def interval_parts(r: dict, k: str, scale: float = 100.0, digits: int = 1) -> tuple:
+    ("Metric `k` of results `r` (`cls_metrics` figures with `ci`, and `proportions` where known) as (value, its 95% "
+     "interval, from fewer than `SMALL_N` cases?), in units of 1/`scale`: a proportion's exact interval and k/n, "
+     "else the bootstrap's, named.")
+    f = lambda v: f'{scale * v:.{digits}f}' if v is not None and math.isfinite(v) else 'n/a'
+    p = (r.get('proportions') or {}).get(k)
+    if p: return f(p['value']), f"{f(p['low'])}-{f(p['high'])}; {p['k']}/{p['n']}", p['small']
+    (lo, hi), small = r['ci'][k], min(r.get('n_pos', SMALL_N), r.get('n_neg', SMALL_N)) < SMALL_N
+    return f(r[k]), f'{f(lo)}-{f(hi)}, bootstrap', small
+
+def interval_text(r: dict, k: str, scale: float = 100.0, digits: int = 1) -> str:
+    "`interval_parts` as one string: 'value (interval)', and † if from fewer than `SMALL_N` cases."
+    v, ci, small = interval_parts(r, k, scale, digits)
+    return f'{v} ({ci})' + (' †' if small else '')
 
 # %% ../nbs/05_metrics.ipynb #5fecc017
 def roc_figure(y, p, threshold: float | None = None, ax=None, label: str | None = None, ci=None, marker: str = 'o'):

@@ -21,21 +21,21 @@ from .core import *
 from .dicom import MAX_PIXELS, TooManyPixels, pixel_budget
 from .families import detector_family
 from .inputs import NOT_AN_IMAGE, check_pixels, image_ids, input_kind
-from .bundle import BUNDLE_PACKAGES, RUNTIMES, Bundle, package_versions
+from .bundle import BUNDLE_PACKAGES, RESEARCH_NOTE, RUNTIMES, Bundle, card_html, model_kind, package_versions
 from .runtime import resolve_device
 from .inference import Predictor, dicom_source_problem, image_record, overlay_png
 from .dicom_out import result_bytes
 
 # %% auto #0
-__all__ = ['HEAD_BYTES', 'SUFFIX_OF_KIND', 'RESEARCH_NOTE', 'DOCS_CSP', 'SERVE_PACKAGES', 'SECURITY_HEADERS', 'ANSWER_KINDS',
-           'NO_FILE', 'MAX_FIELDS', 'MAX_FIELD_BYTES', 'UPLOAD_BODY', 'PREDICT_REFUSALS', 'ServeConfig',
+__all__ = ['HEAD_BYTES', 'SUFFIX_OF_KIND', 'DOCS_CSP', 'SERVE_PACKAGES', 'SECURITY_HEADERS', 'ANSWER_KINDS', 'NO_FILE',
+           'MAX_FIELDS', 'MAX_FIELD_BYTES', 'CARD_FORMATS', 'UPLOAD_BODY', 'PREDICT_REFUSALS', 'ServeConfig',
            'upload_suffix', 'upload_id', 'process_marker', 'upload_parent', 'remove_stale_uploads', 'Uploads',
            'QueueFull', 'ModelsDown', 'ModelQueue', 'template_text', 'PageTemplate', 'csp_hash', 'csp_for', 'page_html',
            'model_card', 'bundle_facts', 'Refused', 'answer_refusals', 'ReceiveGuard', 'InFlightLimit', 'is_loopback',
            'loopback_host', 'HostCheck', 'SecurityHeaders', 'answer_kind', 'Answered', 'guarded', 'HeaderDeadline',
            'header_deadline', 'header_problem', 'store_upload', 'result_unless_gone', 'Service', 'refusal',
-           'fastapi_app', 'add_error_handlers', 'add_page_route', 'queue_facts', 'add_health_route', 'add_model_route',
-           'answer_upload', 'add_predict_route', 'create_app', 'check_port', 'spinexr_serve']
+           'fastapi_app', 'add_error_handlers', 'add_page_route', 'queue_facts', 'add_health_route', 'card_page',
+           'add_model_route', 'answer_upload', 'add_predict_route', 'create_app', 'check_port', 'spinexr_serve']
 
 # %% ../nbs/45_serve.ipynb #09ace92e
 @dataclass
@@ -325,9 +325,6 @@ def close(self: ModelQueue):
 async def predict(self: ModelQueue, path) -> tuple: return await self.submit(path)
 
 # %% ../nbs/45_serve.ipynb #a2b1e138
-RESEARCH_NOTE = ('A research model, not a diagnostic device: its scores and boxes are not findings, and must not '
-                 'guide the care of a patient.')
-
 def template_text(name: str) -> str:
     "The text of one of the files spinexr ships in `spinexr/templates/` (markup: data, never run)."
     return (importlib.resources.files('spinexr')/'templates'/name).read_text(encoding='utf-8')
@@ -348,10 +345,12 @@ def read(cls: PageTemplate) -> PageTemplate:
 
 # %% ../nbs/45_serve.ipynb #4c563800
 @patch
-def fill(self: PageTemplate, model: str, note: str, caveats: str = '', min_score: float = 0.25) -> str:
-    "The page: its style and script inline, the model's line, the note and the caveats (HTML, escaped) filled in."
+def fill(self: PageTemplate, model: str, note: str, caveats: str = '', min_score: float = 0.25,
+         kind: str = 'release') -> str:
+    ("The page: its style and script inline, the model's line, the note and the caveats (HTML, escaped) filled in; "
+     "`kind` (`model_kind`) words its call.")
     return Template(self.html).substitute(style=self.style, script=self.script, model=model, note=note,
-                                          caveats=caveats, min_score=min_score)
+                                          caveats=caveats, min_score=min_score, kind=kind)
 
 # %% ../nbs/45_serve.ipynb #fb6f1b6f
 def csp_hash(text: str) -> str:
@@ -382,20 +381,15 @@ def page_html(predictor: Predictor, min_score: float = 0.25, page: PageTemplate 
     model = (f"{len(e.names)} classifiers and a {detector} detector, trained on {t['data']} data ({t.get('root')}), "
              f"threshold {e.threshold:.3f}")
     caveats = ''.join(f'<p class="caveat">Caveat: {html.escape(w)}</p>' for w in predictor.warnings)
-    return (page or PageTemplate.read()).fill(html.escape(model), RESEARCH_NOTE, caveats, min_score)
+    return (page or PageTemplate.read()).fill(html.escape(model), RESEARCH_NOTE, caveats, min_score,
+                                              model_kind(predictor.record))
 
 # %% ../nbs/45_serve.ipynb #d264e645
 SERVE_PACKAGES = ('fastapi', 'starlette', 'uvicorn', 'python-multipart', 'fastapi-offline')
 
 def model_card(predictor: Predictor) -> dict:
-    "What a bundle's answers rest on: training data and caveats, ensemble and its validation figures, fusion, sizes."
-    b, det = predictor.record, predictor.det_cfg
-    return dict(intended_use=RESEARCH_NOTE, trained_on=b['trained_on'], caveats=predictor.warnings,
-                runtime=predictor.runtime, device=predictor.device,
-                created=b.get('created'), prep_size=predictor.prep_size, ensemble=asdict(predictor.ensemble),
-                validation=b.get('validation', {}), tta=b.get('tta', {}), fusion=b['fusion'],
-                detector=dict(model=det.model, imgsz=det.imgsz, classes=list(DET_CLASSES)),
-                versions=b.get('versions', {}))
+    "The bundle's card (`Bundle.card`, with its SHA-256), and how this server runs it: runtime and device."
+    return {**predictor.bundle.card(), 'runtime': predictor.runtime, 'device': predictor.device}
 
 # %% ../nbs/45_serve.ipynb #d9d716f6
 def bundle_facts(predictor: Predictor, full_path: bool = True) -> dict:
@@ -628,12 +622,14 @@ def _dicom_answer(rec: dict, boxes, algo) -> tuple:
 # %% ../nbs/45_serve.ipynb #3374ac2a
 def _answer(rec: dict, boxes, filename: str, client_id: str, threshold: float, min_score: float,
             with_overlay: bool, algo=None) -> dict:
-    ("The JSON of one upload: its `image_record` under the client's id and name, the threshold, the overlay, and "
-     "(given `algo`) its DICOM presentation state and SR, or a warning saying why there are none.")
+    ("The JSON of one upload: its `image_record` under the client's id and name, the threshold, the score from "
+     "which boxes are shown, each box's clinical `label`, the overlay, and (given `algo`) its DICOM presentation "
+     "state and SR, or a warning saying why there are none.")
     dicom, why = _dicom_answer(rec, boxes, algo) if algo else (None, None)   # from the upload, before it is renamed
     rec = {**rec, 'image_id': client_id, 'source': filename}
     boxes = boxes.assign(image_id=client_id)
-    out = {**image_record(rec, boxes), 'threshold': threshold}
+    out = {**image_record(rec, boxes), 'threshold': threshold, 'min_score': min_score}
+    out['boxes'] = [{**b, 'label': clinical_name(b['lesion_type'])} for b in out['boxes']]   # for people to read
     if with_overlay:
         out['overlay'] = 'data:image/png;base64,' + base64.b64encode(overlay_png(rec, boxes, threshold,
                                                                                   min_score)).decode()
@@ -802,12 +798,29 @@ def add_health_route(app, svc: Service):
             queue=queue_facts(svc.models)), 503 if problem else 200)
 
 # %% ../nbs/45_serve.ipynb #201391e9
-def add_model_route(app, svc: Service):
-    "GET /model: the bundle's card (`model_card`), made once."
-    card = model_card(svc.predictor)
+CARD_FORMATS = ('html', 'json')
 
-    @app.get('/model', summary="The bundle's card: training data, caveats, validation threshold and metrics")
-    def model(): return card
+def card_page(card: dict) -> str:
+    "The model card as a page of its own (`card_html`), readable at 400 px as at 1280."
+    css = ('body{font:15px/1.45 system-ui,sans-serif;margin:0 auto;padding:12px 20px;max-width:980px;color:#1d232a}'
+           'dl{margin:4px 0 4px 8px} dt{font-weight:600} dd{margin:0 0 6px 16px;overflow-wrap:anywhere}'
+           '.note{background:#fff3cd;border-left:5px solid #e0a800;padding:8px 12px} h2{border-bottom:1px solid #ccd}')
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width='
+            f'device-width, initial-scale=1"><title>spinexr model card</title><style>{css}</style></head><body>'
+            f'<h1>Model card</h1><p class="note"><strong>{html.escape(card["intended_use"])}</strong></p>'
+            f'{card_html(card)}<p><a href="model?format=json">this card as JSON</a></p></body></html>')
+
+def add_model_route(app, svc: Service):
+    "GET /model: the bundle's card (`model_card`), made once: a page, or JSON with ?format=json."
+    from fastapi.responses import HTMLResponse
+    card = model_card(svc.predictor)
+    page = card_page(card)
+
+    @app.get('/model', summary="The bundle's model card: intended use, data, test figures, limitations, versions",
+             responses={200: {'content': {'text/html': {}, 'application/json': {}}}})
+    def model(format: str = Query('html', description='html: a page for people; json: the same card as data')):
+        if format not in CARD_FORMATS: raise HTTPException(422, f'format must be one of {list(CARD_FORMATS)}')
+        return card if format == 'json' else HTMLResponse(page)
 
 # %% ../nbs/45_serve.ipynb #257bb617
 UPLOAD_BODY = dict(required=True, content={'multipart/form-data': dict(schema=dict(

@@ -44,9 +44,14 @@ def test_demo_writes_metrics_report_and_bundle(demo):
     assert html.count('data:image/png;base64,') >= 4 and 'src="http' not in html and '<link' not in html
     assert '<h2>Published numbers</h2>' in html and 'Synthetic data.' in html
     assert '95% bootstrap confidence intervals (1,000 resamples of the test' in html
+    assert 'exact (Clopper-Pearson)' in html and 'the percentile bootstrap (' in html
+    assert 'alt="figure"' not in html and 'alt="ROC curves of each classifier' in html      # each figure described
     assert '<h3>Calibration</h3>' in html and 'expected calibration error' in html and '<h3>Studies</h3>' in html
     assert '<h3>Where the classifiers looked</h3>' in html
-    assert bundle_sha256(out/'model')[:16] in html
+    assert bundle_sha256(out/'model')[:16] in html and '<h2 id="card">Model card</h2>' in html
+    card = json.loads((out/'model'/'model_card.json').read_text())   # the bundle's card holds the test figures
+    assert card['evaluation']['classification']['auroc'] == m['ensemble']['auroc'] and 'sha256' not in card
+    assert card['evaluation']['classification']['proportions']['sensitivity']['n'] == m['ensemble']['n_pos']
     b = read_bundle(out/'model')
     assert b['ensemble'].names == ['densenet121', 'tf_efficientnetv2_s', 'resnet50']
     t = b['trained_on']
@@ -92,7 +97,7 @@ def test_report_reads_in_chromium_at_1280_px(demo):
     assert facts['wide'] == [] and facts['broken'] == 0 and len(facts['shrunk']) >= 4, facts
     assert max(facts['shrunk']) <= 1.1, facts['shrunk']
     assert all(u.startswith(('file:', 'data:')) for u in requests), requests
-    assert facts['h2'][-1] == 'Published numbers'
+    assert facts['h2'][-2:] == ['Published numbers', 'Model card']
     assert 'model bundle SHA-256' in facts['meta'] and 'spinexr ' in facts['meta']
 
 @pytest.fixture(scope='module')

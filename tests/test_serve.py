@@ -113,10 +113,15 @@ def test_health_and_model_card(server, bundle):
     version = json.loads((Path(bundle)/'bundle.json').read_text())['version']
     assert h['model_loaded'] and h['bundle']['sha256'] == bundle_sha256(bundle) and h['bundle']['version'] == version
     assert h['bundle']['files']['bundle.json'] and h['versions']['uvicorn'] and h['versions']['torch']
-    card = httpx.get(f'{url}/model').json()
+    card = httpx.get(f'{url}/model', params={'format': 'json'}).json()
     b = json.loads((Path(bundle)/'bundle.json').read_text())
-    assert card['ensemble']['threshold'] == b['ensemble']['threshold'] and card['trained_on'] == b['trained_on']
+    assert card['decision']['threshold'] == b['ensemble']['threshold'] and card['sha256'] == bundle_sha256(bundle)
     assert card['validation']['classifier_auroc'] and 'not a diagnostic device' in card['intended_use']
+    assert card['training_data']['images_per_split'] == b['trained_on']['images']
+    assert '"/' not in json.dumps(card)                                   # no absolute path of this machine
+    page = httpx.get(f'{url}/model')
+    assert page.headers['content-type'].startswith('text/html') and 'Intended use' in page.text
+    assert httpx.get(f'{url}/model', params={'format': 'pdf'}).status_code == 422
 
 # --- bad input ----------------------------------------------------------------------------------------------
 
@@ -251,6 +256,10 @@ def test_a_full_queue_refuses_with_503_and_retry_after(bundle, unseen, tmp_path)
 
 # --- in a browser --------------------------------------------------------------------------------------------
 
+def shown_probability(p: float) -> str:
+    "A probability as the page shows it: three decimals, '> 0.999' and '< 0.001' at the ends."
+    return '> 0.999' if p > 0.999 else '< 0.001' if p < 0.001 else f'{p:.3f}'
+
 def test_the_page_in_chromium(server, browser, unseen):
     """A user opens the page, chooses a DICOM: the score, the decision and the box table appear; no request leaves
     127.0.0.1; a screenshot is saved."""
@@ -265,10 +274,17 @@ def test_the_page_in_chromium(server, browser, unseen):
         page.wait_for_selector('#result', state='visible', timeout=60_000)
         page.wait_for_function("document.querySelector('#overlay').complete && "
                                "document.querySelector('#overlay').naturalWidth > 0")
-        assert page.inner_text('#decision') == ('ABNORMAL' if j['abnormal'] else 'NORMAL')
-        assert f"p(abnormal) {j['p_abnormal']:.3f}" in page.inner_text('#score')
-        assert page.locator('#boxes tbody tr').count() == len(j['boxes'])
+        call = 'Above' if j['abnormal'] else 'Below'          # a phantom bundle's call is not worded as a finding
+        assert page.inner_text('#decision') == f'{call} the threshold (a phantom model: not a finding)'
+        assert f"calibrated p(abnormal) {shown_probability(j['p_abnormal'])}" in page.inner_text('#score')
+        low = [b for b in j['boxes'] if b['score'] < j['min_score']]
+        assert page.locator('#boxes tbody tr').count() == len(j['boxes']) - len(low)
+        assert page.locator('#lowboxes tbody tr').count() == len(low) and not page.locator('#lowboxes').is_visible()
+        assert 'Spondylolysthesis' not in page.inner_text('#result')         # the clinical spelling only
         assert page.locator('#classifiers tbody tr').count() == 3
+        assert 'raw p(abnormal)' in page.inner_text('#classifiers')
+        assert page.locator('#classifiers tbody td:nth-child(2)').all_inner_texts() == [
+            shown_probability(v) for v in j['classifiers'].values()]
         assert 'MONOCHROME' in page.inner_text('#header')
         assert page.get_attribute('#json', 'download') == f"{unseen[1].stem}.json"
         SHOTS.mkdir(exist_ok=True)

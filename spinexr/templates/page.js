@@ -1,6 +1,13 @@
 
 const $ = s => document.querySelector(s);
 const num = (x, d) => Number(x).toFixed(d);
+const prob = p => p > 0.999 ? '> 0.999' : p < 0.001 ? '< 0.001' : num(p, 3);   // never "1" for 0.9999987
+const {kind, minScore} = document.querySelector('main').dataset;
+function decision(abnormal) {          // a phantom or rehearsal model's call is not worded as a finding
+  if (kind === 'release') return abnormal ? 'ABNORMAL' : 'NORMAL';
+  return `${abnormal ? 'Above' : 'Below'} the threshold (a ${kind} model: not a finding)`;
+}
+const boxRow = b => [b.label, prob(b.score), b.xmin, b.ymin, b.xmax, b.ymax];
 function cell(v, n) {
   const td = document.createElement('td'); td.textContent = v; if (n) td.className = 'n'; return td;
 }
@@ -20,12 +27,16 @@ function header(j) {
 function show(j) {
   $('#overlay').src = j.overlay;
   const call = j.abnormal ? 'abnormal' : 'normal';
-  $('#decision').textContent = call.toUpperCase(); $('#decision').className = call;
-  $('#score').textContent = `p(abnormal) ${num(j.p_abnormal, 3)} against the threshold ${num(j.threshold, 3)}`;
+  $('#decision').textContent = decision(j.abnormal); $('#decision').className = kind === 'release' ? call : 'model';
+  $('#kindnote').hidden = kind === 'release';
+  $('#score').textContent = `calibrated p(abnormal) ${prob(j.p_abnormal)} against the threshold ${num(j.threshold, 3)}`;
   $('#pbar').style.width = `${100 * j.p_abnormal}%`; $('#tmark').style.left = `${100 * j.threshold}%`;
-  fill('#classifiers', Object.entries(j.classifiers).map(([k, v]) => [k, Number(num(v, 3))]));
-  fill('#boxes', j.boxes.map(b => [b.lesion_type, Number(num(b.score, 3)), b.xmin, b.ymin, b.xmax, b.ymax]));
-  $('#noboxes').hidden = j.boxes.length > 0;
+  fill('#classifiers', Object.entries(j.classifiers).map(([k, v]) => [k, prob(v)]));
+  const shown = j.boxes.filter(b => b.score >= Number(minScore)), low = j.boxes.filter(b => b.score < Number(minScore));
+  fill('#boxes', shown.map(boxRow)); fill('#lowboxes', low.map(boxRow));
+  $('#noboxes').hidden = shown.length > 0; $('#low').hidden = low.length === 0; $('#low').open = false;
+  $('#lowsummary').textContent = `${low.length} box${low.length === 1 ? '' : 'es'} scoring under ${minScore}: ` +
+    'likely not lesions (show)';
   fill('#header', header(j));
   $('#warnings').replaceChildren(...j.warnings.map(w => { const li = document.createElement('li');
     li.textContent = w; return li; }));
