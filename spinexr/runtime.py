@@ -158,14 +158,14 @@ def detector_difference(ref, got, imgsz: int, margin: float = 1e-3) -> float:
      "row scoring more than `margin` above the last one selected matched to its nearest row of the other output.")
     a, b = np.asarray(ref, np.float64), np.asarray(got, np.float64)
     if a.shape != b.shape: return float('inf')
-    if a.ndim != 3 or a.shape[1] > a.shape[2]: return _largest_difference(a, b, imgsz)
+    if a.ndim != 3 or a.shape[1] < a.shape[2]: return _largest_difference(a, b, imgsz)   # fewer values than anchors
     worst = 0.0
     for x, y in zip(a, b):
         cut = max(_row_scores(x).min(), _row_scores(y).min()) + margin
         d = np.abs(x[:, None, :] - y[None, :, :]).max(-1)                # (rows of x, rows of y)
         for near, above in ((d.min(1), _row_scores(x) > cut), (d.min(0), _row_scores(y) > cut)):
             worst = max(worst, near[above].max(initial=0.0))
-    return worst / imgsz
+    return float(worst / imgsz)
 
 # %% ../nbs/38_runtime.ipynb #2efb6afc
 def export_classifier(model, size: int, dst, opset: int = ONNX_OPSET) -> dict:
