@@ -4,7 +4,8 @@
 
 # %% ../nbs/50_demo.ipynb #80be8119
 from __future__ import annotations
-import base64, html, io, resource, shlex, shutil, sys, time
+import base64, io, resource, shlex, shutil, sys, time
+from html import escape
 from itertools import combinations
 from dataclasses import asdict, dataclass
 from importlib.resources import files
@@ -602,7 +603,7 @@ def _img(fig, alt: str) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format='png', dpi=100, bbox_inches='tight')
     plt.close(fig)
-    return (f'<img alt="{html.escape(alt, quote=True)}" '
+    return (f'<img alt="{escape(alt, quote=True)}" '
             f'src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">')
 
 def _number(v: float) -> str: return f'{v:,.0f}' if abs(v) >= 100 else f'{v:.2f}'
