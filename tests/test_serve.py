@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import SHOTS, Visit, command, run_cli
 
+from spinexr.core import clinical_name
 from spinexr.dicom import read_dicom, to_uint8
 from spinexr.dicom_out import presentation_state_boxes, report_findings
 from spinexr.bundle import bundle_sha256, tiny_bundle
@@ -88,8 +89,10 @@ def test_answers_equal_spinexr_predicts(server, bundle, unseen, tmp_path):
         res = post(url, f.name, f.read_bytes())
         assert res.status_code == 200, res.text
         got = res.json()
-        assert {k: v for k, v in got.items() if k not in ('overlay', 'threshold', 'source')} == \
+        assert [b.pop('label') for b in got['boxes']] == [clinical_name(b['lesion_type']) for b in got['boxes']]
+        assert {k: v for k, v in got.items() if k not in ('overlay', 'threshold', 'source', 'min_score')} == \
                {k: v for k, v in ref[f.stem].items() if k != 'source'}
+        assert got['min_score'] == 0.25
         assert got['source'] == f.name and got['abnormal'] == (got['p_abnormal'] >= got['threshold'])
         png = np.frombuffer(base64.b64decode(got['overlay'].split(',', 1)[1]), np.uint8)
         assert np.array_equal(cv2.imdecode(png, cv2.IMREAD_COLOR),
