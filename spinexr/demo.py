@@ -471,19 +471,15 @@ PAPER_MAP50 = dict(without_fusion=33.15, with_fusion=33.56)   # Sparse R-CNN; Ng
 CLS_METRICS = dict(auroc='AUROC', sensitivity='Sensitivity', specificity='Specificity', f1='F1')
 
 # %% ../nbs/50_demo.ipynb #cc7851d0
-def _pct_ci(r: dict, k: str) -> str:
-    "Metric `k` of results `r` and its 95% interval (`interval_text`), in percent."
-    return interval_text(r, k)
-
 def classification_table(m: dict) -> pd.DataFrame:
     "Each classifier and the ensemble on test, in percent, with 95% CIs."
-    return pd.DataFrame([dict(model=name, **{v: _pct_ci(r, k) for k, v in CLS_METRICS.items()})
+    return pd.DataFrame([dict(model=name, **{v: interval_text(r, k) for k, v in CLS_METRICS.items()})
                          for name, r in [*m['classifiers'].items(), ('ensemble', m['ensemble'])]]).set_index('model')
 
 # %% ../nbs/50_demo.ipynb #bfa8d878
 def study_table(m: dict) -> pd.DataFrame:
     "The ensemble on test images and on test studies, in percent, with 95% CIs."
-    return pd.DataFrame([dict(level=name, n=r['n'], **{v: _pct_ci(r, k) for k, v in CLS_METRICS.items()})
+    return pd.DataFrame([dict(level=name, n=r['n'], **{v: interval_text(r, k) for k, v in CLS_METRICS.items()})
                          for name, r in [('images', m['ensemble']), ('studies', m['study'])]]).set_index('level')
 
 # %% ../nbs/50_demo.ipynb #a069bb64
