@@ -456,22 +456,32 @@ def _html_value(v) -> str:
     if isinstance(v, float): return f'{v:.4g}'
     return html.escape('n/a' if v is None else str(v))
 
+def _pct(v) -> str: return 'n/a' if v is None else f'{100 * v:.1f}'
+
 def _evaluation_view(ev):
-    "The recorded test evaluation with each figure and its interval as one line (`interval_text`, as fractions)."
+    "The recorded test evaluation with each figure and its interval as one line (`interval_text`, in percent)."
     if not isinstance(ev, dict): return ev
     c, d = ev.get('classification') or {}, ev.get('detection') or {}
-    view = {f"test {k.upper() if k == 'auroc' else k}": interval_text(c, k, 1, 3)
+    view = {f"test {k.upper() if k == 'auroc' else k} (%)": interval_text(c, k)
             for k in ('auroc', 'sensitivity', 'specificity', 'f1') if k in c or k in (c.get('proportions') or {})}
     if d.get('map50') is not None:
         ci = (d.get('ci') or {}).get('map50')
-        view['test mAP50, with the fusion rule'] = f"{d['map50']:.3f}" + (f' ({ci[0]:.3f}-{ci[1]:.3f}, bootstrap)'
-                                                                           if ci else '')
+        view['test mAP50 (%), with the fusion rule'] = _pct(d['map50']) + (f' ({_pct(ci[0])}-{_pct(ci[1])}, '
+                                                                           'bootstrap)' if ci else '')
     return {**view, **{k: v for k, v in ev.items() if k not in ('classification', 'detection')}}
+
+def _validation_view(v):
+    "The validation figures with AUROC and mAP in percent, as the evaluation's."
+    if not isinstance(v, dict): return v
+    pct = lambda x: {a: _pct(y) for a, y in x.items()} if isinstance(x, dict) else _pct(x)
+    scaled = lambda k: 'auroc' in k or 'map' in k
+    return {(f'{k} (%)' if scaled(k) else k): pct(x) if scaled(k) else x for k, x in v.items()}
 
 def card_html(card: dict, level: int = 2) -> str:
     "The card as HTML sections, headings at `level`: every field once, in `CARD_SECTIONS`' order."
     out = []
     for title, keys in CARD_SECTIONS.items():
-        fields = {k: _evaluation_view(card[k]) if k == 'evaluation' else card[k] for k in keys if k in card}
+        views = dict(evaluation=_evaluation_view, validation=_validation_view)
+        fields = {k: views.get(k, lambda x: x)(card[k]) for k in keys if k in card}
         out.append(f'<section><h{level}>{title}</h{level}>{_html_value(fields)}</section>')
     return '\n'.join(out)

@@ -33,15 +33,16 @@ from .ensemble import (Ensemble, aligned, calibration_results, calibration_table
                               run_predictions, study_results)
 from .bundle import Bundle, bundle_sha256, card_html, make_bundle, package_versions, read_bundle
 from .inference import Predictor
-from .saliency import box_mass_ratio, heatmap_over, map_rank_correlation, randomised
+from .saliency import CAM_COLORMAP, box_mass_ratio, heatmap_over, map_rank_correlation, randomised
 
 # %% auto #0
 __all__ = ['RELEASE_IMAGES', 'PAPER_CLS', 'PAPER_AP50', 'PAPER_MAP50', 'CLS_METRICS', 'SEED_DET', 'REPORT_TEMPLATE', 'REPORT_CSS',
-           'SPLIT_COLUMNS', 'CLASS_COLUMNS', 'ALT', 'DemoConfig', 'check_release', 'check_weights', 'subset_release',
+           'SPLIT_COLUMNS', 'CLASS_COLUMNS', 'ALT', 'REPORT_STYLE', 'LESION_SPECIFIC_RATIO',
+           'RANDOMISED_MAX_CORRELATION', 'DemoConfig', 'check_release', 'check_weights', 'subset_release',
            'release_factor', 'choose_detector', 'test_results', 'compare_detectors', 'evaluate_demo',
            'evaluation_record', 'saliency_checks', 'weights_used', 'classification_table', 'study_table',
            'detection_table', 'detectors_table', 'paired_table', 'published_tables', 'seed_detector_table',
-           'render_report', 'write_report', 'run_demo', 'spinexr_demo']
+           'render_report', 'saliency_verdict', 'write_report', 'run_demo', 'spinexr_demo']
 
 # %% ../nbs/50_demo.ipynb #4b30f1d1
 @dataclass
@@ -592,7 +593,13 @@ ALT = {   # what each of the report's figures shows, for a reader who cannot see
           'the fusion rule',
     'examples': 'Test images in pairs: the ground-truth boxes on the left, the boxes predicted after the fusion '
                 'rule on the right',
-    'saliency': "The ensemble's Grad-CAM maps over the same test images, with their ground-truth boxes"}
+    'saliency': "The ensemble's Grad-CAM maps over the same test images, with their ground-truth boxes, in viridis "
+                "colours (dark purple low, yellow high) with a colour bar"}
+
+# The report's figures are drawn at 100 dpi and shown at their size (or within 10% of it, on a 1280 px screen):
+# 9-point legends and tick labels are 12.5 px there, never under 11 px.
+REPORT_STYLE = {'font.size': 10, 'axes.titlesize': 10, 'axes.labelsize': 10, 'legend.fontsize': 9,
+                'xtick.labelsize': 9, 'ytick.labelsize': 9}
 
 def _img(fig, alt: str) -> str:
     import matplotlib.pyplot as plt
@@ -621,7 +628,7 @@ def _report_inputs(out: Path) -> SimpleNamespace:
     ann['split'] = ann.image_id.map(labels.split).fillna(ann.split)
     gt = PrepTree(out/'prep').ground_truth('test')
     examples = gt[gt.lesion_type != NO_FINDING].groupby('lesion_type').image_id.first().drop_duplicates().head(4)
-    return SimpleNamespace(m=m, cfg=cfg, test=test, ens=ens, fus=fus, ann=ann, examples=examples.tolist())
+    return SimpleNamespace(m=m, cfg=cfg, test=test, ens=ens, fus=fus, ann=ann, examples=examples.tolist(), out=out)
 
 # %% ../nbs/50_demo.ipynb #600e4863
 def _run_section(out: Path, r) -> dict:
@@ -671,7 +678,7 @@ def _reliability(test: dict, ens):
     _, y, P = aligned({n: test[n] for n in ens.names})
     fig, ax = plt.subplots(figsize=(4.8, 4.5))
     reliability_figure(y, {'before': ens.raw(P), f'after ({ens.calibration})': ens(P)}, ax)
-    ax.set_title('test reliability diagram', fontsize=9)
+    ax.set_title('test reliability diagram')
     fig.tight_layout()
     return fig
 
@@ -701,7 +708,7 @@ def _pr_pair(fus):
     pr_figure({**fus['detection_fused'], 'pr': fus['pr_fused']}, b, title='detector + fusion rule', legend=False)
     b.set_ylabel('')
     for ax in (a, b):     # the legend under each panel, clear of its axis label
-        ax.legend(loc='upper center', bbox_to_anchor=(0.5, -0.16), fontsize=8, frameon=False)
+        ax.legend(loc='upper center', bbox_to_anchor=(0.5, -0.16), frameon=False)
     fig.tight_layout()
     return fig
 
@@ -733,46 +740,109 @@ def _final(fus) -> dict:
     return t if t and t['choice']['flip'] else fus
 
 def _saliency_figure(out, ids: list):
-    "The ensemble's Grad-CAM map over each of the example test images, with their ground-truth boxes."
+    "The ensemble's Grad-CAM map over each of the example test images, with their ground-truth boxes and a colour bar."
     import cv2, matplotlib.pyplot as plt
+    from matplotlib.cm import ScalarMappable
     tree = PrepTree(Path(out)/'prep')
     gt = tree.to_stored(tree.ground_truth('test'))
     imgs = [cv2.imread(str(tree.png(i)), cv2.IMREAD_GRAYSCALE) for i in ids]
     maps = Predictor(Path(out)/'model', 'torch').saliency(imgs)
-    fig, axs = plt.subplots(1, len(ids), figsize=(2.8 * len(ids), 3.4), squeeze=False)
+    fig, axs = plt.subplots(1, len(ids), figsize=(2.4 * len(ids) + 1.2, 3.6), squeeze=False, layout='constrained')
     for ax, i, im, m in zip(axs[0], ids, imgs, maps):
         ax.imshow(heatmap_over(im, m)[..., ::-1])
         for b in gt[(gt.image_id == i) & (gt.lesion_type != NO_FINDING)].itertuples():
             ax.add_patch(plt.Rectangle((b.xmin, b.ymin), b.xmax - b.xmin, b.ymax - b.ymin, fill=False, ec='white',
                                        lw=1))
-        ax.set_axis_off()
-    fig.tight_layout()
+        ax.set_title(i[:6]); ax.set_axis_off()
+    fig.colorbar(ScalarMappable(cmap=CAM_COLORMAP), ax=list(axs[0]), shrink=0.85,
+                 label="Grad-CAM, relative (the image's peak = 1)")
     return fig
 
+# %% ../nbs/50_demo.ipynb #cc995e4d
+LESION_SPECIFIC_RATIO, RANDOMISED_MAX_CORRELATION = 1.5, 0.5
+
+def saliency_verdict(sal: dict) -> str:
+    "What the saliency checks (`saliency_checks`' record) mean, in words for a reader of the report."
+    ratio = (sal.get('box_mass_ratio') or {}).get('mean')
+    corr = (sal.get('randomised_rank_correlation') or {}).get('mean')
+    if ratio is None: return 'With every map flat, there is nothing to read in them.'
+    specific, learnt = ratio >= LESION_SPECIFIC_RATIO, corr is None or corr < RANDOMISED_MAX_CORRELATION
+    if specific and learnt:
+        return ('The maps favour the lesions and depend on what the networks learnt: they pass both checks, which '
+                'makes them a plausible pointer to what raised the score, not an explanation of it.')
+    why = [*([] if specific else [f'they put about as much weight on the lesions as their area would by chance '
+                                  f'(under {LESION_SPECIFIC_RATIO:g}x)']),
+           *([] if learnt else [f"they change little when the networks' learning is erased (correlation "
+                                f"{RANDOMISED_MAX_CORRELATION:g} or more)"])]
+    what = 'not lesion-specific' if not specific else 'not to be trusted'
+    return f"So these maps are {what}: {' and '.join(why)}. Do not read them as showing where a lesion is."
+
 # %% ../nbs/50_demo.ipynb #bfb9b3e5
+def _example_titles(fig, ids: list, r, min_score: float = 0.25):
+    "Title each pair of `show_predictions`' panels with the truth and the prediction, in words."
+    gt = PrepTree(r.out/'prep').ground_truth('test')
+    p = ensemble_predictions(r.test, r.ens).set_index('image_id').prob
+    boxes = _final(r.fus)['boxes_fused']
+    for k, i in enumerate(ids):
+        n = int(((gt.image_id == i) & (gt.lesion_type != NO_FINDING)).sum())
+        shown = int(((boxes.image_id == i) & (boxes.score >= min_score)).sum())
+        call = 'abnormal' if p[i] >= r.ens.threshold else 'normal'
+        fig.axes[2 * k].set_title(f"{i[:6]} truth: {'abnormal' if n else 'normal'}, {n} box{'es' * (n != 1)}")
+        fig.axes[2 * k + 1].set_title(f"predicted: p {p[i]:.2f}, {call}, {shown} box{'es' * (shown != 1)}")
+    return fig
+
 def _examples_section(out: Path, r) -> dict:
-    "'Examples': ground truth and predictions on the example images, and where the classifiers looked."
+    "'Examples': ground truth and predictions on the example images, titled in words, and where the networks looked."
     ids = r.examples
-    return dict(examples=_img(show_predictions(out/'prep', _final(r.fus)['boxes_fused'], ids, min_score=0.25,
-                                               ncols=4), ALT['examples']) if ids else '',
+    fig = lambda: _example_titles(show_predictions(out/'prep', _final(r.fus)['boxes_fused'], ids, min_score=0.25,
+                                                   ncols=4), ids, r)
+    return dict(examples=_img(fig(), ALT['examples']) if ids else '',
                 saliency=_img(_saliency_figure(out, ids), ALT['saliency'])
                          if ids and r.m.get('saliency', {}).get('n_images') else '',
-                sal=r.m.get('saliency', {}))
+                sal=r.m.get('saliency', {}), sal_verdict=saliency_verdict(r.m.get('saliency', {})))
+
+# %% ../nbs/50_demo.ipynb #80748c6c
+def _headline(m: dict) -> list:
+    "(what, value, 95% interval) of the figures the summary opens with, in percent: the ensemble's and the boxes'."
+    e, d = m['ensemble'], m['detection']
+    det = d['tta']['with_fusion'] if d.get('tta') and d['tta']['on'] else d['with_fusion']
+    rows = [(f'abnormal image: {name}' if k == 'auroc' else name, *interval_parts(e, k)) for k, name in
+            (('auroc', 'AUROC'), ('sensitivity', 'sensitivity'), ('specificity', 'specificity'))]
+    ci = (det.get('ci') or {}).get('map50')
+    rows.append(('lesion boxes: mAP@0.5 (the bundle\'s)', '' if det['map50'] is None else f"{100 * det['map50']:.1f}",
+                 f'{100 * ci[0]:.1f}-{100 * ci[1]:.1f}, bootstrap' if ci else 'n/a', False))
+    return [(what, v + (' †' if small else ''), ci) for what, v, ci, small in rows]
+
+def _summary_section(out: Path, r) -> dict:
+    "The first screen: headline test figures with their intervals, the data, what was trained, the caveats."
+    m, t, b = r.m, read_bundle(out/'model')['trained_on'], Bundle(out/'model')
+    split = ', '.join(f'{n:,} {k}' for k, n in (t.get('images') or {}).items())
+    detector = detector_family(b.detector_config().model)[0].title
+    trained = (f"{len(r.ens.names)} classifiers ({', '.join(r.ens.names)}; their calibrated {r.ens.how} average "
+               f"decides, at threshold {r.ens.threshold:.3f}) and a {detector} detector")
+    headline = _headline(m)
+    caveats = [*(['† marks a figure from fewer than 10 cases: a rough indication only.']
+                 if any(v.endswith('†') for _, v, _ in headline) else []),
+               saliency_verdict(m.get('saliency', {})).replace('So these maps', 'The Grad-CAM maps'),
+               'A research tool, not a diagnostic device: no result here is a finding about a patient.']
+    return dict(headline=headline, summary_data=f"{m['data']}, {split} images" if split else m['data'],
+                summary_trained=trained, summary_caveats=caveats)
 
 # %% ../nbs/50_demo.ipynb #6204ef93
 def write_report(out) -> Path:
     "Write a demo folder's self-contained `report.html` from its files (metrics.json, demo.json, runs, prep, bundle)."
-    import matplotlib
+    import matplotlib, matplotlib.pyplot as plt
     matplotlib.use('Agg')
     out = Path(out)
     r = _report_inputs(out)
     paper_cls, paper_det = published_tables()
+    with plt.rc_context(REPORT_STYLE):
+        sections = {**_summary_section(out, r), **_run_section(out, r), **_dataset_section(r.ann),
+                    **_classification_section(r), **_calibration_section(r), **_detection_section(r),
+                    **_examples_section(out, r), **_detectors_section(r)}
     return write_text(out/'report.html', render_report({
-        **_run_section(out, r), **_dataset_section(r.ann), **_classification_section(r), **_calibration_section(r),
-        **_detection_section(r), **_examples_section(out, r),
-        **_detectors_section(r),
-        'paper_cls': _table(paper_cls), 'paper_det': _table(paper_det), 'seed_det': _table(seed_detector_table()),
-        'card': card_html(Bundle(out/'model').card(), level=3)}))
+        **sections, 'paper_cls': _table(paper_cls), 'paper_det': _table(paper_det),
+        'seed_det': _table(seed_detector_table()), 'card': card_html(Bundle(out/'model').card(), level=3)}))
 
 # %% ../nbs/50_demo.ipynb #c52f6f7c
 def run_demo(out, data=None, cfg: DemoConfig | None = None, progress: bool = True, command: str | None = None) -> dict:

@@ -16,8 +16,9 @@ from .core import *
 __all__ = ['MAX_PIXELS', 'INFLATE_SLACK', 'MIN_SIDE', 'RADIOGRAPH_MODALITIES', 'SPINE_WORDS', 'PERCENTILES', 'DicomError',
            'TooManyPixels', 'DicomTooManyPixels', 'pixel_budget', 'check_budget', 'open_dicom', 'read_header',
            'radiograph_warnings', 'j2k_header', 'target_shape', 'choose_reduce', 'shape_problem', 'decode_stored',
-           'voi_record', 'display_values', 'to_display', 'resize_to', 'align_reduced', 'check_dicom', 'read_dicom',
-           'to_uint8', 'scale_boxes', 'to_stored_coords', 'to_original_coords']
+           'voi_record', 'modality_values', 'display_values', 'to_display', 'resize_to', 'align_reduced', 'check_dicom',
+           'read_dicom', 'to_uint8', 'packed', 'view_window', 'read_dicom_view', 'scale_boxes', 'to_stored_coords',
+           'to_original_coords']
 
 # %% ../nbs/03_dicom.ipynb #5eb60a55
 class DicomError(InputError):
@@ -611,13 +612,17 @@ def _percentile_window(m, weights) -> tuple:
     y = np.clip((m - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros(np.shape(m))
     return y, lo, hi
 
+# %% ../nbs/03_dicom.ipynb #7db5e22f
+def modality_values(x: np.ndarray, ds) -> np.ndarray:
+    "Stored values `x` through pydicom's Modality LUT or rescale; a DicomError says why it cannot be applied."
+    from pydicom.pixels import apply_modality_lut
+    try: _check_numbers(ds, 'modality'); return apply_modality_lut(x, ds)
+    except Exception as e: raise DicomError(f'cannot apply the Modality LUT ({type(e).__name__}: {e})', '') from None
+
 # %% ../nbs/03_dicom.ipynb #fce7b593
 def display_values(x: np.ndarray, ds, weights=None) -> tuple:
     "Stored values `x` through pydicom's Modality LUT and VOI, scaled to [0, 1]; returns (values, VOI used, notes)."
-    from pydicom.pixels import apply_modality_lut
-    notes = []
-    try: _check_numbers(ds, 'modality'); m = apply_modality_lut(x, ds)
-    except Exception as e: raise DicomError(f'cannot apply the Modality LUT ({type(e).__name__}: {e})', '') from None
+    notes, m = [], modality_values(x, ds)
     for kind in _voi_candidates(ds):
         try: return _apply_voi(m, ds, kind, notes), voi_record(ds, kind), notes
         except Exception as e:
@@ -695,6 +700,49 @@ def read_dicom(path, size: int | None = None, max_pixels=MAX_PIXELS) -> tuple:
 def to_uint8(img: np.ndarray) -> np.ndarray:
     "A [0, 1] float image as 8-bit grey levels (rounded)."
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+# %% ../nbs/03_dicom.ipynb #610d6f03
+def packed(m: np.ndarray) -> tuple:
+    "(uint16 values, offset, step) with `offset + step * values` ~ `m`: exact for integers spanning under 65536."
+    lo, hi = float(m.min()), float(m.max())
+    exact = hi - lo <= 65535 and np.array_equal(m, np.round(m))
+    step = 1.0 if exact or hi == lo else (hi - lo) / 65535
+    return np.round((m - lo) / step).astype(np.uint16), lo, step
+
+# %% ../nbs/03_dicom.ipynb #2cf3355f
+def view_window(voi: dict) -> tuple:
+    "(centre, width) of the VOI `read_dicom` used, in the units it applies to (a VOI LUT: its output scaled to [0, 1])."
+    if voi['kind'] == 'window': return voi['center'], voi['width']
+    if voi['kind'] == 'percentile': return (voi['lo'] + voi['hi']) / 2, voi['hi'] - voi['lo']
+    return 0.5, 1.0
+
+# %% ../nbs/03_dicom.ipynb #12db5a02
+def _viewer_values(stored: np.ndarray, ds, voi: dict) -> tuple:
+    "`packed` Modality LUT output (or the VOI LUT's, `voi` being one) of `stored`, through a table where it is small."
+    through = lambda x: _apply_voi(modality_values(x, ds), ds, 'lut', []) if voi['kind'] == 'lut' else \
+                        modality_values(x, ds)
+    lo, hi = int(stored.min()), int(stored.max())
+    if hi - lo > 1 << 20: return packed(through(stored))
+    base = min(lo, 0)
+    table, offset, step = packed(through(np.arange(base, hi + 1)))
+    return table[stored if base == 0 else stored.astype(np.int64) - base], offset, step
+
+# %% ../nbs/03_dicom.ipynb #5b4b84a6
+def read_dicom_view(path, max_pixels=MAX_PIXELS) -> tuple:
+    ("A DICOM at its full size: (its 8-bit image as `read_dicom` reads it, view) where view holds the `values` to "
+     "window (uint16), `offset` and `step` back to real values, the `center` and `width` `read_dicom` used (in "
+     "16-bit units), `invert` (MONOCHROME1) and the `window` in words.")
+    path = Path(path)
+    ds, info, _ = check_dicom(path, None, max_pixels)
+    with _quiet_uids():
+        stored, _ = decode_stored(ds, None, path, max_pixels)
+        try:
+            img, voi, _ = to_display(stored, ds, info['photometric'])
+            values, offset, step = _viewer_values(stored, ds, voi)
+        except DicomError as e: raise DicomError(e.reason, path) from None
+    c, w = view_window(voi)
+    return to_uint8(img), dict(values=values, offset=offset, step=step, center=(c - offset) / step, width=w / step,
+                               invert=info['photometric'] == 'MONOCHROME1', window=voi['text'])
 
 # %% ../nbs/03_dicom.ipynb #76b9cc29
 def _sizes(sizes) -> pd.DataFrame:

@@ -303,14 +303,14 @@ def ensemble_table(results: dict) -> pd.DataFrame:
 def ensemble_roc_figure(test: dict, results: dict, ens: Ensemble):
     "The test ROC curve of each model and of the ensemble, operating points at their validation thresholds."
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(9.5, 5.2))
+    fig, ax = plt.subplots(figsize=(7.5, 5.2))
     curves = {**{n: test[n] for n in ens.names}, 'ensemble': ensemble_predictions(test, ens)}
     for (n, df), marker in zip(curves.items(), 'os^D*'):   # a shape per model: operating points often coincide
         r = results[n]
         roc_figure(df.label, df.prob, r['threshold'], ax=ax, label=n, ci=r['ci']['auroc'], marker=marker)
-    ax.set_title('test ROC; operating points at thresholds chosen on validation', fontsize=9)
+    ax.set_title('test ROC; operating points at thresholds chosen on validation')
     # eight entries: beside the curves, not on them
-    ax.legend(loc='upper left', bbox_to_anchor=(1.03, 1), fontsize=8, frameon=False)
+    ax.legend(loc='upper left', bbox_to_anchor=(1.03, 1), frameon=False)
     fig.tight_layout()
     return fig
 

@@ -18,7 +18,7 @@ from fastcore.script import call_parse, Param
 from .core import *
 from .core import _pool as process_pool
 from .dicom import MAX_PIXELS, to_original_coords, to_stored_coords
-from .inputs import find_inputs, image_ids, read_input
+from .inputs import find_inputs, image_ids, read_input, read_view
 from .metrics import fusion_rule
 from .cache import square_image
 from .classify import ClsConfig, batch_probs
@@ -326,7 +326,8 @@ def _text_rows(out: np.ndarray, lines, y: int, font, fs, th, ground, ink, pad: i
 # %% ../nbs/40_inference.ipynb #f74dfe8e
 def draw_overlay(img: np.ndarray, boxes: pd.DataFrame, p_abnormal: float, threshold: float, min_score: float = 0.25,
                  caveats=()) -> np.ndarray:
-    "`img` (8-bit grey, or BGR) in colour: boxes (its pixels) coloured by class, the score on top, `caveats` on amber."
+    ("`img` (8-bit grey, or BGR) in colour with its boxes (its pixels) coloured and labelled by class, under a strip "
+     "that holds the score and the `caveats` (on amber): no text covers the image.")
     import cv2
     out = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR) if img.ndim == 2 else img.copy()
     s = max(img.shape) / 1024
@@ -335,21 +336,24 @@ def draw_overlay(img: np.ndarray, boxes: pd.DataFrame, p_abnormal: float, thresh
     call = 'ABNORMAL' if p_abnormal >= threshold else 'normal'
     label = f'p(abnormal) {p_abnormal:.3f}: {call} (threshold {threshold:.3f})'
     lines = _wrap(label, out.shape[1] - 8, font, fs, th)          # a narrow image gets the score on several lines
-    y = _text_rows(out, lines, 0, font, fs, th, (0, 0, 0), (255, 255, 255), pad=10, lift=6)
     fc, tc = fs * 0.8, max(1, th - 1)
     caveat_lines = [l for c in caveats for l in _wrap(f'CAVEAT: {c}', out.shape[1] - 8, font, fc, tc)]
-    _text_rows(out, caveat_lines, y, font, fc, tc, (0, 191, 255), (0, 0, 0), pad=8, lift=5)
-    return out
+    line_h = sum(cv2.getTextSize('Ag', font, fs, th)[0]) + 12
+    strip = np.zeros((line_h * (len(lines) + len(caveat_lines)), out.shape[1], 3), np.uint8)
+    y = _text_rows(strip, lines, 0, font, fs, th, (0, 0, 0), (255, 255, 255), pad=10, lift=6)
+    y = _text_rows(strip, caveat_lines, y, font, fc, tc, (0, 191, 255), (0, 0, 0), pad=8, lift=5)
+    return np.vstack([strip[:y], out])
 
 # %% ../nbs/40_inference.ipynb #6e4c36d8
-def overlay_png(rec: dict, boxes: pd.DataFrame, threshold: float, min_score: float = 0.25, cam=None) -> bytes:
-    ("The overlay of a `Predictor` record as PNG bytes; `boxes` (in original pixels) are drawn at the image's size, "
-     "over the saliency map `cam` if given.")
+def overlay_png(rec: dict, boxes: pd.DataFrame, threshold: float, min_score: float = 0.25, cam=None,
+                image=None) -> bytes:
+    ("The overlay of a `Predictor` record as PNG bytes; `boxes` (in original pixels) are drawn on the record's image "
+     "(over the saliency map `cam` if given), or on `image`, the input at its original size (`read_view`).")
     import cv2
     (h, w), oh, ow = rec['image'].shape, rec['orig_height'], rec['orig_width']
     sizes = {rec['image_id']: dict(height=h, width=w, orig_height=oh, orig_width=ow)}
-    b = to_stored_coords(boxes, sizes) if len(boxes) else boxes
-    img = rec['image'] if cam is None else heatmap_over(rec['image'], cam)
+    b = to_stored_coords(boxes, sizes) if len(boxes) and image is None else boxes
+    img = image if image is not None else rec['image'] if cam is None else heatmap_over(rec['image'], cam)
     ok, buf = cv2.imencode('.png', draw_overlay(img, b, rec['p_abnormal'], threshold, min_score, rec['warnings']))
     if not ok: raise OSError('cannot encode the overlay as PNG')
     return buf.tobytes()

@@ -11,6 +11,7 @@ import numpy as np
 
 from .core import *
 from .dicom import (MAX_PIXELS, TooManyPixels, check_dicom, pixel_budget, radiograph_warnings, read_dicom,
+                           read_dicom_view,
                            resize_to, shape_problem, target_shape, to_uint8)
 from .prep import DICOM_SUFFIXES, find_dicoms
 
@@ -18,7 +19,7 @@ from .prep import DICOM_SUFFIXES, find_dicoms
 __all__ = ['NOT_AN_IMAGE', 'COLOUR_LEVELS', 'STRONG_LEVELS', 'COLOUR_SHARE', 'MARK_SHARE', 'MARK_WIDTH', 'LONG_SPAN',
            'BROAD_SHARE', 'STRAY_SHARE', 'LONG_SHARE', 'MIN_GREY_SPREAD', 'MIN_GREY_LEVELS', 'IMAGE_SUFFIXES',
            'input_kind', 'image_pixels', 'check_pixels', 'colour_measures', 'colour_screen', 'colour_problem',
-           'radiograph_problem', 'find_inputs', 'image_ids', 'dicom_facts', 'read_input']
+           'radiograph_problem', 'find_inputs', 'image_ids', 'dicom_facts', 'read_input', 'read_view']
 
 # %% ../nbs/08_inputs.ipynb #3df23baa
 _PNG = b'\x89PNG\r\n\x1a\n'
@@ -241,3 +242,15 @@ def read_input(path, size: int, max_pixels=MAX_PIXELS) -> tuple:
     h, w = target_shape(H, W, size)
     return _plausible(resize_to(img, (h, w)), path), dict(orig_height=H, orig_width=W, height=h, width=w,
                                                           kind='image', dicom=None, warnings=warnings)
+
+# %% ../nbs/08_inputs.ipynb #ecd1e09d
+def read_view(path, max_pixels=MAX_PIXELS) -> tuple:
+    "An input at its full size, for a viewer: (its 8-bit image, the view of `read_dicom_view`)."
+    path = Path(path)
+    kind = _kind(path)
+    if kind == 'dicom': return read_dicom_view(path, max_pixels)
+    if kind is None: raise InputError(NOT_AN_IMAGE, path)
+    check_pixels(path, max_pixels)
+    img, _ = _decode(path)
+    return img, dict(values=img.astype(np.uint16), offset=0.0, step=1.0, center=127.5, width=255.0, invert=False,
+                     window="the file's own grey levels")

@@ -207,16 +207,17 @@ def roc_figure(y, p, threshold: float | None = None, ax=None, label: str | None 
         _, ax = plt.subplots(figsize=(4.8, 4.8))
     fpr, tpr, _ = roc_curve(y, p)
     m = cls_metrics(y, p, 0.5 if threshold is None else threshold)
-    txt = f"AUROC {m['auroc']:.3f}" + (f' (95% CI {ci[0]:.3f}-{ci[1]:.3f})' if ci is not None else '')
+    txt = f"AUROC {100 * m['auroc']:.1f}%" + (f' (95% CI {100 * ci[0]:.1f}-{100 * ci[1]:.1f})' if ci is not None
+                                               else '')
     line, = ax.plot(fpr, tpr, lw=1.5, label=f'{label}: {txt}' if label else txt)
     if threshold is not None:
         ax.plot(1 - m['specificity'], m['sensitivity'], marker, ms=8, mfc='none', mew=1.5, color=line.get_color(),
                 clip_on=False, zorder=5,
-                label=f"p >= {threshold:.3g}: sens {m['sensitivity']:.3f}, spec {m['specificity']:.3f}")
+                label=f"p >= {threshold:.3g}: sens {100 * m['sensitivity']:.1f}%, spec {100 * m['specificity']:.1f}%")
     ax.plot([0, 1], [0, 1], ':', color='grey', lw=0.8)
     ax.set(xlim=(0, 1), ylim=(0, 1.01), aspect='equal', xlabel='1 - specificity (false-positive rate)',
            ylabel='sensitivity (true-positive rate)')
-    ax.legend(loc='lower right', fontsize=7)
+    ax.legend(loc='lower right')
     return ax
 
 # %% ../nbs/05_metrics.ipynb #1899d6e4
@@ -255,7 +256,7 @@ def reliability_figure(y, probs: dict, ax=None, bins: int = CAL_BINS):
         frac, mean_p = calibration_curve(y, p, n_bins=bins)
         ax.plot(mean_p, frac, marker=marker, ms=4, label=f"{name} (ECE {calibration_errors(y, p, bins)['ece']:.3f})")
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel='mean predicted p in the bin', ylabel='share abnormal in the bin')
-    ax.set_aspect('equal'); ax.legend(fontsize=8, loc='upper left')
+    ax.set_aspect('equal'); ax.legend(loc='upper left')
     return ax
 
 # %% ../nbs/05_metrics.ipynb #7f88d1fc
@@ -493,15 +494,16 @@ def pr_figure(res: dict, ax=None, title: str | None = None, legend: bool = True)
         zero = res['ap50'][c] == 0          # a curve on the x-axis: drawn thick and dashed, and said so in the legend
         ax.plot(res['pr'].index, res['pr'][c], color=CLASS_COLORS[c], lw=3 if zero else 1.4, ls='--' if zero else '-',
                 clip_on=False,
-                label=f"{c} (n={res['n_gt'][c]}): AP {res['ap50'][c]:.3f}" + (' (on the x-axis)' if zero else ''))
+                label=f"{c} (n={res['n_gt'][c]}): AP {100 * res['ap50'][c]:.1f}%"
+                      + (' (on the x-axis)' if zero else ''))
     absent = [c for c in DET_CLASSES if res['ap50'][c] is None]
     if absent: ax.plot([], [], ' ', label='absent: ' + ', '.join(absent))
     ax.set(xlim=(0, 1), ylim=(-0.02, 1.02), xlabel='recall', ylabel='precision (interpolated)',
-           title=title or (f"AP@0.5 per class; mAP {res['map50']:.3f}" if res['map50'] is not None
+           title=title or (f"AP@0.5 per class; mAP {100 * res['map50']:.1f}%" if res['map50'] is not None
                            else 'AP@0.5 per class'))
     if legend:
         # beside the plot: the axis labels stay clear
-        ax.legend(loc='upper left', bbox_to_anchor=(1.02, 1), fontsize=7, frameon=False)
+        ax.legend(loc='upper left', bbox_to_anchor=(1.02, 1), frameon=False)
     return ax
 
 # %% ../nbs/05_metrics.ipynb #97828124

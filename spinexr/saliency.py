@@ -12,8 +12,8 @@ from .core import *
 from .families import *
 
 # %% auto #0
-__all__ = ['cam_layer', 'grad_cams', 'content_box', 'unpadded', 'ensemble_cam', 'heatmap_over', 'box_mass_ratio', 'randomised',
-           'map_rank_correlation']
+__all__ = ['CAM_COLORMAP', 'cam_layer', 'grad_cams', 'content_box', 'unpadded', 'ensemble_cam', 'heatmap_over', 'box_mass_ratio',
+           'randomised', 'map_rank_correlation']
 
 # %% ../nbs/15_saliency.ipynb #b28625fc
 def cam_layer(model, arch: str):
@@ -53,10 +53,13 @@ def ensemble_cam(maps, weights) -> np.ndarray:
     return ((m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)).astype(np.float32)
 
 # %% ../nbs/15_saliency.ipynb #5a07a76f
+CAM_COLORMAP = 'viridis'    # matplotlib's name; OpenCV's COLORMAP_VIRIDIS is the same map
+
 def heatmap_over(img: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    "An 8-bit grey image with a [0, 1] map of its size laid over it in JET colours, as a BGR image."
+    "An 8-bit grey image with a [0, 1] map of its size laid over it in `CAM_COLORMAP` colours, as a BGR image."
     import cv2
-    heat = cv2.applyColorMap((np.clip(cam, 0, 1) * 255 + 0.5).astype(np.uint8), cv2.COLORMAP_JET)
+    heat = cv2.applyColorMap((np.clip(cam, 0, 1) * 255 + 0.5).astype(np.uint8),
+                             getattr(cv2, f'COLORMAP_{CAM_COLORMAP.upper()}'))
     return cv2.addWeighted(cv2.cvtColor(img, cv2.COLOR_GRAY2BGR), 1 - alpha, heat, alpha, 0)
 
 # %% ../nbs/15_saliency.ipynb #9e09bb27

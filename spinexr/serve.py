@@ -4,7 +4,8 @@
 
 # %% ../nbs/45_serve.ipynb #c3fbfe45
 from __future__ import annotations
-import asyncio, base64, hashlib, html, importlib.resources, json, os, re, shutil, socket, stat, sys, tempfile, time
+import asyncio, base64, hashlib, html, importlib.resources, json, os, re, shutil, socket, stat, sys, tempfile, threading
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -20,22 +21,23 @@ from starlette.exceptions import HTTPException
 from .core import *
 from .dicom import MAX_PIXELS, TooManyPixels, pixel_budget
 from .families import detector_family
-from .inputs import NOT_AN_IMAGE, check_pixels, image_ids, input_kind
+from .inputs import NOT_AN_IMAGE, check_pixels, image_ids, input_kind, read_view
 from .bundle import BUNDLE_PACKAGES, RESEARCH_NOTE, RUNTIMES, Bundle, card_html, model_kind, package_versions
 from .runtime import resolve_device
 from .inference import Predictor, dicom_source_problem, image_record, overlay_png
 from .dicom_out import result_bytes
 
 # %% auto #0
-__all__ = ['HEAD_BYTES', 'SUFFIX_OF_KIND', 'DOCS_CSP', 'SERVE_PACKAGES', 'SECURITY_HEADERS', 'ANSWER_KINDS', 'NO_FILE',
-           'MAX_FIELDS', 'MAX_FIELD_BYTES', 'CARD_FORMATS', 'UPLOAD_BODY', 'PREDICT_REFUSALS', 'ServeConfig',
-           'upload_suffix', 'upload_id', 'process_marker', 'upload_parent', 'remove_stale_uploads', 'Uploads',
-           'QueueFull', 'ModelsDown', 'ModelQueue', 'template_text', 'PageTemplate', 'csp_hash', 'csp_for', 'page_html',
-           'model_card', 'bundle_facts', 'Refused', 'answer_refusals', 'ReceiveGuard', 'InFlightLimit', 'is_loopback',
-           'loopback_host', 'HostCheck', 'SecurityHeaders', 'answer_kind', 'Answered', 'guarded', 'HeaderDeadline',
-           'header_deadline', 'header_problem', 'store_upload', 'result_unless_gone', 'Service', 'refusal',
-           'fastapi_app', 'add_error_handlers', 'add_page_route', 'queue_facts', 'add_health_route', 'card_page',
-           'add_model_route', 'answer_upload', 'add_predict_route', 'create_app', 'check_port', 'spinexr_serve']
+__all__ = ['HEAD_BYTES', 'SUFFIX_OF_KIND', 'CLASS_DASHES', 'DOCS_CSP', 'SERVE_PACKAGES', 'SECURITY_HEADERS', 'ANSWER_KINDS',
+           'FULL_SIZE_READS', 'NO_FILE', 'MAX_FIELDS', 'MAX_FIELD_BYTES', 'CARD_FORMATS', 'UPLOAD_BODY',
+           'PREDICT_REFUSALS', 'ServeConfig', 'upload_suffix', 'upload_id', 'process_marker', 'upload_parent',
+           'remove_stale_uploads', 'Uploads', 'QueueFull', 'ModelsDown', 'ModelQueue', 'template_text', 'PageTemplate',
+           'class_styles', 'csp_hash', 'csp_for', 'page_html', 'model_card', 'bundle_facts', 'Refused',
+           'answer_refusals', 'ReceiveGuard', 'InFlightLimit', 'is_loopback', 'loopback_host', 'HostCheck',
+           'SecurityHeaders', 'answer_kind', 'Answered', 'guarded', 'HeaderDeadline', 'header_deadline', 'png_url',
+           'view_json', 'header_problem', 'store_upload', 'result_unless_gone', 'Service', 'refusal', 'fastapi_app',
+           'add_error_handlers', 'add_page_route', 'queue_facts', 'add_health_route', 'card_page', 'add_model_route',
+           'answer_upload', 'add_predict_route', 'create_app', 'check_port', 'spinexr_serve']
 
 # %% ../nbs/45_serve.ipynb #09ace92e
 @dataclass
@@ -337,6 +339,13 @@ class PageTemplate:
     style: str
     script: str
 
+# %% ../nbs/45_serve.ipynb #32a24ca6
+CLASS_DASHES = dict(zip(DET_CLASSES, ([], [12, 4], [5, 4], [2, 3], [12, 3, 2, 3], [16, 3, 3, 3, 3, 3], [2, 2, 7, 2])))
+
+def class_styles() -> list:
+    "Each lesion class as the viewer draws it: its name in the data, its clinical label, its colour and line dash."
+    return [dict(name=c, label=clinical_name(c), color=CLASS_COLORS[c], dash=CLASS_DASHES[c]) for c in DET_CLASSES]
+
 # %% ../nbs/45_serve.ipynb #820832ec
 @patch(cls_method=True)
 def read(cls: PageTemplate) -> PageTemplate:
@@ -348,9 +357,10 @@ def read(cls: PageTemplate) -> PageTemplate:
 def fill(self: PageTemplate, model: str, note: str, caveats: str = '', min_score: float = 0.25,
          kind: str = 'release') -> str:
     ("The page: its style and script inline, the model's line, the note and the caveats (HTML, escaped) filled in; "
-     "`kind` (`model_kind`) words its call.")
+     "`kind` (`model_kind`) words its call; the viewer's class styles (`class_styles`).")
+    classes = html.escape(json.dumps(class_styles()))
     return Template(self.html).substitute(style=self.style, script=self.script, model=model, note=note,
-                                          caveats=caveats, min_score=min_score, kind=kind)
+                                          caveats=caveats, min_score=min_score, kind=kind, classes=classes)
 
 # %% ../nbs/45_serve.ipynb #fb6f1b6f
 def csp_hash(text: str) -> str:
@@ -619,20 +629,49 @@ def _dicom_answer(rec: dict, boxes, algo) -> tuple:
         return None, _scrubbed(f'no DICOM presentation state or SR: {why}', Path(rec['source']))
     return {k: base64.b64encode(v).decode() for k, v in objects.items()}, None
 
+# %% ../nbs/45_serve.ipynb #3326b321
+def png_url(png) -> str:
+    "PNG bytes as a data URL."
+    return 'data:image/png;base64,' + base64.b64encode(bytes(png)).decode()
+
+def view_json(view: dict) -> dict:
+    ("The viewer's image as JSON: its 16-bit values in an RGB PNG data URL (high byte red, low byte green), its size, "
+     "and `read_view`'s window (`center`, `width`), `offset`, `step` and `invert`.")
+    import cv2, numpy as np
+    v = view['values']
+    ok, buf = cv2.imencode('.png', np.dstack([np.zeros(v.shape, np.uint8), (v & 255).astype(np.uint8),
+                                              (v >> 8).astype(np.uint8)]))      # OpenCV's order: blue, green, red
+    if not ok: raise OSError('cannot encode the viewer image as PNG')
+    return dict(png=png_url(buf), rows=int(v.shape[0]), columns=int(v.shape[1]),
+                **{k: view[k] if k == 'window' else bool(view[k]) if k == 'invert' else float(view[k])
+                   for k in ('center', 'width', 'offset', 'step', 'invert', 'window')})
+
+# %% ../nbs/45_serve.ipynb #6fa4e270
+FULL_SIZE_READS = threading.BoundedSemaphore(2)    # at most two uploads decoded whole at once: each may take a GB
+
+def _pictures(rec: dict, boxes, upload, threshold: float, min_score: float, max_pixels: int) -> dict:
+    "The `overlay` (original size) and the viewer's image (`view_json`) of an upload; or a warning saying why not."
+    try:
+        with FULL_SIZE_READS: full, view = read_view(upload, max_pixels)
+    except Exception as e:
+        why = e.reason if isinstance(e, InputError) else f'{type(e).__name__}: {e}'
+        return dict(overlay=png_url(overlay_png(rec, boxes, threshold, min_score)),
+                    warnings=[*rec['warnings'], _scrubbed(f'no full-size view: {why}', Path(upload))])
+    return dict(overlay=png_url(overlay_png(rec, boxes, threshold, min_score, image=full)), view=view_json(view))
+
 # %% ../nbs/45_serve.ipynb #3374ac2a
 def _answer(rec: dict, boxes, filename: str, client_id: str, threshold: float, min_score: float,
-            with_overlay: bool, algo=None) -> dict:
+            with_overlay: bool, algo=None, max_pixels: int = MAX_PIXELS) -> dict:
     ("The JSON of one upload: its `image_record` under the client's id and name, the threshold, the score from "
-     "which boxes are shown, each box's clinical `label`, the overlay, and (given `algo`) its DICOM presentation "
-     "state and SR, or a warning saying why there are none.")
+     "which boxes are shown, each box's clinical `label`, the overlay and the viewer's image (`with_overlay`), and "
+     "(given `algo`) its DICOM presentation state and SR, or a warning saying why there are none.")
     dicom, why = _dicom_answer(rec, boxes, algo) if algo else (None, None)   # from the upload, before it is renamed
+    upload = rec['source']
     rec = {**rec, 'image_id': client_id, 'source': filename}
     boxes = boxes.assign(image_id=client_id)
     out = {**image_record(rec, boxes), 'threshold': threshold, 'min_score': min_score}
     out['boxes'] = [{**b, 'label': clinical_name(b['lesion_type'])} for b in out['boxes']]   # for people to read
-    if with_overlay:
-        out['overlay'] = 'data:image/png;base64,' + base64.b64encode(overlay_png(rec, boxes, threshold,
-                                                                                  min_score)).decode()
+    if with_overlay: out.update(_pictures(rec, boxes, upload, threshold, min_score, max_pixels))
     if algo:
         out['dicom_results'] = dicom
         if why: out['warnings'] = [*out['warnings'], why]
@@ -843,7 +882,7 @@ async def answer_upload(request: Request, svc: Service, overlay: bool = True, al
             job = svc.models.submit(path)
         rec, boxes = await result_unless_gone(request, job, name)
         return await asyncio.to_thread(_answer, rec, boxes, name, upload_id(name), svc.predictor.ensemble.threshold,
-                                       svc.cfg.min_score, overlay, algo)
+                                       svc.cfg.min_score, overlay, algo, svc.cfg.max_pixels)
     except QueueFull as e: return refusal(503, f'busy: {e}; retry shortly', {'Retry-After': '2'})
     except ModelsDown as e: return refusal(503, str(e))
     finally:
@@ -858,10 +897,11 @@ def add_predict_route(app, svc: Service):
               openapi_extra=dict(requestBody=UPLOAD_BODY),
               responses={s: dict(description=d) for s, d in PREDICT_REFUSALS.items()})
     async def predict(request: Request,
-                      overlay: bool = Query(True, description='include the overlay as a PNG data URL'),
+                      overlay: bool = Query(True, description="include the overlay (at the image's size) and the "
+                                                             "viewer's 16-bit image, as PNG data URLs"),
                       dicom: bool = Query(False, description="include the DICOM presentation state and SR "
                                                              "(base64) of a DICOM upload")):
-        "The image's JSON as `spinexr_predict` writes it in predictions.json, with `threshold` and `overlay`."
+        "The image's JSON as `spinexr_predict` writes it in predictions.json, with `threshold`, `overlay` and `view`."
         return await answer_upload(request, svc, overlay, algo if dicom else None)
 
 # %% ../nbs/45_serve.ipynb #70c52e17

@@ -42,7 +42,7 @@ def test_demo_writes_metrics_report_and_bundle(demo):
     assert {'auroc', 'sensitivity', 'specificity', 'f1', 'ci'} <= set(st)
     html = (out/'report.html').read_text()
     assert html.count('data:image/png;base64,') >= 4 and 'src="http' not in html and '<link' not in html
-    assert '<h2>Published numbers</h2>' in html and 'Synthetic data.' in html
+    assert '<h2 id="published">Published numbers</h2>' in html and 'Synthetic data.' in html
     assert '95% bootstrap confidence intervals (1,000 resamples of the test' in html
     assert 'exact (Clopper-Pearson)' in html and 'the percentile bootstrap (' in html
     assert 'alt="figure"' not in html and 'alt="ROC curves of each classifier' in html      # each figure described
@@ -76,29 +76,40 @@ _LAYOUT = """() => {
           shrunk: [...document.images].map(i => i.naturalWidth / i.clientWidth),
           broken: [...document.images].filter(i => !i.naturalWidth).length,
           h2: [...document.querySelectorAll('h2')].map(h => h.textContent),
-          meta: document.querySelector('.meta').textContent};
+          meta: document.querySelector('.meta').textContent,
+          sideways: document.documentElement.scrollWidth > document.documentElement.clientWidth,
+          summaryBottom: document.querySelector('.summary').getBoundingClientRect().bottom,
+          card: document.querySelector('#card').parentElement.innerText};
 }"""
 
-def test_report_reads_in_chromium_at_1280_px(demo):
-    """The report as a reader sees it at 1280 px: no table runs past the column, no figure shrunk (its text is the size
-    it was drawn), nothing fetched."""
+def test_report_reads_in_chromium_at_1280_and_400_px(demo):
+    """The report as a reader sees it: at 1280 px its summary fills the first screen, no table runs past the column,
+    no figure is shrunk (its text is the size it was drawn), nothing is fetched; at 400 px nothing scrolls sideways.
+    The model card at its end gives the intended use and the test figures. Screenshots of the first screen at both."""
     require_system(CHROMIUM, 'chromium')
     from playwright.sync_api import sync_playwright
     out, _ = demo
+    SHOTS.mkdir(exist_ok=True)
+    facts = {}
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page, requests = b.new_context(viewport={'width': 1280, 'height': 900}).new_page(), []
-        page.on('request', lambda r: requests.append(r.url))
-        page.goto((out/'report.html').as_uri())
-        facts = page.evaluate(_LAYOUT)
-        SHOTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(SHOTS/'report.png'), full_page=True)
+        for width, height in ((1280, 900), (400, 860)):
+            page, requests = b.new_context(viewport={'width': width, 'height': height}).new_page(), []
+            page.on('request', lambda r: requests.append(r.url))
+            page.goto((out/'report.html').as_uri())
+            facts[width] = page.evaluate(_LAYOUT)
+            page.screenshot(path=str(SHOTS/f'report-first-screen-{width}.png'))
+            if width == 1280: page.screenshot(path=str(SHOTS/'report.png'), full_page=True)
+            assert all(u.startswith(('file:', 'data:')) for u in requests), requests
         b.close()
-    assert facts['wide'] == [] and facts['broken'] == 0 and len(facts['shrunk']) >= 4, facts
-    assert max(facts['shrunk']) <= 1.1, facts['shrunk']
-    assert all(u.startswith(('file:', 'data:')) for u in requests), requests
-    assert facts['h2'][-2:] == ['Published numbers', 'Model card']
-    assert 'model bundle SHA-256' in facts['meta'] and 'spinexr ' in facts['meta']
+    f = facts[1280]
+    assert f['wide'] == [] and f['broken'] == 0 and len(f['shrunk']) >= 4, f
+    assert max(f['shrunk']) <= 1.1, f['shrunk']
+    assert f['h2'][:2] == ['Summary', 'Contents'] and f['h2'][-2:] == ['Published numbers', 'Model card']
+    assert f['summaryBottom'] <= 900, f['summaryBottom']                  # the summary is the first screen
+    assert 'model bundle SHA-256' in f['meta'] and 'spinexr ' in f['meta']
+    assert 'Intended use' in f['card'] and 'not a diagnostic device' in f['card'] and 'test AUROC (%)' in f['card']
+    assert not facts[400]['sideways'] and not f['sideways']
 
 @pytest.fixture(scope='module')
 def unseen(phantom_release):

@@ -14,7 +14,7 @@ from spinexr.core import clinical_name
 from spinexr.dicom import read_dicom, to_uint8
 from spinexr.dicom_out import presentation_state_boxes, report_findings
 from spinexr.bundle import bundle_sha256, tiny_bundle
-from spinexr.inputs import NOT_AN_IMAGE
+from spinexr.inputs import NOT_AN_IMAGE, read_view
 
 @pytest.fixture(scope='module')
 def bundle(prepared):
@@ -77,8 +77,13 @@ def as_png(dicom: Path, path: Path) -> Path:
 
 # --- the answers ------------------------------------------------------------------------------------------
 
+def decoded_png(url: str) -> np.ndarray:
+    "A PNG data URL as OpenCV reads it (blue, green, red)."
+    return cv2.imdecode(np.frombuffer(base64.b64decode(url.split(',', 1)[1]), np.uint8), cv2.IMREAD_COLOR)
+
 def test_answers_equal_spinexr_predicts(server, bundle, unseen, tmp_path):
-    "Each upload's JSON is the record spinexr_predict writes for the same file, and its overlay the same picture."
+    ("Each upload's JSON is the record spinexr_predict writes for the same file; its overlay is at the file's size, "
+     "and its viewer image holds the file's own values.")
     url, _, tmp = server
     files = [*unseen[:3], as_png(unseen[3], tmp_path/'exported.png')]
     # --batch 1, as the server predicts one request at a time when idle: a batch's make-up moves the 7th digit
@@ -90,13 +95,18 @@ def test_answers_equal_spinexr_predicts(server, bundle, unseen, tmp_path):
         assert res.status_code == 200, res.text
         got = res.json()
         assert [b.pop('label') for b in got['boxes']] == [clinical_name(b['lesion_type']) for b in got['boxes']]
-        assert {k: v for k, v in got.items() if k not in ('overlay', 'threshold', 'source', 'min_score')} == \
+        assert {k: v for k, v in got.items() if k not in ('overlay', 'view', 'threshold', 'source', 'min_score')} == \
                {k: v for k, v in ref[f.stem].items() if k != 'source'}
         assert got['min_score'] == 0.25
         assert got['source'] == f.name and got['abnormal'] == (got['p_abnormal'] >= got['threshold'])
-        png = np.frombuffer(base64.b64decode(got['overlay'].split(',', 1)[1]), np.uint8)
-        assert np.array_equal(cv2.imdecode(png, cv2.IMREAD_COLOR),
-                              cv2.imread(str(tmp_path/'p'/'overlays'/f'{f.stem}.png'), cv2.IMREAD_COLOR))
+        # the overlay at the image's own size, its text in a strip above; the viewer's values exactly the file's
+        full, view = read_view(f)
+        ov = decoded_png(got['overlay'])
+        assert ov.shape[1] == got['orig_width'] and ov.shape[0] > got['orig_height'] == len(full)
+        assert np.abs(ov[-len(full):, :, 0].astype(int) - full).mean() < 2      # under the strip: the image itself
+        rgb = decoded_png(got['view']['png'])
+        assert np.array_equal(rgb[..., 2].astype(np.uint16) * 256 + rgb[..., 1], view['values'])
+        assert (got['view']['center'], got['view']['width']) == (view['center'], view['width'])
     assert ref['exported']['dicom'] is None and ref[unseen[0].stem]['dicom']['sop_uid'] == unseen[0].stem
     # ?dicom=true: the presentation state and SR of a DICOM upload, the objects spinexr_predict --dicom writes
     got = post(url, unseen[0].name, unseen[0].read_bytes(), params=dict(dicom='true', overlay='false')).json()
@@ -263,20 +273,35 @@ def shown_probability(p: float) -> str:
     "A probability as the page shows it: three decimals, '> 0.999' and '< 0.001' at the ends."
     return '> 0.999' if p > 0.999 else '< 0.001' if p < 0.001 else f'{p:.3f}'
 
+def no_sideways_scroll(page) -> bool:
+    return page.evaluate('document.documentElement.scrollWidth <= document.documentElement.clientWidth')
+
+def at_widths(page, name: str):
+    "Screenshots of `page` at 1280 and 400 px wide (screenshots/NAME-1280.png, -400.png), neither scrolling sideways."
+    SHOTS.mkdir(exist_ok=True)
+    for width in (400, 1280):
+        page.set_viewport_size(dict(width=width, height=900 if width > 400 else 860))
+        page.wait_for_timeout(200)                                        # the viewer redraws on resize
+        assert no_sideways_scroll(page), (name, width)
+        page.screenshot(path=str(SHOTS/f'{name}-{width}.png'))
+
+VIEWER_READY = "document.querySelector('#view').dataset.drawn !== undefined"
+
 def test_the_page_in_chromium(server, browser, unseen):
-    """A user opens the page, chooses a DICOM: the score, the decision and the box table appear; no request leaves
-    127.0.0.1; a screenshot is saved."""
+    """A user opens the page, chooses a DICOM: the viewer, the score, the decision and the box table appear; no
+    request leaves 127.0.0.1; screenshots at 1280 and 400 px before and after, neither scrolling sideways."""
     url, _, _ = server
     v = Visit(browser, f'{url}/')
     try:
         page = v.page
         assert 'not a diagnostic device' in page.inner_text('.note') and 'phantom' in page.inner_text('.caveat')
+        at_widths(page, 'page-before')
         with page.expect_response(lambda r: r.url.endswith('/predict')) as res:
             page.set_input_files('#file', str(unseen[1]))
         j = res.value.json()
         page.wait_for_selector('#result', state='visible', timeout=60_000)
-        page.wait_for_function("document.querySelector('#overlay').complete && "
-                               "document.querySelector('#overlay').naturalWidth > 0")
+        page.wait_for_function(VIEWER_READY, timeout=60_000)
+        at_widths(page, 'page-after')
         call = 'Above' if j['abnormal'] else 'Below'          # a phantom bundle's call is not worded as a finding
         assert page.inner_text('#decision') == f'{call} the threshold (a phantom model: not a finding)'
         assert f"calibrated p(abnormal) {shown_probability(j['p_abnormal'])}" in page.inner_text('#score')
@@ -290,13 +315,88 @@ def test_the_page_in_chromium(server, browser, unseen):
             shown_probability(v) for v in j['classifiers'].values()]
         assert 'MONOCHROME' in page.inner_text('#header')
         assert page.get_attribute('#json', 'download') == f"{unseen[1].stem}.json"
-        SHOTS.mkdir(exist_ok=True)
         page.screenshot(path=str(SHOTS/'serve.png'), full_page=True)
         assert v.errors == [] and v.failed == [] and v.foreign_hosts() == set(), (v.errors, v.failed, v.requests)
         # a refused file is explained on the page, not as a crash
         page.set_input_files('#file', files=[dict(name='notes.txt', mimeType='text/plain', buffer=b'hello')])
         page.wait_for_selector('#status.error')
         assert 'refused (415)' in page.inner_text('#status')
+    finally: v.close()
+
+def canvas_grey(page, x: int, y: int) -> int:
+    "The grey level the viewer's canvas shows at (x, y) of the canvas."
+    return page.evaluate(f"document.querySelector('#view').getContext('2d').getImageData({x}, {y}, 1, 1).data[0]")
+
+def test_the_viewer_in_chromium(bundle, browser, unseen, tmp_path):
+    """The viewer shows the file's own values, windowed as the model's reader did; it zooms about the pointer, pans,
+    sets window and level, and hides and shows each class's boxes."""
+    with serving(bundle, tmp_path/'tmp', '--min_score', 0) as (url, _):
+        answers = {f: post(url, f.name, f.read_bytes(), params=dict(overlay='false')).json() for f in unseen[:6]}
+        boxed = next(f for f, a in answers.items() if a['boxes'])         # the first with a box to show
+        v = Visit(browser, f'{url}/')
+        try:
+            page = v.page
+            with page.expect_response(lambda r: r.url.endswith('/predict')) as res:
+                page.set_input_files('#file', str(boxed))
+            j = res.value.json()
+            page.wait_for_function(VIEWER_READY, timeout=60_000)
+            V = lambda expr: page.evaluate(f'viewer.{expr}')
+            values = read_view(boxed)[1]['values']
+            assert (V('w'), V('h')) == (values.shape[1], values.shape[0])
+            assert V('vals.reduce((a, b) => a + b, 0)') == int(values.sum(dtype=np.int64))     # decoded exactly
+            assert V('vals.slice(0, 4096).join()') == ','.join(map(str, values.ravel()[:4096]))
+            drawn = lambda: int(page.get_attribute('#view', 'data-drawn'))
+            assert drawn() == len(j['boxes'])
+            kinds = [b['lesion_type'] for b in j['boxes']]
+            first = page.locator('#classlist input').first
+            hidden = kinds.count(first.get_attribute('data-lesion'))
+            first.uncheck(); assert drawn() == len(kinds) - hidden
+            first.check(); assert drawn() == len(kinds)
+            for box in page.locator('#classlist input').all(): box.uncheck()
+            assert drawn() == 0
+            # 1:1, then the canvas's centre pixel is the image's, through the model's window
+            page.click('#actual'); page.wait_for_timeout(100)
+            assert page.get_attribute('#view', 'data-zoom') == '1.0000'
+            cw, ch = V('off.width'), V('off.height')
+            x, y = page.evaluate("[Math.floor(document.querySelector('#view').width / 2), "
+                                 "Math.floor(document.querySelector('#view').height / 2)]")
+            ix, iy = int(np.floor(x + 0.5 - V('x'))), int(np.floor(y + 0.5 - V('y')))   # the pixel's centre
+            assert 0 <= ix < cw and 0 <= iy < ch
+            t = np.clip((float(values[iy, ix]) - (V('c0') - V('ww0') / 2)) / V('ww0'), 0, 1)
+            assert abs(canvas_grey(page, x, y) - 255 * (1 - t if V('invert') else t)) <= 1
+            # the wheel zooms about the pointer: the image point under it stays put
+            box = page.locator('#view').bounding_box()
+            px, py = box['x'] + 100, box['y'] + 120
+            under = lambda: ((100 - V('x')) / V('zoom'), (120 - V('y')) / V('zoom'))
+            before = under()
+            page.mouse.move(px, py); page.mouse.wheel(0, -300); page.wait_for_timeout(100)
+            assert float(page.get_attribute('#view', 'data-zoom')) > 2.5
+            assert np.allclose(under(), before, atol=1e-6)
+            page.click('#zoomout'); page.wait_for_timeout(100)
+            assert abs(V('zoom') - float(page.get_attribute('#view', 'data-zoom'))) < 1e-4
+            x0 = V('x'); page.mouse.move(px, py); page.mouse.down(); page.mouse.move(px + 50, py + 30)
+            page.mouse.up(); assert abs(V('x') - x0 - 50) < 1e-6                        # drag pans
+            ww = V('ww'); page.keyboard.down('Shift'); page.mouse.move(px, py); page.mouse.down()
+            page.mouse.move(px + 100, py); page.mouse.up(); page.keyboard.up('Shift'); page.wait_for_timeout(100)
+            assert abs(V('ww') / ww - np.exp(0.5)) < 1e-6 and 'set here' in page.inner_text('#readout')
+            page.focus('#view'); page.keyboard.press('r'); page.wait_for_timeout(100)
+            assert (V('ww'), V('c')) == (V('ww0'), V('c0')) and "the model's window" in page.inner_text('#readout')
+            for b in page.locator('#classlist input').all(): b.check()
+            page.click('#fit'); SHOTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(SHOTS/'viewer.png'))
+            assert v.errors == [] and v.failed == [], (v.errors, v.failed)
+        finally: v.close()
+
+def test_the_model_card_in_chromium(server, browser):
+    "The model card reads as a page: intended use first, no sideways scroll at 400 px; screenshots at both widths."
+    url, _, _ = server
+    v = Visit(browser, f'{url}/model')
+    try:
+        text = v.page.text_content('body')
+        assert text.index('Intended use') < text.index('Evaluation') and 'not a diagnostic device' in text
+        assert v.page.text_content('dd').strip()                         # fields filled in, not empty
+        at_widths(v.page, 'model-card')
+        assert v.errors == [] and v.foreign_hosts() == set()
     finally: v.close()
 
 def test_the_api_docs_render_offline_in_chromium(server, browser):
