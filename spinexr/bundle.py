@@ -477,11 +477,12 @@ def _validation_view(v):
     scaled = lambda k: 'auroc' in k or 'map' in k
     return {(f'{k} (%)' if scaled(k) else k): pct(x) if scaled(k) else x for k, x in v.items()}
 
+_CARD_VIEWS = dict(evaluation=_evaluation_view, validation=_validation_view)   # the fields shown in percent
+
 def card_html(card: dict, level: int = 2) -> str:
     "The card as HTML sections, headings at `level`: every field once, in `CARD_SECTIONS`' order."
     out = []
     for title, keys in CARD_SECTIONS.items():
-        views = dict(evaluation=_evaluation_view, validation=_validation_view)
-        fields = {k: views.get(k, lambda x: x)(card[k]) for k in keys if k in card}
+        fields = {k: _CARD_VIEWS.get(k, lambda x: x)(card[k]) for k in keys if k in card}
         out.append(f'<section><h{level}>{title}</h{level}>{_html_value(fields)}</section>')
     return '\n'.join(out)

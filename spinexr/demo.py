@@ -484,12 +484,17 @@ def study_table(m: dict) -> pd.DataFrame:
                          for name, r in [('images', m['ensemble']), ('studies', m['study'])]]).set_index('level')
 
 # %% ../nbs/50_demo.ipynb #a069bb64
-def _ap_text(r: dict, c: str | None = None) -> str:
-    "AP50 of class `c` (or the mAP) in detection results `r`, with its CI where there is one."
+def _ap_parts(r: dict, c: str | None = None) -> tuple:
+    "(AP50 of class `c`, or the mAP, in detection results `r`, in percent; its bootstrap CI, or None); 'absent'."
     v, ci = (r['map50'], (r.get('ci') or {}).get('map50')) if c is None else \
             (r['ap50'][c], ((r.get('ci') or {}).get('ap50') or {}).get(c))
-    if v is None: return 'absent'
-    return f'{100 * v:.2f}' + (f' ({100 * ci[0]:.1f}-{100 * ci[1]:.1f})' if ci else '')
+    if v is None: return 'absent', None
+    return f'{100 * v:.2f}', f'{100 * ci[0]:.1f}-{100 * ci[1]:.1f}' if ci else None
+
+def _ap_text(r: dict, c: str | None = None) -> str:
+    "AP50 of class `c` (or the mAP) in detection results `r`, with its CI where there is one."
+    v, ci = _ap_parts(r, c)
+    return v + (f' ({ci})' if ci else '')
 
 def detection_table(m: dict) -> pd.DataFrame:
     ("Test boxes and AP50 per class and mAP50 (official protocol), without and with the fusion rule, in percent, each "
@@ -761,7 +766,7 @@ def _saliency_figure(out, ids: list):
 # %% ../nbs/50_demo.ipynb #cc995e4d
 LESION_SPECIFIC_RATIO, RANDOMISED_MAX_CORRELATION = 1.5, 0.5
 
-def saliency_verdict(sal: dict) -> str:
+def saliency_verdict(sal: dict, maps: str = 'So these maps') -> str:
     "What the saliency checks (`saliency_checks`' record) mean, in words for a reader of the report."
     ratio = (sal.get('box_mass_ratio') or {}).get('mean')
     corr = (sal.get('randomised_rank_correlation') or {}).get('mean')
@@ -775,14 +780,13 @@ def saliency_verdict(sal: dict) -> str:
            *([] if learnt else [f"they change little when the networks' learning is erased (correlation "
                                 f"{RANDOMISED_MAX_CORRELATION:g} or more)"])]
     what = 'not lesion-specific' if not specific else 'not to be trusted'
-    return f"So these maps are {what}: {' and '.join(why)}. Do not read them as showing where a lesion is."
+    return f"{maps} are {what}: {' and '.join(why)}. Do not read them as showing where a lesion is."
 
 # %% ../nbs/50_demo.ipynb #bfb9b3e5
-def _example_titles(fig, ids: list, r, min_score: float = 0.25):
-    "Title each pair of `show_predictions`' panels with the truth and the prediction, in words."
+def _example_titles(fig, ids: list, r, boxes, min_score: float):
+    "Title each pair of `show_predictions`' panels (of `boxes`) with the truth and the prediction, in words."
     gt = PrepTree(r.out/'prep').ground_truth('test')
     p = ensemble_predictions(r.test, r.ens).set_index('image_id').prob
-    boxes = _final(r.fus)['boxes_fused']
     for k, i in enumerate(ids):
         n = int(((gt.image_id == i) & (gt.lesion_type != NO_FINDING)).sum())
         shown = int(((boxes.image_id == i) & (boxes.score >= min_score)).sum())
@@ -794,9 +798,10 @@ def _example_titles(fig, ids: list, r, min_score: float = 0.25):
 def _examples_section(out: Path, r) -> dict:
     "'Examples': ground truth and predictions on the example images, titled in words, and where the networks looked."
     ids = r.examples
-    fig = lambda: _example_titles(show_predictions(out/'prep', _final(r.fus)['boxes_fused'], ids, min_score=0.25,
-                                                   ncols=4), ids, r)
-    return dict(examples=_img(fig(), ALT['examples']) if ids else '',
+    boxes = _final(r.fus)['boxes_fused']
+    examples = _example_titles(show_predictions(out/'prep', boxes, ids, min_score=0.25, ncols=4), ids, r, boxes,
+                               0.25) if ids else None
+    return dict(examples=_img(examples, ALT['examples']) if ids else '',
                 saliency=_img(_saliency_figure(out, ids), ALT['saliency'])
                          if ids and r.m.get('saliency', {}).get('n_images') else '',
                 sal=r.m.get('saliency', {}), sal_verdict=saliency_verdict(r.m.get('saliency', {})))
@@ -808,9 +813,8 @@ def _headline(m: dict) -> list:
     det = d['tta']['with_fusion'] if d.get('tta') and d['tta']['on'] else d['with_fusion']
     rows = [(f'abnormal image: {name}' if k == 'auroc' else name, *interval_parts(e, k)) for k, name in
             (('auroc', 'AUROC'), ('sensitivity', 'sensitivity'), ('specificity', 'specificity'))]
-    ci = (det.get('ci') or {}).get('map50')
-    rows.append(('lesion boxes: mAP@0.5 (the bundle\'s)', '' if det['map50'] is None else f"{100 * det['map50']:.1f}",
-                 f'{100 * ci[0]:.1f}-{100 * ci[1]:.1f}, bootstrap' if ci else 'n/a', False))
+    v, ci = _ap_parts(det)
+    rows.append(("lesion boxes: mAP@0.5 (the bundle's)", v, f'{ci}, bootstrap' if ci else 'n/a', False))
     return [(what, v + (' †' if small else ''), ci) for what, v, ci, small in rows]
 
 def _summary_section(out: Path, r) -> dict:
@@ -823,7 +827,7 @@ def _summary_section(out: Path, r) -> dict:
     headline = _headline(m)
     caveats = [*(['† marks a figure from fewer than 10 cases: a rough indication only.']
                  if any(v.endswith('†') for _, v, _ in headline) else []),
-               saliency_verdict(m.get('saliency', {})).replace('So these maps', 'The Grad-CAM maps'),
+               saliency_verdict(m.get('saliency', {}), maps='The Grad-CAM maps'),
                'A research tool, not a diagnostic device: no result here is a finding about a patient.']
     return dict(headline=headline, summary_data=f"{m['data']}, {split} images" if split else m['data'],
                 summary_trained=trained, summary_caveats=caveats)

@@ -632,13 +632,19 @@ def display_values(x: np.ndarray, ds, weights=None) -> tuple:
     return y, voi_record(ds, 'percentile', lo, hi), notes
 
 # %% ../nbs/03_dicom.ipynb #7a6d1aae
+def _table_index(stored: np.ndarray) -> tuple | None:
+    ("(index of each pixel into a table of every value from `base` to `hi`, base, hi) when that table is small "
+     "(a span up to 2^20), else None: a per-value function is then applied to the table, not to every pixel.")
+    lo, hi = int(stored.min()), int(stored.max())
+    if hi - lo > 1 << 20: return None
+    base = min(lo, 0)                                      # unsigned images index the table directly
+    return (stored if base == 0 else stored.astype(np.int64) - base), base, hi
+
 def to_display(stored: np.ndarray, ds, photometric: str | None = None) -> tuple:
     "Stored values -> Modality LUT -> VOI -> [0, 1], MONOCHROME1 inverted; returns (float32 image, VOI used, notes)."
     photometric = photometric or str(ds.PhotometricInterpretation).upper()
-    lo, hi = int(stored.min()), int(stored.max())
-    if hi - lo <= 1 << 20:
-        base = min(lo, 0)                                  # unsigned images index the table directly
-        idx = stored if base == 0 else stored.astype(np.int64) - base
+    if (table := _table_index(stored)) is not None:
+        idx, base, hi = table
         weights = lambda: np.bincount(idx.ravel(), minlength=hi - base + 1)
         y, window, notes = display_values(np.arange(base, hi + 1), ds, weights)
         if photometric == 'MONOCHROME1': y = 1 - y
@@ -721,11 +727,10 @@ def _viewer_values(stored: np.ndarray, ds, voi: dict) -> tuple:
     "`packed` Modality LUT output (or the VOI LUT's, `voi` being one) of `stored`, through a table where it is small."
     through = lambda x: _apply_voi(modality_values(x, ds), ds, 'lut', []) if voi['kind'] == 'lut' else \
                         modality_values(x, ds)
-    lo, hi = int(stored.min()), int(stored.max())
-    if hi - lo > 1 << 20: return packed(through(stored))
-    base = min(lo, 0)
-    table, offset, step = packed(through(np.arange(base, hi + 1)))
-    return table[stored if base == 0 else stored.astype(np.int64) - base], offset, step
+    if (table := _table_index(stored)) is None: return packed(through(stored))
+    idx, base, hi = table
+    values, offset, step = packed(through(np.arange(base, hi + 1)))
+    return values[idx], offset, step
 
 # %% ../nbs/03_dicom.ipynb #5b4b84a6
 def read_dicom_view(path, max_pixels=MAX_PIXELS) -> tuple:

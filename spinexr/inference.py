@@ -18,7 +18,7 @@ from fastcore.script import call_parse, Param
 from .core import *
 from .core import _pool as process_pool
 from .dicom import MAX_PIXELS, to_original_coords, to_stored_coords
-from .inputs import find_inputs, image_ids, read_input, read_view
+from .inputs import find_inputs, image_ids, read_input
 from .metrics import fusion_rule
 from .cache import square_image
 from .classify import ClsConfig, batch_probs
